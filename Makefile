@@ -1,0 +1,36 @@
+# Two entry points on a fresh machine with Python 3.11 + pip:
+#   make serve   create/refresh .venv, then run the whole service on http://127.0.0.1:8000
+#   make test    create/refresh .venv, then lint and run every test
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv serve test lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# pzflow is only a carrier for the Buzzard truth catalog: its own deps (jax) are not needed
+	$(BIN)/python -m pip install --quiet --no-deps 'pzflow==4.0.0'
+	@touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/cosmogan serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -ra $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

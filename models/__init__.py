@@ -1,0 +1,1 @@
+"""Pure networks, the checkpoint format, the model registry and the shared settings."""

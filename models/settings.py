@@ -1,0 +1,69 @@
+"""The one settings object shared by the API, the worker and the command line."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything configurable, read from `COSMOGAN_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="COSMOGAN_", extra="ignore")
+
+    mode: Literal["development", "production"] = "development"
+    home: Path = Field(default=Path("var"), description="Storage root: runs/, registry/, data/.")
+    redis_url: str | None = Field(
+        default=None, description="Broker and result store; unset means `serve` embeds one."
+    )
+    api_key: str | None = Field(
+        default=None,
+        description="Bearer token for mutating routes; required in production, "
+        "`dev` in development when unset.",
+    )
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # request bounds
+    max_generate_n: int = Field(default=64, ge=1, le=1024)
+    max_emulate_rows: int = Field(default=10_000, ge=1)
+    max_emulate_samples: int = Field(default=16, ge=1)
+
+    # inference batching and timeouts
+    batch_max_size: int = Field(default=64, ge=1, description="Max requests per coalesced batch.")
+    batch_window_ms: int = Field(default=10, ge=0, description="Wait window to fill a batch.")
+    inference_timeout_s: float = Field(default=60.0, gt=0)
+
+    # long jobs: the broker must not redeliver a training job that is still running
+    visibility_timeout_s: int = Field(default=7 * 24 * 3600, ge=3600)
+
+    @model_validator(mode="after")
+    def _production_needs_secrets(self) -> Settings:
+        if self.mode == "production" and not self.api_key:
+            raise ValueError("COSMOGAN_API_KEY must be set when COSMOGAN_MODE=production")
+        if self.api_key is None:
+            self.api_key = "dev"
+        return self
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.home / "registry"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (read once from the environment)."""
+    return Settings()

@@ -1,0 +1,180 @@
+"""Training presets and their configs; torch-free, so the API can validate requests with it.
+
+A preset names a model family and the seed settings as defaults. `build_config` applies
+user overrides and rejects unknown keys and out-of-range values with a clear message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
+
+Family = Literal["image", "tabular"]
+
+
+@dataclass(frozen=True)
+class ImageTrainConfig:
+    """One image-GAN run (`nebula` = WGAN-GP 128², `nebula-dcgan` = DCGAN 64²)."""
+
+    preset: str = "nebula"
+    kind: str = "wgan-gp-128"  # models.checkpoint.KINDS
+    image_size: int = 128
+    latent_dim: int = 128
+    batch_size: int = 32
+    lr: float = 1e-4
+    beta1: float = 0.0
+    beta2: float = 0.9
+    gp_lambda: float = 10.0
+    n_critic: int = 5  # critic steps per generator step, each on a fresh real batch
+    epochs: int = 25  # one epoch = one pass over the real images
+    ema_decay: float = 0.999
+    augment: bool = True  # flips and 90° rotations of the real images
+    diffaugment: bool = False  # DiffAugment (colour, translation, cutout) on real and fake
+    stretch: Literal["none", "log", "asinh"] = "asinh"  # for FITS / high-dynamic-range data
+    checkpoint_every: int = 50  # generator steps between checkpoints (also at each epoch end)
+    sample_count: int = 64  # images in the per-epoch grid of fixed latents
+    seed: int = 0
+    device: str = "auto"
+    dry_run: bool = False  # two steps on generated data
+    max_steps: int | None = None  # stop after this many generator steps (time-boxing)
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class TabularTrainConfig:
+    """One emulator run (`balrog` = conditional WGAN-GP + detection classifier)."""
+
+    preset: str = "balrog"
+    kind: str = "cwgan-gp"
+    noise_dim: int = 8
+    hidden: int = 128
+    batch_size: int = 200
+    lr: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    gp_lambda: float = 10.0
+    n_critic: int = 5
+    epochs: int = 200
+    ema_decay: float = 0.999
+    mse_weight: float = 0.0  # the seed's MSE pull to the mean; >0 only for the baseline
+    detector_epochs: int = 20
+    checkpoint_every: int = 500
+    seed: int = 0
+    device: str = "auto"
+    dry_run: bool = False
+    max_steps: int | None = None
+    max_rows: int | None = None  # use only the first N training rows (quick runs)
+
+
+PRESETS: dict[str, tuple[Family, Any]] = {
+    "nebula": ("image", ImageTrainConfig()),
+    "nebula-dcgan": (
+        "image",
+        ImageTrainConfig(
+            preset="nebula-dcgan",
+            kind="dcgan-64",
+            image_size=64,
+            latent_dim=100,
+            batch_size=128,
+            lr=2e-4,
+            beta1=0.5,
+            beta2=0.999,
+            n_critic=1,
+        ),
+    ),
+    "balrog": ("tabular", TabularTrainConfig()),
+}
+
+# Overrides a user may not set: they define the model family of the preset.
+FIXED = {"preset", "kind", "image_size"}
+
+# (min, max) bounds for numeric overrides; anything numeric not listed must be >= 0.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "batch_size": (1, 4096),
+    "epochs": (1, 100_000),
+    "lr": (1e-7, 1.0),
+    "beta1": (0.0, 0.999),
+    "beta2": (0.0, 0.9999),
+    "n_critic": (1, 20),
+    "ema_decay": (0.0, 1.0),
+    "latent_dim": (1, 1024),
+    "noise_dim": (1, 256),
+    "hidden": (8, 2048),
+    "checkpoint_every": (1, 10**9),
+    "sample_count": (1, 256),
+    "max_steps": (1, 10**9),
+    "max_rows": (1, 10**9),
+    "num_workers": (0, 16),
+    "detector_epochs": (0, 10_000),
+}
+
+
+class PresetError(ValueError):
+    """An unknown preset or a bad override; the message says which and why."""
+
+
+def family(preset: str) -> Family:
+    if preset not in PRESETS:
+        raise PresetError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[preset][0]
+
+
+def build_config(preset: str, overrides: dict[str, Any] | None = None) -> Any:
+    """The preset's config with `overrides` applied and checked."""
+    fam = family(preset)
+    base = PRESETS[preset][1]
+    overrides = dict(overrides or {})
+    known = {f.name: f for f in fields(base)}
+    for key, value in overrides.items():
+        if key not in known:
+            allowed = sorted(set(known) - FIXED)
+            raise PresetError(f"unknown override {key!r} for preset {preset!r}; allowed: {allowed}")
+        if key in FIXED:
+            raise PresetError(f"override {key!r} is fixed by preset {preset!r}")
+        default = getattr(base, key)
+        overrides[key] = _coerce(key, value, default)
+    del fam
+    return replace(base, **overrides)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return asdict(config)
+
+
+def config_from_dict(data: dict[str, Any]) -> Any:
+    """Rebuild a config saved by `config_to_dict` (unknown keys from newer versions ignored)."""
+    preset = data.get("preset")
+    base = PRESETS[preset][1] if preset in PRESETS else None
+    if base is None:
+        raise PresetError(f"unknown preset {preset!r}")
+    known = {f.name for f in fields(base)}
+    return replace(base, **{k: v for k, v in data.items() if k in known})
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool) or key in {"augment", "diffaugment", "dry_run"}:
+        if not isinstance(value, bool):
+            raise PresetError(f"override {key!r} must be true or false, got {value!r}")
+        return value
+    if key == "stretch":
+        if value not in ("none", "log", "asinh"):
+            raise PresetError(f"override 'stretch' must be none, log or asinh, got {value!r}")
+        return value
+    if key == "device":
+        if not isinstance(value, str) or not (
+            value in ("auto", "cpu", "cuda") or value.startswith("cuda:")
+        ):
+            raise PresetError(f"override 'device' must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+    if value is None and key in {"max_steps", "max_rows"}:
+        return None
+    is_int = isinstance(default, int) or key in {"max_steps", "max_rows"}
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PresetError(f"override {key!r} must be a number, got {value!r}")
+    if is_int and not float(value).is_integer():
+        raise PresetError(f"override {key!r} must be a whole number, got {value!r}")
+    value = int(value) if is_int else float(value)
+    lo, hi = BOUNDS.get(key, (0, float("inf")))
+    if not lo <= value <= hi:
+        raise PresetError(f"override {key!r} must be between {lo} and {hi}, got {value}")
+    return value
