@@ -12,7 +12,6 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	# pzflow is only a carrier for the Buzzard truth catalog: its own deps (jax) are not needed
 	$(BIN)/python -m pip install --quiet --no-deps 'pzflow==4.0.0'

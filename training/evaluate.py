@@ -1,0 +1,27 @@
+"""`cosmogan evaluate`: dispatch a checkpoint to the metrics of its model family."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from models.checkpoint import load_checkpoint
+
+
+def evaluate(
+    checkpoint: str | Path,
+    *,
+    data: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Quality figures for an image generator or an emulator, as plain JSON."""
+    kind = load_checkpoint(checkpoint).kind
+    if kind == "cwgan-gp":
+        from training.emulator_eval import evaluate_emulator
+
+        return evaluate_emulator(checkpoint, data=data, out_dir=out_dir, seed=seed, device=device)
+    from training.metrics import evaluate_image_generator
+
+    return evaluate_image_generator(checkpoint, data=data, seed=seed, device=device)
