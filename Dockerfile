@@ -1,0 +1,32 @@
+# One image for the API and the worker (compose picks the command).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    COSMOGAN_HOME=/data
+
+WORKDIR /srv/cosmogan
+
+# Dependency layer: only pyproject.toml, so code edits do not reinstall torch.
+COPY pyproject.toml README.md ./
+RUN mkdir -p app worker training/data models \
+    && for p in app worker training training/data models; do touch "$p/__init__.py"; done \
+    && pip install . \
+    && pip install --no-deps 'pzflow==4.0.0' \
+    && pip uninstall -y cosmogan
+
+# The code (and the shipped default weights in models/weights/).
+COPY app ./app
+COPY worker ./worker
+COPY training ./training
+COPY models ./models
+RUN pip install --no-deps .
+
+RUN useradd --create-home --uid 1000 cosmogan \
+    && mkdir -p /data && chown cosmogan:cosmogan /data
+USER cosmogan
+VOLUME ["/data"]
+EXPOSE 8000
+
+CMD ["cosmogan", "api", "--host", "0.0.0.0", "--port", "8000"]
