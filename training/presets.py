@@ -38,6 +38,9 @@ class ImageTrainConfig:
     dry_run: bool = False  # two steps on generated data
     max_steps: int | None = None  # stop after this many generator steps (time-boxing)
     num_workers: int = 0
+    width: int = 32  # network width (channels of the widest-resolution block; seed = 64)
+    samples_every: int = 1  # epochs between sample grids (the last epoch always gets one)
+    heldout_fraction: float = 0.1  # images kept out of training for evaluation (by file hash)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,9 @@ class TabularTrainConfig:
     ema_decay: float = 0.999
     mse_weight: float = 0.0  # the seed's MSE pull to the mean; >0 only for the baseline
     detector_epochs: int = 20
+    detector_batch_size: int = 1024  # the detection classifier sees every training row
+    detector_lr: float = 1e-3
+    log_every: int = 50  # generator steps between metrics.jsonl lines (also at each epoch end)
     checkpoint_every: int = 500
     seed: int = 0
     device: str = "auto"
@@ -105,7 +111,13 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "max_steps": (1, 10**9),
     "max_rows": (1, 10**9),
     "num_workers": (0, 16),
+    "width": (4, 512),
+    "samples_every": (1, 10**6),
+    "heldout_fraction": (0.0, 0.9),
     "detector_epochs": (0, 10_000),
+    "detector_batch_size": (1, 65_536),
+    "detector_lr": (1e-7, 1.0),
+    "log_every": (1, 10**9),
 }
 
 

@@ -1,0 +1,104 @@
+"""Request and response schemas; `Field` bounds make bad input a clear 422, never a 500."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+JOB_ID_PATTERN = r"^[a-f0-9]{32}$"
+MAX_SEED = 2**63 - 1
+
+
+class Problem(BaseModel):
+    row: int | None = None
+    column: str | None = None
+    message: str
+
+
+class ErrorOut(BaseModel):
+    detail: str
+    problems: list[Problem] | None = None
+
+
+class TrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = Field(min_length=1, max_length=64, description="nebula, nebula-dcgan or balrog")
+    data: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="Dataset path inside COSMOGAN_HOME/data (relative to it or absolute); "
+        "default: the preset's dataset there. Not needed with dry_run.",
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, max_length=64, description="Preset settings to change."
+    )
+    activate: bool = Field(default=False, description="Serve the model once the job succeeds.")
+    resume: str | None = Field(
+        default=None,
+        pattern=JOB_ID_PATTERN,
+        description="Id of a cancelled or failed job to continue in its run folder.",
+    )
+
+
+class TrainAccepted(BaseModel):
+    job_id: str
+    state: str
+    url: str
+
+
+class JobOut(BaseModel):
+    job_id: str
+    preset: str
+    state: str
+    data: str | None = None
+    overrides: dict[str, Any] = {}
+    activate: bool = False
+    epoch: int = 0
+    epochs: int | None = None
+    step: int = 0
+    total_steps: int | None = None
+    losses: dict[str, Any] = {}
+    eta_s: float | None = None
+    metrics: dict[str, Any] = {}
+    samples: list[str] = Field(default=[], description="URLs of the sample grids so far.")
+    error: str | None = None
+    model: str | None = Field(default=None, description="`name@version` once registered.")
+    cancel_requested: bool = False
+    attempts: int = 0
+    stalled: bool = Field(default=False, description="Running, but no heartbeat for a while.")
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float | None = None
+    heartbeat_at: float | None = None
+    events: str
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+
+
+class ActivateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(pattern=NAME_PATTERN, description="A registered version of the model.")
+
+
+class EmulateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rows: list[dict[str, Any]] = Field(
+        min_length=1,
+        description="Objects with true_mag_{r,i,z}, sky_sigma_{r,i,z}, psf_fwhm_{r,i,z} "
+        "(DES Balrog aliases accepted); other keys are passed through.",
+    )
+    samples: int = Field(default=1, ge=1, description="Realizations per row.")
+    seed: int | None = Field(
+        default=None, ge=0, le=MAX_SEED, description="For reproducible output; random if unset."
+    )
+    model: str = Field(default="balrog", pattern=NAME_PATTERN)
+    version: str | None = Field(default=None, pattern=NAME_PATTERN)

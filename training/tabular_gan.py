@@ -1,0 +1,534 @@
+"""Training loop of the Balrog emulator: detection classifier, then the conditional WGAN-GP.
+
+The generator models the observed − true magnitude offset per band rather than the observed
+magnitude itself. The offset is the measurement error we want to emulate: it is centred near
+zero with a scatter from ~0.01 mag (bright) to ~1 mag (faint), whereas the magnitudes span
+~10 mag. Asked for the magnitude, the network would have to reproduce the identity map to far
+better than 0.01 mag before it could express the bright objects' scatter; asked for the
+offset, the identity is built in and all its capacity goes into the error distribution.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import stats
+
+from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from models.device import resolve_device
+from models.emulator import Critic, Detector, EmulatorConfig, EmulatorScalers, Generator
+from training.data.columns import DETECTED, INPUTS, OBSERVED, SPLIT
+from training.losses import gradient_penalty, wgan_critic_loss, wgan_generator_loss
+from training.presets import TabularTrainConfig, config_to_dict
+from training.runner import ProgressFn, StopFn, TrainResult
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+MONITOR_ROWS = 5000  # validation objects used for the per-epoch KS/W1 monitor
+
+
+@dataclass
+class Split:
+    """One split of an emulator catalog as arrays."""
+
+    x: np.ndarray  # (N, 9) float32, columns.INPUTS order
+    observed: np.ndarray  # (N, 3) float32, NaN where not detected
+    detected: np.ndarray  # (N,) bool
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def head(self, n: int) -> Split:
+        return Split(self.x[:n], self.observed[:n], self.detected[:n])
+
+    def only_detected(self) -> Split:
+        # a detected row without finite magnitudes is unusable for the magnitude model
+        keep = self.detected & np.isfinite(self.observed).all(axis=1)
+        return Split(self.x[keep], self.observed[keep], self.detected[keep])
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+def load_emulator_catalog(path: str | Path, *, seed: int = 0) -> dict[str, Split]:
+    """Read a built catalog into train/val/test arrays.
+
+    Catalogs without a `split` column (e.g. a real DES Balrog table) get a reproducible
+    80/10/10 split drawn from `seed`.
+    """
+    from training.data.catalog import read_catalog, validate_inputs
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"emulator catalog not found: {path}")
+    df = read_catalog(path)
+    x = validate_inputs(df)  # (N, 9) float32; raises CatalogError naming the bad rows
+    missing = [c for c in (*OBSERVED, DETECTED) if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path} has no column(s) {missing}: it cannot train an emulator")
+    observed = df[list(OBSERVED)].to_numpy(dtype=np.float32, na_value=np.nan)
+    detected = df[DETECTED].to_numpy(dtype=bool)
+    if SPLIT in df.columns:
+        split = df[SPLIT].astype(str).to_numpy()
+    else:
+        u = np.random.default_rng(seed).random(len(df))
+        split = np.where(u < 0.8, "train", np.where(u < 0.9, "val", "test"))
+    return {s: Split(x[split == s], observed[split == s], detected[split == s]) for s in SPLITS}
+
+
+def fake_catalog(rows: int = 3000, seed: int = 0) -> dict[str, Split]:
+    """Generated rows with the catalog's shape, for dry runs (not a physical model)."""
+    rng = np.random.default_rng(seed)
+    true = rng.uniform(18.0, 25.0, (rows, 3))
+    sky = rng.uniform(0.5, 2.0, (rows, 3))
+    psf = rng.uniform(0.8, 1.5, (rows, 3))
+    sigma = 0.02 * 10 ** (0.4 * (true - 20.0)) * sky * psf
+    observed = true + sigma * rng.standard_normal((rows, 3))
+    detected = rng.random(rows) < 1.0 / (1.0 + np.exp(2.0 * (true[:, 1] - 24.0)))
+    observed[~detected] = np.nan
+    x = np.concatenate([true, sky, psf], axis=1).astype(np.float32)
+    split = rng.choice(np.array(SPLITS), size=rows, p=[0.8, 0.1, 0.1])
+    return {
+        s: Split(x[split == s], observed[split == s].astype(np.float32), detected[split == s])
+        for s in SPLITS
+    }
+
+
+def fit_scalers(train: Split) -> EmulatorScalers:
+    """Train-split standardization of inputs (all rows) and offsets (detected rows)."""
+    det = train.only_detected()
+    if len(det) < 2:
+        raise ValueError("the training split has fewer than 2 detected objects")
+    delta = det.observed.astype(np.float64) - det.x[:, :3]
+
+    def std(a: np.ndarray) -> list[float]:
+        return np.maximum(a.std(axis=0), 1e-6).tolist()  # a constant column must not give 0
+
+    x = train.x.astype(np.float64)
+    return EmulatorScalers(
+        true_mean=tuple(x[:, :3].mean(axis=0)),
+        true_std=tuple(std(x[:, :3])),
+        cond_mean=tuple(x[:, 3:].mean(axis=0)),
+        cond_std=tuple(std(x[:, 3:])),
+        delta_mean=tuple(delta.mean(axis=0)),
+        delta_std=tuple(std(delta)),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# detection classifier and its calibration
+
+
+def calibration_report(prob: np.ndarray, label: np.ndarray, bins: int = 15) -> dict[str, float]:
+    """Expected calibration error (equal-width bins) and Brier score of `prob` against `label`."""
+    prob = np.asarray(prob, dtype=np.float64)
+    label = np.asarray(label, dtype=np.float64)
+    which = np.minimum((prob * bins).astype(int), bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            ece += m.mean() * abs(prob[m].mean() - label[m].mean())
+    return {"ece": float(ece), "brier": float(np.mean((prob - label) ** 2))}
+
+
+def fit_platt(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Platt scaling `sigmoid(a · logit + b)`: minimize the validation BCE over (a, b)."""
+    ab = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    z = logits.detach().double().cpu()
+    y = labels.double().cpu()
+    opt = torch.optim.LBFGS([ab], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(ab[0] * z + ab[1], y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    a, b = (float(v) for v in ab.detach())
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return 1.0, 0.0
+    return a, b
+
+
+# --------------------------------------------------------------------------------------------
+# monitoring
+
+
+@torch.no_grad()
+def magnitude_distances(
+    generator: Generator,
+    scalers: EmulatorScalers,
+    split: Split,
+    device: torch.device,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Per-band KS and W1 between generated and true observed magnitudes of detected rows."""
+    if len(split) == 0:
+        return {}
+    x = torch.from_numpy(split.x).to(device)
+    cond, true = scalers.split_inputs(x)
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(len(split), generator.cfg.noise_dim, generator=g).to(device)
+    fake = scalers.observed(generator(z, cond, true), x[:, :3]).cpu().numpy()
+    out: dict[str, float] = {}
+    for j, band in enumerate("riz"):
+        out[f"ks_{band}"] = float(stats.ks_2samp(fake[:, j], split.observed[:, j]).statistic)
+        out[f"w1_{band}"] = float(stats.wasserstein_distance(fake[:, j], split.observed[:, j]))
+    out["ks_mean"] = float(np.mean([out[f"ks_{b}"] for b in "riz"]))
+    out["w1_mean"] = float(np.mean([out[f"w1_{b}"] for b in "riz"]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the training loop
+
+
+def train_tabular_gan(
+    config: TabularTrainConfig,
+    data: Path | str | None,
+    out_dir: Path | str,
+    *,
+    resume: bool = True,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> TrainResult:
+    """Train the detection classifier, then the cWGAN-GP, into the run folder `out_dir`.
+
+    One epoch is one pass of the critic over the detected training objects: every critic
+    step draws a fresh batch, so a generator step consumes `n_critic × batch_size` rows.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / "checkpoints" / "last.pt"
+    device = resolve_device(config.device)
+    emit: ProgressFn = progress or (lambda event: None)
+    stop: StopFn = should_stop or (lambda: False)
+    torch.manual_seed(config.seed)
+    (out_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2))
+
+    # ---- load data -------------------------------------------------------------------------
+    if config.dry_run or data is None:
+        if not config.dry_run:
+            raise ValueError("no training catalog given (pass data, or use a dry run)")
+        splits = fake_catalog(3000, seed=config.seed)
+    else:
+        splits = load_emulator_catalog(data, seed=config.seed)
+    train = splits["train"] if config.max_rows is None else splits["train"].head(config.max_rows)
+    if len(train) == 0:
+        raise ValueError(f"{data} has no rows in the 'train' split")
+    val = splits["val"]
+
+    # ---- resume or start: preprocessing and networks -----------------------------------------
+    previous: Checkpoint | None = None
+    if resume and ckpt_path.is_file():
+        previous = load_checkpoint(ckpt_path, map_location=device)
+        if previous.training_state is None:
+            raise ValueError(f"{ckpt_path} holds no training state to resume from")
+    scalers = EmulatorScalers.from_dict(previous.preprocessing) if previous else fit_scalers(train)
+    net_cfg = (
+        EmulatorConfig.from_dict(previous.config)
+        if previous
+        else EmulatorConfig(noise_dim=config.noise_dim, hidden=config.hidden)
+    )
+    generator = Generator(net_cfg).to(device)
+    critic = Critic(net_cfg).to(device)
+    detector = Detector(net_cfg).to(device)
+    ema = copy.deepcopy(generator).eval().requires_grad_(False)
+    opt_g = torch.optim.Adam(
+        generator.parameters(), lr=config.lr, betas=(config.beta1, config.beta2)
+    )
+    opt_c = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
+
+    def to_device(s: Split) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(s.x).to(device)
+        cond, true = scalers.split_inputs(x)  # (N, 6), (N, 3) standardized
+        return cond, true, x
+
+    step, epoch, metrics = 0, 0, {}
+    calibration: dict[str, float] = {}
+    detector_done = False
+    if previous is not None:
+        state = previous.training_state
+        generator.load_state_dict(state["generator"])
+        critic.load_state_dict(state["critic"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_c.load_state_dict(state["opt_c"])
+        ema.load_state_dict(previous.ema)
+        detector.load_state_dict(previous.extra["detector"])
+        calibration = dict(previous.extra.get("calibration", {}))
+        detector_done = bool(previous.extra.get("detector_trained", False))
+        metrics = dict(previous.extra.get("metrics", {}))
+        step, epoch = previous.step, previous.epoch
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), device)
+        log.info("resuming %s at step %d (epoch %d)", out_dir, step, epoch)
+
+    def make_checkpoint(with_state: bool = True) -> Checkpoint:
+        return Checkpoint(
+            kind="cwgan-gp",
+            config=net_cfg.to_dict(),
+            preprocessing={**scalers.to_dict(), "inputs": list(INPUTS), "target": "mag - true"},
+            ema={k: v.detach().clone() for k, v in ema.state_dict().items()},
+            step=step,
+            epoch=epoch,
+            extra={
+                "preset": config.preset,
+                "train_config": config_to_dict(config),
+                "detector": {k: v.detach().clone() for k, v in detector.state_dict().items()},
+                "detector_trained": detector_done,
+                "calibration": calibration,
+                "metrics": metrics,
+            },
+            training_state=(
+                {
+                    "generator": generator.state_dict(),
+                    "critic": critic.state_dict(),
+                    "opt_g": opt_g.state_dict(),
+                    "opt_c": opt_c.state_dict(),
+                    "rng_cpu": torch.get_rng_state(),
+                    "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                }
+                if with_state
+                else None
+            ),
+        )
+
+    def write_metrics(record: dict[str, Any]) -> None:
+        with open(out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ---- schedule ------------------------------------------------------------------------
+    train_det = train.only_detected()
+    cond_all, true_all, x_all = to_device(train_det)
+    target_all = scalers.target(torch.from_numpy(train_det.observed).to(device), x_all[:, :3])
+    n_det = len(train_det)
+    batch = min(config.batch_size, n_det)
+    rows_per_step = batch * config.n_critic
+    steps_per_epoch = max(1, n_det // rows_per_step)
+    total_steps = 2 if config.dry_run else config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    epochs = math.ceil(total_steps / steps_per_epoch)
+
+    # ---- detection classifier (all training rows), then Platt scaling on the val split -----
+    if not detector_done:
+        det_epochs = 1 if config.dry_run else config.detector_epochs
+        d_cond, d_true, _ = to_device(train)
+        d_label = torch.from_numpy(train.detected.astype(np.float32)).to(device)
+        opt_det = torch.optim.Adam(detector.parameters(), lr=config.detector_lr)
+        g = torch.Generator().manual_seed(config.seed + 1)
+        bs = min(config.detector_batch_size, len(train))
+        for det_epoch in range(det_epochs):
+            order = torch.randperm(len(train), generator=g).to(device)
+            total = 0.0
+            for i in range(0, len(train), bs):
+                idx = order[i : i + bs]
+                loss = F.binary_cross_entropy_with_logits(
+                    detector(d_cond[idx], d_true[idx]), d_label[idx]
+                )
+                opt_det.zero_grad(set_to_none=True)
+                loss.backward()
+                opt_det.step()
+                total += loss.item() * len(idx)
+            bce = total / len(train)
+            emit(
+                {
+                    "event": "step",
+                    "epoch": epoch,
+                    "epochs": epochs,
+                    "step": step,
+                    "total_steps": total_steps,
+                    "losses": {"detector_bce": bce},
+                    "eta_s": None,
+                    "samples": None,
+                    "metrics": {"detector_epoch": det_epoch + 1},
+                }
+            )
+            if stop():
+                break  # the detector restarts from scratch on resume: it takes seconds
+        else:
+            with torch.no_grad():
+                v_cond, v_true, _ = to_device(val)
+                logits = detector(v_cond, v_true) if len(val) else torch.zeros(0, device=device)
+            if len(val) and 0 < val.detected.sum() < len(val):
+                labels = torch.from_numpy(val.detected.astype(np.float32))
+                raw = calibration_report(torch.sigmoid(logits).cpu().numpy(), val.detected)
+                a, b = fit_platt(logits, labels)
+                cal = calibration_report(
+                    torch.sigmoid(a * logits.double().cpu() + b).numpy(), val.detected
+                )
+                calibration = {
+                    "platt_a": a,
+                    "platt_b": b,
+                    "val_ece_raw": raw["ece"],
+                    "val_brier_raw": raw["brier"],
+                    "val_ece": cal["ece"],
+                    "val_brier": cal["brier"],
+                }
+                detector.platt_a.fill_(a)
+                detector.platt_b.fill_(b)
+            detector_done = True
+            log.info("detector trained: bce %.4f, calibration %s", bce, calibration)
+            write_metrics({"event": "detector", "train_bce": bce, **calibration})
+            metrics.update(calibration)
+            save_checkpoint(make_checkpoint(), ckpt_path)
+    if not detector_done:  # cancelled while the detector trained
+        save_checkpoint(make_checkpoint(), ckpt_path)
+        return _result("cancelled", step, epoch, ckpt_path, None, metrics)
+
+    # ---- the cWGAN-GP ------------------------------------------------------------------------
+    val_det = val.only_detected().head(MONITOR_ROWS)
+    perm: torch.Tensor | None = None
+    t0, s0 = time.monotonic(), step
+    losses: dict[str, float] = {}
+    status = "succeeded"
+
+    def epoch_order(e: int) -> torch.Tensor:
+        # a permutation per epoch from (seed, epoch): exact resume needs no saved order
+        g = torch.Generator().manual_seed(config.seed * 1_000_003 + e)
+        reps = math.ceil(steps_per_epoch * rows_per_step / n_det)
+        return torch.cat([torch.randperm(n_det, generator=g) for _ in range(reps)]).to(device)
+
+    generator.train()
+    critic.train()
+    while step < total_steps:
+        e, k = divmod(step, steps_per_epoch)
+        if perm is None or k == 0:
+            perm = epoch_order(e)
+
+        # critic steps, each on a fresh real batch
+        for j in range(config.n_critic):
+            idx = perm[(k * config.n_critic + j) * batch : (k * config.n_critic + j + 1) * batch]
+            real, cond, true = target_all[idx], cond_all[idx], true_all[idx]  # (B,3) (B,6) (B,3)
+            z = torch.randn(batch, net_cfg.noise_dim, device=device)
+            with torch.no_grad():
+                fake = generator(z, cond, true)  # (B, 3)
+            w_loss = wgan_critic_loss(critic(real, cond, true), critic(fake, cond, true))
+            gp = gradient_penalty(critic, real, fake, cond, true)
+            loss_c = w_loss + config.gp_lambda * gp
+            opt_c.zero_grad(set_to_none=True)
+            loss_c.backward()
+            opt_c.step()
+
+        # generator step on the last critic batch's conditions, fresh noise
+        z = torch.randn(batch, net_cfg.noise_dim, device=device)
+        fake = generator(z, cond, true)
+        loss_g = wgan_generator_loss(critic(fake, cond, true))
+        mse = F.mse_loss(fake, real)  # logged always; in the loss only for the seed variant
+        if config.mse_weight > 0:
+            loss_g = loss_g + config.mse_weight * mse
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+
+        # EMA of the generator (warm-up so that short runs are not dominated by the init)
+        decay = min(config.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), generator.parameters(), strict=True):
+                p_ema.lerp_(p, 1 - decay)
+        step += 1
+
+        # log
+        losses = {
+            "critic": loss_c.item(),
+            "wasserstein": -w_loss.item(),
+            "gp": gp.item(),
+            "generator": loss_g.item(),
+            "mse": mse.item(),
+        }
+        rate = (time.monotonic() - t0) / max(step - s0, 1)
+        eta = rate * (total_steps - step)
+        end_of_epoch = k + 1 == steps_per_epoch
+        if end_of_epoch:
+            epoch = e + 1  # epochs completed
+        if end_of_epoch or step == total_steps:
+            metrics.update(magnitude_distances(ema, scalers, val_det, device, seed=config.seed))
+        event = {
+            "event": "epoch" if end_of_epoch else "step",
+            "epoch": e + 1,  # the epoch in progress (or just completed)
+            "epochs": epochs,
+            "step": step,
+            "total_steps": total_steps,
+            "losses": losses,
+            "eta_s": eta,
+            "samples": None,
+            "metrics": dict(metrics),
+        }
+        if end_of_epoch or step % config.log_every == 0 or step == total_steps:
+            write_metrics({k_: v for k_, v in event.items() if k_ != "samples"})
+        emit(event)
+
+        # checkpoint
+        cancelled = stop()
+        if cancelled or end_of_epoch or step % config.checkpoint_every == 0:
+            save_checkpoint(make_checkpoint(), ckpt_path)
+        if cancelled and step < total_steps:
+            status = "cancelled"
+            break
+
+    if status == "cancelled":
+        log.info("cancelled at step %d; checkpoint %s", step, ckpt_path)
+        return _result(status, step, epoch, ckpt_path, None, metrics)
+
+    # ---- done: the inference-only model --------------------------------------------------------
+    save_checkpoint(make_checkpoint(), ckpt_path)
+    model_path = save_checkpoint(make_checkpoint(with_state=False), out_dir / "model.pt")
+    emit(
+        {
+            "event": "done",
+            "epoch": epoch,
+            "epochs": epochs,
+            "step": step,
+            "total_steps": total_steps,
+            "losses": losses,
+            "eta_s": 0.0,
+            "samples": None,
+            "metrics": dict(metrics),
+        }
+    )
+    return _result(status, step, epoch, ckpt_path, model_path, metrics)
+
+
+def _result(
+    status: str,
+    step: int,
+    epoch: int,
+    ckpt: Path,
+    model: Path | None,
+    metrics: dict[str, Any],
+) -> TrainResult:
+    return TrainResult(
+        status=status,
+        step=step,
+        epoch=epoch,
+        checkpoint=str(ckpt),
+        model=str(model) if model else None,
+        metrics=dict(metrics),
+    )
+
+
+__all__ = [
+    "Split",
+    "calibration_report",
+    "fake_catalog",
+    "fit_platt",
+    "fit_scalers",
+    "load_emulator_catalog",
+    "magnitude_distances",
+    "train_tabular_gan",
+]

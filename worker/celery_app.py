@@ -1,0 +1,81 @@
+"""The Celery app, built from the one settings object; JSON messages only.
+
+Two queues that must not block each other, each served by its own worker process:
+  - `training`: long jobs, one at a time per process, late acks, prefetch 1;
+  - `inference`: generate/emulate requests coalesced into batches (celery-batches).
+
+Both workers use the prefork pool and this module never imports torch: the pool's parent
+process only routes messages, so CUDA is first initialized inside a pool child (the tasks
+import torch lazily). Forking after CUDA initialization breaks CUDA in the child; keeping
+torch out of the parent avoids that without giving up prefork's crash isolation (a child
+that dies is replaced and its message redelivered).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from models.settings import get_settings
+
+TRAINING_QUEUE = "training"
+INFERENCE_QUEUE = "inference"
+QUEUES = (TRAINING_QUEUE, INFERENCE_QUEUE)
+
+TRAIN_TASK = "cosmogan.train"
+GENERATE_TASK = "cosmogan.generate"
+EMULATE_TASK = "cosmogan.emulate"
+PING_TASK = "cosmogan.ping"
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def redis_url() -> str:
+    """The broker/result-store URL: settings, else a Redis on the default local port."""
+    return get_settings().redis_url or DEFAULT_REDIS_URL
+
+
+def create_app() -> Celery:
+    settings = get_settings()
+    url = redis_url()
+    app = Celery("cosmogan", broker=url, backend=url, include=["worker.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_default_queue=INFERENCE_QUEUE,
+        task_routes={
+            TRAIN_TASK: {"queue": TRAINING_QUEUE},
+            GENERATE_TASK: {"queue": INFERENCE_QUEUE},
+            EMULATE_TASK: {"queue": INFERENCE_QUEUE},
+            PING_TASK: {"queue": INFERENCE_QUEUE},
+        },
+        # Redis redelivers an unacknowledged message after the visibility timeout: it must
+        # be longer than any training job, or a running job would be handed out twice.
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        # A send to a dead broker fails fast, so the API can answer 503 instead of hanging.
+        broker_connection_timeout=3,
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        # Inference results are read once by the API (which deletes them); training results
+        # live in the job records, so the result keys only need to outlive a slow reader.
+        result_expires=600,
+        worker_prefetch_multiplier=1,
+        # Duplicate deliveries of a training job are harmless (a per-job lock in Redis lets
+        # one run at a time and the run resumes from its checkpoint), so a lost broker
+        # connection need not kill a long job.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        task_send_sent_event=False,
+        timezone="UTC",
+    )
+    return app
+
+
+app = create_app()
+celery = app  # `celery -A worker.celery_app` finds either name

@@ -1,0 +1,325 @@
+"""The inference engine: registry versions loaded once per process, hot-swapped, batched.
+
+One engine lives in each inference worker process. For every model name it keeps the
+active version loaded; when the registry's active pointer moves, the new version is loaded
+completely and only then swapped in (a single reference assignment), so a request sees the
+old model or the new one, never a half-loaded one. A version that fails to load is logged
+and the previous one keeps serving. Other versions asked for by name are kept in a small
+LRU cache.
+
+Requests arrive in batches (see `worker.tasks`); requests for the same model version are
+coalesced into one forward pass, and each request's randomness comes from its own seed, so
+the numbers do not depend on which other requests shared the batch.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.registry import Registry, RegistryError
+
+log = logging.getLogger(__name__)
+
+IMAGE, EMULATOR = "image", "emulator"
+REFRESH_EVERY_S = 0.25  # how often the active pointers are re-read from the registry
+RETRY_FAILED_S = 60.0  # a version that failed to load is tried again after this long
+
+
+class RequestError(Exception):
+    """A request that cannot be served; `status` is the HTTP status the API should return."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+@dataclass(frozen=True)
+class Loaded:
+    name: str
+    version: str
+    created: float
+    family: str  # IMAGE or EMULATOR
+    model: Any  # training.generate.ImageSampler or training.emulate.Emulator
+
+
+def model_family(name: str, path: Path) -> str:
+    """Image generator or emulator: from the preset name, else from the checkpoint kind."""
+    from training.presets import PRESETS, family
+
+    if name in PRESETS:
+        return IMAGE if family(name) == "image" else EMULATOR
+    from models.checkpoint import load_checkpoint
+
+    return EMULATOR if load_checkpoint(path).kind == "cwgan-gp" else IMAGE
+
+
+class Engine:
+    """Loaded model versions of one process."""
+
+    def __init__(self, registry_root: str | Path, device: str = "auto", cache_size: int = 4):
+        from models.device import resolve_device
+
+        self.registry = Registry(registry_root)
+        self.device = resolve_device(device)
+        self.cache_size = cache_size
+        self._active: dict[str, Loaded] = {}  # replaced wholesale, never mutated
+        self._cache: OrderedDict[tuple[str, str], Loaded] = OrderedDict()
+        self._failed: dict[tuple[str, str], tuple[str, float]] = {}  # (message, when)
+        self._load_lock = threading.Lock()
+        self._last_refresh = 0.0
+
+    # -- versions --------------------------------------------------------------------------
+    def _load(self, name: str, version: str) -> Loaded:
+        mv = self.registry.get(name, version)
+        fam = model_family(name, mv.path)
+        t0 = time.perf_counter()
+        if fam == IMAGE:
+            from training.generate import ImageSampler
+
+            model = ImageSampler.load(mv.path, self.device)
+        else:
+            from training.emulate import Emulator
+
+            model = Emulator.load(mv.path, self.device)
+        log.info("loaded %s@%s (%s) in %.2fs", name, version, fam, time.perf_counter() - t0)
+        return Loaded(name, version, float(mv.meta.get("created") or 0.0), fam, model)
+
+    def refresh(self, force: bool = False) -> dict[str, str]:
+        """Load and swap in every model whose active version changed; returns name → version."""
+        now = time.monotonic()
+        if force or now - self._last_refresh >= REFRESH_EVERY_S:
+            self._last_refresh = now
+            for name in self.registry.names():
+                version = self.registry.active_version(name)
+                current = self._active.get(name)
+                if version is None or (current is not None and current.version == version):
+                    continue
+                failed = self._failed.get((name, version))
+                if failed is not None and now - failed[1] < RETRY_FAILED_S:
+                    continue  # logged already; the previous version keeps serving
+                try:
+                    with self._load_lock:
+                        loaded = self._cached(name, version) or self._load(name, version)
+                except Exception as exc:
+                    self._failed[(name, version)] = (f"{type(exc).__name__}: {exc}", now)
+                    kept = current.version if current else None
+                    log.exception(
+                        "could not load %s@%s; still serving %s", name, version, kept or "nothing"
+                    )
+                    continue
+                self._failed.pop((name, version), None)
+                self._remember(loaded)
+                self._active = {**self._active, name: loaded}  # the atomic swap
+                log.info("%s: now serving version %s", name, version)
+        return {name: m.version for name, m in self._active.items()}
+
+    def status(self) -> dict[str, Any]:
+        """What is loaded and whether every active version is (for readiness)."""
+        loaded = self.refresh(force=True)
+        wanted = {n: self.registry.active_version(n) for n in self.registry.names()}
+        wanted = {n: v for n, v in wanted.items() if v is not None}
+        # Ready once every active version has been tried: loaded, or failed (logged) with the
+        # previous version, if any, still serving. A broken upload must not take down the rest.
+        settled = all(loaded.get(n) == v or (n, v) in self._failed for n, v in wanted.items())
+        return {
+            "loaded": loaded,
+            "active": wanted,
+            "ready": settled,
+            "failed": {f"{n}@{v}": msg for (n, v), (msg, _) in self._failed.items()},
+            "device": str(self.device),
+        }
+
+    def get(self, name: str, version: str | None = None, active: str | None = None) -> Loaded:
+        """The active version of `name` (None) or a named version; raises RequestError.
+
+        `active` is the active version the caller saw in the registry: when it differs from
+        the one serving here, the pointers are re-read now rather than at the next refresh.
+        """
+        try:
+            if version is None:
+                current = self._active.get(name)
+                stale = active is not None and (current is None or current.version != active)
+                self.refresh(force=stale)
+                loaded = self._active.get(name)
+                if loaded is None:
+                    self.registry.get(name)  # raises "unknown model"/"no active version"
+                    failed = self._failed.get((name, self.registry.active_version(name) or ""))
+                    why = failed[0] if failed else "still loading"
+                    raise RequestError(503, f"model {name!r} is not loaded: {why}")
+                return loaded
+            current = self._active.get(name)
+            if current is not None and current.version == version:
+                return current
+            with self._load_lock:
+                loaded = self._cached(name, version) or self._load(name, version)
+            self._remember(loaded)
+            return loaded
+        except RegistryError as exc:
+            raise RequestError(404, str(exc)) from exc
+        except RequestError:
+            raise
+        except Exception as exc:
+            log.exception("could not load %s@%s", name, version)
+            raise RequestError(503, f"model {name}@{version} could not be loaded: {exc}") from exc
+
+    def _cached(self, name: str, version: str) -> Loaded | None:
+        loaded = self._cache.get((name, version))
+        if loaded is not None:
+            self._cache.move_to_end((name, version))
+        return loaded
+
+    def _remember(self, loaded: Loaded) -> None:
+        self._cache[(loaded.name, loaded.version)] = loaded
+        self._cache.move_to_end((loaded.name, loaded.version))
+        active = {(m.name, m.version) for m in self._active.values()}
+        for key in list(self._cache):
+            if len(self._cache) <= self.cache_size:
+                break
+            if key not in active:
+                del self._cache[key]
+
+    # -- batched work ----------------------------------------------------------------------
+    def generate(self, requests: list[dict[str, Any]]) -> list[dict[str, Any] | RequestError]:
+        """Each request `{model, version, seed, n, nrow}` → `{png (base64), version, ...}`."""
+        import torch
+
+        out: list[dict[str, Any] | RequestError | None] = [None] * len(requests)
+        groups: dict[tuple[str, str], list[int]] = {}
+        models: dict[tuple[str, str], Loaded] = {}
+        for i, req in enumerate(requests):
+            try:
+                loaded = self.get(req["model"], req.get("version"), req.get("active"))
+                if loaded.family != IMAGE:
+                    raise RequestError(
+                        422, f"model {loaded.name!r} is an emulator, not an image generator"
+                    )
+            except RequestError as exc:
+                out[i] = exc
+                continue
+            key = (loaded.name, loaded.version)
+            models[key] = loaded
+            groups.setdefault(key, []).append(i)
+
+        for key, idx in groups.items():
+            sampler = models[key].model
+            try:
+                z = torch.cat([sampler.latents(requests[i]["seed"], requests[i]["n"]) for i in idx])
+                images = sampler.images(z)  # the whole group in one pass (micro-batched inside)
+                start = 0
+                for i in idx:
+                    n = requests[i]["n"]
+                    png = sampler.grid_png(images[start : start + n], requests[i].get("nrow"))
+                    start += n
+                    out[i] = {
+                        "png": base64.b64encode(png).decode("ascii"),
+                        "model": key[0],
+                        "version": key[1],
+                        "created": models[key].created,
+                    }
+            except Exception as exc:
+                log.exception("generate failed for %s@%s", *key)
+                for i in idx:
+                    out[i] = RequestError(500, f"generation failed: {type(exc).__name__}")
+        return out  # type: ignore[return-value]
+
+    def emulate(self, requests: list[dict[str, Any]]) -> list[dict[str, Any] | RequestError]:
+        """Each request `{model, version, x (N×9 lists), samples, seed}` → base64 arrays.
+
+        The result holds `mags` (float64, (N·samples, 3), NaN where not detected) and
+        `detected` (uint8, (N·samples,)), in the emulator's row order.
+        """
+        import numpy as np
+
+        out: list[dict[str, Any] | RequestError | None] = [None] * len(requests)
+        groups: dict[tuple[str, str], list[int]] = {}
+        models: dict[tuple[str, str], Loaded] = {}
+        for i, req in enumerate(requests):
+            try:
+                loaded = self.get(req["model"], req.get("version"), req.get("active"))
+                if loaded.family != EMULATOR:
+                    raise RequestError(
+                        422, f"model {loaded.name!r} is an image generator, not an emulator"
+                    )
+            except RequestError as exc:
+                out[i] = exc
+                continue
+            key = (loaded.name, loaded.version)
+            models[key] = loaded
+            groups.setdefault(key, []).append(i)
+
+        for key, idx in groups.items():
+            emulator = models[key].model
+            try:
+                xs = [np.asarray(requests[i]["x"], dtype=np.float64).reshape(-1, 9) for i in idx]
+                results = emulate_coalesced(
+                    emulator,
+                    xs,
+                    [int(requests[i]["samples"]) for i in idx],
+                    [int(requests[i]["seed"]) for i in idx],
+                )
+                for i, (mags, det) in zip(idx, results, strict=True):
+                    out[i] = {
+                        "mags": base64.b64encode(
+                            np.ascontiguousarray(mags, dtype="<f8").tobytes()
+                        ).decode("ascii"),
+                        "detected": base64.b64encode(
+                            np.ascontiguousarray(det, dtype=np.uint8).tobytes()
+                        ).decode("ascii"),
+                        "rows": len(det),
+                        "model": key[0],
+                        "version": key[1],
+                    }
+            except Exception as exc:
+                log.exception("emulate failed for %s@%s", *key)
+                for i in idx:
+                    out[i] = RequestError(500, f"emulation failed: {type(exc).__name__}")
+        return out  # type: ignore[return-value]
+
+
+def emulate_coalesced(emulator: Any, xs: list[Any], samples: list[int], seeds: list[int]) -> list:
+    """Several requests through one forward pass; each keeps its own seed's randomness.
+
+    Each request's draws come from `Emulator.draws(rows, samples, seed)` exactly as a lone
+    `Emulator.sample` call would make them, and rows never interact in the networks, so the
+    numbers are identical to separate calls.
+    """
+    import numpy as np
+    import torch
+
+    reps, noises, uniforms, sizes = [], [], [], []
+    for x, s, seed in zip(xs, samples, seeds, strict=True):
+        noise, u = emulator.draws(len(x), s, seed)
+        reps.append(np.repeat(x, s, axis=0))
+        noises.append(noise)
+        uniforms.append(u)
+        sizes.append(len(x) * s)
+    mags, det = emulator.sample_with(np.concatenate(reps), torch.cat(noises), torch.cat(uniforms))
+    bounds = np.cumsum([0, *sizes])
+    return [(mags[a:b], det[a:b]) for a, b in itertools.pairwise(bounds)]
+
+
+_engine: Engine | None = None
+
+
+def get_engine() -> Engine:
+    """The process's engine, created on first use (inside a pool child, never the parent)."""
+    global _engine
+    if _engine is None:
+        import torch
+
+        from models.settings import get_settings
+        from training.service import torch_threads
+        from worker.celery_app import INFERENCE_QUEUE
+
+        torch.set_num_threads(torch_threads(INFERENCE_QUEUE))
+        settings = get_settings()
+        _engine = Engine(settings.registry_dir, device=settings.device)
+    return _engine
