@@ -12,14 +12,14 @@ worker notices a new active version by re-reading `active.json` and swaps models
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from models.atomic import atomic_write
 
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -39,17 +39,8 @@ class ModelVersion:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON so that a concurrent reader sees the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
 
 
 class Registry:
@@ -125,10 +116,8 @@ class Registry:
                 return self._read(name, version)
             raise RegistryError(f"model {name!r} already has a version {version!r}")
         vdir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".model.pt.", suffix=".tmp", dir=vdir)
-        os.close(fd)
-        shutil.copyfile(model_file, tmp)
-        os.replace(tmp, vdir / "model.pt")
+        with open(model_file, "rb") as src, atomic_write(vdir / "model.pt", "wb") as dst:
+            shutil.copyfileobj(src, dst)
         meta = {
             "version": version,
             "created": time.time(),

@@ -187,19 +187,25 @@ class Engine:
                 del self._cache[key]
 
     # -- batched work ----------------------------------------------------------------------
-    def generate(self, requests: list[dict[str, Any]]) -> list[dict[str, Any] | RequestError]:
-        """Each request `{model, version, seed, n, nrow}` → `{png (base64), version, ...}`."""
-        import torch
+    def _group(
+        self, requests: list[dict[str, Any]], family: str
+    ) -> tuple[list[Any], dict[tuple[str, str], list[int]], dict[tuple[str, str], Loaded]]:
+        """Resolve each request's model; group request indices by (name, version).
 
+        Requests that cannot be served get their `RequestError` in the returned answer list;
+        the others are left `None` for the caller to fill.
+        """
+        what = {IMAGE: "an image generator", EMULATOR: "an emulator"}
         out: list[dict[str, Any] | RequestError | None] = [None] * len(requests)
         groups: dict[tuple[str, str], list[int]] = {}
         models: dict[tuple[str, str], Loaded] = {}
         for i, req in enumerate(requests):
             try:
                 loaded = self.get(req["model"], req.get("version"), req.get("active"))
-                if loaded.family != IMAGE:
+                if loaded.family != family:
                     raise RequestError(
-                        422, f"model {loaded.name!r} is an emulator, not an image generator"
+                        422,
+                        f"model {loaded.name!r} is {what[loaded.family]}, not {what[family]}",
                     )
             except RequestError as exc:
                 out[i] = exc
@@ -207,7 +213,13 @@ class Engine:
             key = (loaded.name, loaded.version)
             models[key] = loaded
             groups.setdefault(key, []).append(i)
+        return out, groups, models
 
+    def generate(self, requests: list[dict[str, Any]]) -> list[dict[str, Any] | RequestError]:
+        """Each request `{model, version, seed, n, nrow}` → `{png (base64), version, ...}`."""
+        import torch
+
+        out, groups, models = self._group(requests, IMAGE)
         for key, idx in groups.items():
             sampler = models[key].model
             try:
@@ -238,23 +250,7 @@ class Engine:
         """
         import numpy as np
 
-        out: list[dict[str, Any] | RequestError | None] = [None] * len(requests)
-        groups: dict[tuple[str, str], list[int]] = {}
-        models: dict[tuple[str, str], Loaded] = {}
-        for i, req in enumerate(requests):
-            try:
-                loaded = self.get(req["model"], req.get("version"), req.get("active"))
-                if loaded.family != EMULATOR:
-                    raise RequestError(
-                        422, f"model {loaded.name!r} is an image generator, not an emulator"
-                    )
-            except RequestError as exc:
-                out[i] = exc
-                continue
-            key = (loaded.name, loaded.version)
-            models[key] = loaded
-            groups.setdefault(key, []).append(i)
-
+        out, groups, models = self._group(requests, EMULATOR)
         for key, idx in groups.items():
             emulator = models[key].model
             try:
