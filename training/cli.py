@@ -160,7 +160,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate
 
     path = _resolve_model(args.model, args.checkpoint, "nebula")
-    report = evaluate(path, data=args.data, out_dir=args.out, seed=args.seed, device=args.device)
+    report = evaluate(
+        path,
+        data=args.data,
+        out_dir=args.out,
+        seed=args.seed,
+        device=args.device,
+        baseline=args.baseline_checkpoint,
+    )
     print(json.dumps(report, indent=2))
     return 0
 
@@ -245,6 +252,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint")
     ev.add_argument("--data", help="held-out images folder or catalog")
     ev.add_argument("--out", help="folder for plots (emulator)")
+    ev.add_argument(
+        "--baseline-checkpoint",
+        help="emulator: the seed-variant (MSE) model to compare with "
+        "(default: a sibling run folder named <run>-mse, if any)",
+    )
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default="auto")
     ev.set_defaults(func=_cmd_evaluate)

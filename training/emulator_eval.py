@@ -151,12 +151,22 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def model_metrics(
-    test: Split, mags: np.ndarray, detected: np.ndarray, mag_edges: list[np.ndarray]
+    test: Split,
+    mags: np.ndarray,
+    detected: np.ndarray,
+    mag_edges: list[np.ndarray],
+    x: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Every figure of one model's realization of the test split."""
+    """Every figure of one model's realizations of the test split.
+
+    `x` (M, 9) are the inputs the model was given (default: the test inputs; pass them
+    repeated when the model drew several realizations per object); `mags` (M, 3) and
+    `detected` (M,) are its outputs.
+    """
+    x = test.x if x is None else x
     sim_det = test.only_detected()
     emu_ok = detected & np.isfinite(mags).all(axis=1)
-    x_emu, m_emu = test.x[emu_ok], mags[emu_ok]
+    x_emu, m_emu = x[emu_ok], mags[emu_ok]
     x_sim, m_sim = sim_det.x, sim_det.observed.astype(np.float64)
     out: dict[str, Any] = {"detected_fraction": float(detected.mean())}
     if len(m_emu) < 2:
@@ -202,7 +212,7 @@ def model_metrics(
     for j, b in enumerate(BANDS):
         edges = _completeness_edges(test.x[:, j])
         n, sim_c = _completeness_curve(test.x[:, j], test.detected, edges)
-        _, emu_c = _completeness_curve(test.x[:, j], detected, edges)
+        _, emu_c = _completeness_curve(x[:, j], detected, edges)
         ok = n >= MIN_BIN
         err = np.abs(emu_c - sim_c)
         comp[b] = {
@@ -268,7 +278,10 @@ def _summary(models: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def _plots(
-    test: Split, realizations: dict[str, tuple[np.ndarray, np.ndarray]], out_dir: Path
+    test: Split,
+    x: np.ndarray,
+    realizations: dict[str, tuple[np.ndarray, np.ndarray]],
+    out_dir: Path,
 ) -> dict[str, str]:
     import matplotlib
 
@@ -278,8 +291,10 @@ def _plots(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     sim = test.only_detected().observed.astype(np.float64)
+    # one realization per object, so that every panel has the test split's sampling noise
+    reps = len(x) // len(test)
     panels = {"simulated": sim} | {
-        name: mags[det & np.isfinite(mags).all(axis=1)]
+        name: mags[::reps][det[::reps] & np.isfinite(mags[::reps]).all(axis=1)]
         for name, (mags, det) in realizations.items()
     }
     ri, iz = sim[:, 0] - sim[:, 1], sim[:, 1] - sim[:, 2]
@@ -304,13 +319,20 @@ def _plots(
         ax.set_title(f"{name} ({len(m)} detected)")
         ax.set_xlabel("r − i")
     np.atleast_1d(axes)[0].set_ylabel("i − z")
-    fig.suptitle("Colour–colour of detected test objects (white: simulated density contours)")
+    fig.suptitle(
+        "Colour–colour of detected test objects, one realization each "
+        "(white: simulated density contours)"
+    )
     fig.tight_layout()
     cc = out_dir / "balrog_colour_colour.png"
     fig.savefig(cc, dpi=110)
     plt.close(fig)
 
     colours = {"ours": "C0", "seed_mse": "C1", "gaussian": "C2"}
+    order = ["seed_mse", "gaussian", "ours"]  # ours drawn last, on top
+    realizations = dict(
+        sorted(realizations.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else -1)
+    )
     fig, axes = plt.subplots(
         2, 3, figsize=(13, 6.5), sharex="col", gridspec_kw={"height_ratios": [2.2, 1]}
     )
@@ -321,9 +343,14 @@ def _plots(
         ok = n >= MIN_BIN
         axes[0, j].plot(centres[ok], sim_c[ok], "k-", lw=2.5, label="simulated")
         for name, (_, det) in realizations.items():
-            c = _completeness_curve(test.x[:, j], det, edges)[1]
-            axes[0, j].plot(centres[ok], c[ok], "--", color=colours.get(name), label=name)
-            axes[1, j].plot(centres[ok], c[ok] - sim_c[ok], "o-", ms=3, color=colours.get(name))
+            c = _completeness_curve(x[:, j], det, edges)[1]
+            label = name
+            ours = realizations.get("ours")
+            if name != "ours" and ours is not None and np.array_equal(det, ours[1]):
+                label = f"{name} (same detector as ours)"
+            style = {"color": colours.get(name), "lw": 2.5 if name == "seed_mse" else 1.2}
+            axes[0, j].plot(centres[ok], c[ok], "--", label=label, **style)
+            axes[1, j].plot(centres[ok], c[ok] - sim_c[ok], "o-", ms=3, **style)
         axes[1, j].axhline(0, color="k", lw=0.8)
         axes[0, j].set_title(f"{b} band")
         axes[1, j].set_xlabel(f"true {b} magnitude")
@@ -356,14 +383,19 @@ def evaluate_emulator(
     *,
     baseline_checkpoint: str | Path | None = None,
     timing_rows: int = 100_000,
+    realizations: int = 10,
 ) -> dict[str, Any]:
     """Score the emulator and both baselines on the test split; plots go to `out_dir`.
 
+    Each model draws `realizations` outputs per test object, so that the comparison is
+    limited by the simulated test sample, not by the models' own sampling noise.
     `seconds_per_object` times one `Emulator.sample` call on `timing_rows` test inputs
     (repeated as needed) on the evaluation device.
     """
     from models.settings import get_settings
 
+    if realizations < 1:
+        raise ValueError(f"realizations must be at least 1, got {realizations}")
     checkpoint = Path(checkpoint)
     data = Path(data) if data else get_settings().data_dir / "balrog.parquet"
     splits = load_emulator_catalog(data, seed=seed)
@@ -388,10 +420,11 @@ def evaluate_emulator(
         np.arange(np.floor(test.x[:, j].min()), np.ceil(test.x[:, j].max()) + MAG_BIN, MAG_BIN)
         for j in range(3)
     ]
-    realizations = {name: fn(test.x, seed) for name, fn in samplers.items()}
+    x_rep = np.repeat(test.x, realizations, axis=0)  # (N·R, 9)
+    draws = {name: fn(x_rep, seed) for name, fn in samplers.items()}
     models = {
-        name: model_metrics(test, mags, det, mag_edges)
-        for name, (mags, det) in realizations.items()
+        name: model_metrics(test, mags, det, mag_edges, x_rep)
+        for name, (mags, det) in draws.items()
     }
 
     # time per object of the emulator: one batch of `timing_rows` test inputs
@@ -401,7 +434,7 @@ def evaluate_emulator(
     per_object = (time.perf_counter() - t0) / len(x_big)
 
     n_sim = int(test.detected.sum())
-    n_emu = int(realizations["ours"][1].sum())
+    n_emu = int(draws["ours"][1].sum())
     ckpt = load_checkpoint(checkpoint)
     summary = _summary(models)
     report: dict[str, Any] = {
@@ -409,6 +442,7 @@ def evaluate_emulator(
         "data": str(data),
         "split": "test",
         "rows": len(test),
+        "realizations": realizations,
         "seed": seed,
         "steps": ckpt.step,
         "simulated_detected_fraction": float(test.detected.mean()),
@@ -427,7 +461,7 @@ def evaluate_emulator(
         "models": models,
     }
     if out_dir is not None:
-        report["plots"] = _plots(test, realizations, Path(out_dir))
+        report["plots"] = _plots(test, x_rep, draws, Path(out_dir))
     return report
 
 

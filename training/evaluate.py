@@ -15,13 +15,21 @@ def evaluate(
     out_dir: str | Path | None = None,
     seed: int = 0,
     device: str = "auto",
+    baseline: str | Path | None = None,
 ) -> dict[str, Any]:
     """Quality figures for an image generator or an emulator, as plain JSON."""
     kind = load_checkpoint(checkpoint).kind
     if kind == "cwgan-gp":
         from training.emulator_eval import evaluate_emulator
 
-        return evaluate_emulator(checkpoint, data=data, out_dir=out_dir, seed=seed, device=device)
+        return evaluate_emulator(
+            checkpoint,
+            data=data,
+            out_dir=out_dir,
+            seed=seed,
+            device=device,
+            baseline_checkpoint=baseline,
+        )
     from training.metrics import evaluate_image_generator
 
     return evaluate_image_generator(checkpoint, data=data, seed=seed, device=device)
