@@ -264,12 +264,14 @@ SUMMARY_KEYS = (
 
 
 def _summary(models: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Each headline figure side by side with the winner (lowest value)."""
+    """Each headline figure side by side with the winner (lowest value; ties share it)."""
     table: dict[str, Any] = {}
     for key in SUMMARY_KEYS:
         row = {name: m.get(key) for name, m in models.items() if m.get(key) is not None}
         if row:
-            table[key] = {**row, "winner": min(row, key=row.__getitem__)}
+            best = min(row.values())
+            winners = [name for name, value in row.items() if value == best]
+            table[key] = {**row, "winner": " = ".join(winners)}
     return table
 
 
