@@ -55,8 +55,14 @@ class WorkerShutdown(BaseException):
     """
 
 
-def _on_sigterm(signum: int, _frame: object) -> None:
-    raise WorkerShutdown(signum)
+# Set by SIGTERM. The handler only sets it: raising from a signal handler could interrupt a
+# checkpoint mid-write (torch.save then fails with an unrelated error); instead the loop
+# sees `should_stop()`, writes its checkpoint and returns, and the run is handed back.
+_shutdown = threading.Event()
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    _shutdown.set()
 
 
 class _Heartbeat(threading.Thread):
@@ -136,6 +142,9 @@ def run_job(job_id: str, store: JobStore | None = None) -> dict[str, Any]:
             raise
         finally:
             signal.signal(signal.SIGTERM, previous)
+            if _shutdown.is_set() and not shutting_down:
+                # the run ended on its own just as the shutdown came: let the signal act now
+                os.kill(os.getpid(), signal.SIGTERM)
     finally:
         heartbeat.stopped.set()
         with contextlib.suppress(redis.exceptions.LockError, redis.exceptions.RedisError):
@@ -180,7 +189,7 @@ def _train(
 
     def should_stop() -> bool:
         nonlocal last_check, stop_now
-        if heartbeat.lost.is_set():
+        if heartbeat.lost.is_set() or _shutdown.is_set():
             return True
         now = time.monotonic()
         if not stop_now and now - last_check >= STOP_CHECK_S:
@@ -206,6 +215,8 @@ def _train(
         log.exception("job %s failed", job_id)
         return _finish(store, job_id, FAILED, error=f"{type(exc).__name__}: {exc}")
 
+    if _shutdown.is_set():
+        raise WorkerShutdown(signal.SIGTERM)  # checkpoint written; the job goes back to the queue
     fields: dict[str, Any] = {"step": result["step"], "epoch": result["epoch"]}
     if result.get("metrics"):
         fields["metrics"] = result["metrics"]
