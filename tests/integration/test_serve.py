@@ -6,6 +6,7 @@ restart on the same home, resumes from its last checkpoint instead of starting o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -44,6 +45,24 @@ def alive(pids: set[int]) -> list[str]:
     ]
 
 
+def kill_family(proc: subprocess.Popen, known: set[int] = frozenset()) -> None:
+    """After a failed check: SIGKILL `serve` and everything it started, so nothing outlives it.
+
+    `known` are descendants seen earlier: once `serve` has exited they are no longer its
+    children in `ps`.
+    """
+    if proc.poll() is None:
+        known = {*known, *descendants(proc.pid), proc.pid}
+    for pid in known - {os.getpid()}:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+def alive_pids(pids: set[int]) -> list[int]:
+    return [int(line.split()[0]) for line in alive(pids)]
+
+
 def start_serve(home: Path, port: int, log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COSMOGAN_")}
     env.update(COSMOGAN_HOME=str(home), COSMOGAN_DEVICE="cpu", PYTHONUNBUFFERED="1")
@@ -75,13 +94,12 @@ def stop_serve(proc: subprocess.Popen, log: Path) -> None:
     proc.send_signal(signal.SIGINT)
     try:
         assert proc.wait(60) == 0, log.read_text()[-3000:]
+        deadline = time.monotonic() + 10
+        while alive(family) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive(family), alive(family)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    deadline = time.monotonic() + 10
-    while alive(family) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not alive(family), alive(family)
+        kill_family(proc, set(alive_pids(family)))
 
 
 def test_serve_ctrl_c_and_resume_after_restart(tmp_path: Path) -> None:
@@ -105,8 +123,7 @@ def test_serve_ctrl_c_and_resume_after_restart(tmp_path: Path) -> None:
             wait_until(lambda: client.get(f"/train/{job_id}").json()["step"] >= 4, timeout=90)
         stop_serve(proc, log)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        kill_family(proc)
     assert any((home / "redis").glob("appendonly*")), list((home / "redis").iterdir())
     checkpoint = home / "runs" / job_id / "checkpoints" / "last.pt"
     assert checkpoint.is_file()
@@ -140,7 +157,6 @@ def test_serve_ctrl_c_and_resume_after_restart(tmp_path: Path) -> None:
             assert steps and min(steps) >= 2, steps[:5]
         stop_serve(proc, log)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        kill_family(proc)
     text = log.read_text()
     assert text.count(f"job {job_id}: worker shutting down") == 1, text[-3000:]
