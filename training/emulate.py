@@ -21,7 +21,7 @@ from torch import Tensor
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.device import resolve_device
 from models.emulator import Detector, EmulatorConfig, EmulatorScalers, Generator
-from training.data.columns import DETECTED, INPUTS, OBSERVED
+from training.data.columns import INPUTS
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,7 @@ def emulate_file(
         catalog_format,
         iter_catalog,
         validate_inputs,
+        with_emulated,
     )
 
     if samples < 1:
@@ -230,14 +231,7 @@ def emulate_file(
             x = validate_inputs(chunk, row_offset=rows)  # (n, 9); CatalogError names bad rows
             noise, uniforms = emulator.draws(len(x), samples, seed, start=rows)
             mags, det = emulator.sample_with(np.repeat(x, samples, axis=0), noise, uniforms)
-            out = chunk.drop(columns=[c for c in (*OBSERVED, DETECTED) if c in chunk.columns])
-            out = out.iloc[np.repeat(np.arange(len(out)), samples)].reset_index(drop=True)
-            if samples > 1:
-                out["realization"] = np.tile(np.arange(samples), len(chunk))
-            for j, name in enumerate(OBSERVED):
-                out[name] = mags[:, j]
-            out[DETECTED] = det
-            writer.write(out)
+            writer.write(with_emulated(chunk, mags, det, samples))
             rows += len(chunk)
             detected += int(det.sum())
             chunks += 1

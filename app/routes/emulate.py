@@ -19,8 +19,13 @@ from app.deps import RegistryDep, SettingsDep, WaiterDep
 from app.errors import ApiError
 from app.metrics import observe_inference
 from app.schemas import MAX_SEED, NAME_PATTERN, EmulateRequest
-from training.data.catalog import CatalogError, read_catalog_bytes, rows_to_frame, validate_inputs
-from training.data.columns import DETECTED, OBSERVED
+from training.data.catalog import (
+    CatalogError,
+    read_catalog_bytes,
+    rows_to_frame,
+    validate_inputs,
+    with_emulated,
+)
 from training.presets import PRESETS, family
 from worker.celery_app import EMULATE_TASK, INFERENCE_QUEUE
 
@@ -200,11 +205,4 @@ def _output_frame(df: pd.DataFrame, result: dict[str, Any], samples: int) -> pd.
     """The input rows (each repeated `samples` times) with mag_r/i/z and detected."""
     mags = np.frombuffer(base64.b64decode(result["mags"]), dtype="<f8").reshape(-1, 3)
     det = np.frombuffer(base64.b64decode(result["detected"]), dtype=np.uint8).astype(bool)
-    out = df.drop(columns=[c for c in (*OBSERVED, DETECTED) if c in df.columns])
-    out = out.iloc[np.repeat(np.arange(len(out)), samples)].reset_index(drop=True)
-    if samples > 1:
-        out["realization"] = np.tile(np.arange(samples), len(df))
-    for j, name in enumerate(OBSERVED):
-        out[name] = mags[:, j]
-    out[DETECTED] = det
-    return out
+    return with_emulated(df, mags, det, samples)

@@ -211,6 +211,25 @@ def rows_to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------------------
 # reading
+def with_emulated(
+    df: pd.DataFrame, mags: np.ndarray, detected: np.ndarray, samples: int
+) -> pd.DataFrame:
+    """The input rows, each repeated `samples` times, with `mag_r/i/z` and `detected`.
+
+    `mags` (N·samples, 3) and `detected` (N·samples,) are in the emulator's order: row i,
+    realization k at i·samples + k. A `realization` column is added when samples > 1; any
+    observed-magnitude columns already in `df` are replaced.
+    """
+    out = df.drop(columns=[c for c in (*columns.OBSERVED, columns.DETECTED) if c in df.columns])
+    out = out.iloc[np.repeat(np.arange(len(out)), samples)].reset_index(drop=True)
+    if samples > 1:
+        out["realization"] = np.tile(np.arange(samples), len(df))
+    for j, name in enumerate(columns.OBSERVED):
+        out[name] = mags[:, j]
+    out[columns.DETECTED] = np.asarray(detected, dtype=bool)
+    return out
+
+
 def catalog_format(path: str | Path) -> str:
     """'csv', 'parquet' or 'fits' from the file name (compressed CSV/FITS allowed)."""
     name = Path(path).name.lower()
