@@ -1,0 +1,1 @@
+"""The seeds' own recipes, re-created as baselines for the benchmarks."""

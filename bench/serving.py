@@ -1,0 +1,418 @@
+"""Inference benchmark: the real service against the raw model calls it wraps, in one run.
+
+Starts a private service (embedded Redis, `cosmogan worker`, `cosmogan api`) in a temporary
+home serving the shipped `nebula` and `balrog` weights, then measures
+  1. `GET /generate` (16 × 128²) p50/p95 vs the raw generator forward + PNG encode;
+  2. its throughput with 1, 8 and 32 concurrent clients (the worker coalesces requests);
+  3. `POST /emulate` rows/s with JSON and Parquet bodies vs the raw emulator forward;
+  4. the emulator's time per object vs the GalSim mini-Balrog it stands in for;
+  5. generation latency vs images per request;
+  6. the peak memory of every service process.
+The raw calls run in this process with as many torch threads as the inference worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from bench.common import Table, median, peak_rss_mib, percentile, time_calls
+from training.service import Supervisor, free_port, redis_command, torch_threads, wait_for_redis
+
+PARQUET = "application/vnd.apache.parquet"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each measurement does; `quick` only checks that everything runs."""
+
+    repeats: int  # requests per latency figure
+    per_level: int  # requests per concurrency level
+    emulate_rows: int  # rows per /emulate request (the service's default cap is 10,000)
+    emulate_repeats: int
+    raw_rows: int  # rows for the emulator's time per object
+    galsim_rows: int  # objects drawn and measured by GalSim
+
+
+FULL = Sizes(repeats=30, per_level=64, emulate_rows=10_000, emulate_repeats=5, raw_rows=100_000,
+             galsim_rows=300)  # fmt: skip
+QUICK = Sizes(repeats=3, per_level=8, emulate_rows=200, emulate_repeats=1, raw_rows=2_000,
+              galsim_rows=5)  # fmt: skip
+CONCURRENCY = (1, 8, 32)
+IMAGE_COUNTS = (1, 4, 16, 64)
+
+
+# --------------------------------------------------------------------------------------------
+# The service
+
+
+def start_service(home: Path) -> tuple[Supervisor, str]:
+    """Redis, one `cosmogan worker` (both queues) and the API, as `cosmogan serve` runs them."""
+    rport, aport = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COSMOGAN_")}
+    env.update(
+        COSMOGAN_HOME=str(home),
+        COSMOGAN_REDIS_URL=f"redis://127.0.0.1:{rport}/0",
+        COSMOGAN_DEVICE="cpu",
+    )
+    (home / "redis").mkdir(parents=True)
+    sup = Supervisor(stop_timeout_s=15)
+    log = (home / "service.log").open("ab")
+    redis = sup.start("redis", redis_command(rport, home / "redis"), env, output=log)
+    wait_for_redis(env["COSMOGAN_REDIS_URL"], proc=redis.proc)
+    cli = [sys.executable, "-m", "training.cli", "-q"]
+    for name, args in (("worker", ["worker"]), ("api", ["api", "--port", str(aport)])):
+        sup.start(name, [*cli, *args], env, output=log)
+    base = f"http://127.0.0.1:{aport}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=10).status_code == 200:
+                return sup, base
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    sup.stop_all()
+    raise TimeoutError(f"the service did not become ready; see {home / 'service.log'}")
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (from /proc/<pid>/task/*/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children", encoding="utf-8") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+    return out
+
+
+def label(pid: int) -> str:
+    """What a service process is, from its command line and its parent's."""
+
+    def args_of(p: int) -> list[str]:
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                return f.read().decode(errors="replace").split("\0")
+        except OSError:
+            return []
+
+    def parent(p: int) -> int:
+        try:
+            with open(f"/proc/{p}/stat", encoding="utf-8") as f:
+                return int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    args = args_of(pid)
+    if "celery" in args:
+        queue = args[args.index("-Q") + 1] if "-Q" in args else "?"
+        role = "pool process" if "celery" in args_of(parent(pid)) else "main"
+        return f"celery worker [{queue}], {role}"
+    if "training.cli" in args:
+        rest = [a for a in args[args.index("training.cli") + 1 :] if a and not a.startswith("-")]
+        return "cosmogan " + (rest[0] if rest else "")
+    return Path(args[0]).name if args else "?"
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements
+
+
+def generate_latency(
+    client: httpx.Client, sampler: Any, version: str, n: int, repeats: int, seed0: int
+) -> dict[str, list[float]]:
+    """Service and raw wall times for `repeats` distinct seeds, interleaved."""
+    params = {"model": "nebula", "version": version, "n": n}
+    client.get("/generate", params={**params, "seed": seed0 - 1}).raise_for_status()  # warm up
+    sampler.png(seed0 - 1, n)
+    raw, svc = [], []
+    for seed in range(seed0, seed0 + repeats):
+        t = time.perf_counter()
+        sampler.png(seed, n)
+        raw.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        client.get("/generate", params={**params, "seed": seed}).raise_for_status()
+        svc.append(time.perf_counter() - t)
+    return {"raw": raw, "service": svc}
+
+
+async def closed_loop(base: str, version: str, clients: int, total: int, seed0: int) -> dict:
+    """`clients` clients, each sending its share of `total` requests one after another."""
+    latencies: list[float] = []
+    batches: list[int] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits) as ac:
+
+        async def client(k: int) -> None:
+            for j in range(total // clients):
+                params = {"model": "nebula", "version": version, "n": 16}
+                t = time.perf_counter()
+                r = await ac.get("/generate", params={**params, "seed": seed0 + k * 1000 + j})
+                latencies.append(time.perf_counter() - t)
+                r.raise_for_status()
+                batches.append(int(r.headers["x-batch-size"]))
+
+        t = time.perf_counter()
+        await asyncio.gather(*(client(k) for k in range(clients)))
+        wall = time.perf_counter() - t
+    return {"wall": wall, "requests": len(latencies), "latencies": latencies, "batches": batches}
+
+
+def emulate_rates(
+    client: httpx.Client, emulator: Any, frame: Any, repeats: int
+) -> dict[str, list[float]]:
+    """Seconds per request of `len(frame)` rows: JSON, Parquet, and the raw emulator."""
+    from training.data.columns import INPUTS
+
+    rows = frame[list(INPUTS)].to_dict(orient="records")
+    x = frame[list(INPUTS)].to_numpy()
+    buf = io.BytesIO()
+    frame[list(INPUTS)].to_parquet(buf, index=False)
+    parquet = buf.getvalue()
+    headers = {"Content-Type": PARQUET, "Accept": PARQUET}
+
+    def via_json(seed: int) -> None:
+        body = {"rows": rows, "samples": 1, "seed": seed}
+        client.post("/emulate", json=body).raise_for_status()
+
+    def via_parquet(seed: int) -> None:
+        r = client.post("/emulate", content=parquet, headers=headers, params={"seed": seed})
+        r.raise_for_status()
+
+    via_json(0), via_parquet(0), emulator.sample(x, 1, 0)  # warm up
+    out: dict[str, list[float]] = {"json": [], "parquet": [], "raw": []}
+    for seed in range(1, repeats + 1):
+        for name, fn in (
+            ("raw", lambda s=seed: emulator.sample(x, 1, s)),
+            ("json", lambda s=seed: via_json(s)),
+            ("parquet", lambda s=seed: via_parquet(s)),
+        ):
+            out[name] += time_calls(fn, 1)
+    return out
+
+
+def per_object_times(emulator: Any, truth_dir: Path, sizes: Sizes) -> dict[str, float]:
+    """Seconds per object: the emulator on a large batch, the mini-Balrog simulators."""
+    from training.data.balrog import sample_inputs
+    from training.data.columns import INPUTS
+    from training.data.minibalrog import simulate
+
+    big = sample_inputs(sizes.raw_rows, seed=11, data_dir=truth_dir)
+    x = big[list(INPUTS)].to_numpy()
+    emulator.sample(x[:1000], 1, 0)  # warm up
+    emu = min(time_calls(lambda: emulator.sample(x, 1, 1), 3)) / len(x)
+    analytic = min(time_calls(lambda: simulate(big[list(INPUTS)], "analytic", 1), 3)) / len(x)
+    small = big.iloc[: sizes.galsim_rows][list(INPUTS)]
+    simulate(big.iloc[-2:][list(INPUTS)], "galsim", 1)  # warm up GalSim's lazy set-up
+    galsim = time_calls(lambda: simulate(small, "galsim", 1), 1)[0] / len(small)
+    return {"emulator": emu, "galsim": galsim, "analytic": analytic}
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
+def run(quick: bool, command: str) -> tuple[list[Table], dict[str, Any]]:
+    """Every inference measurement against one private service; the tables and raw figures."""
+    import torch
+
+    from models.registry import Registry
+    from training.data.balrog import sample_inputs
+    from training.emulate import Emulator
+    from training.generate import ImageSampler
+
+    sizes = QUICK if quick else FULL
+    threads = torch_threads("inference")
+    torch.set_num_threads(threads)  # the raw side gets what the inference worker gets
+    raw: dict[str, Any] = {"torch_threads": threads, "sizes": sizes.__dict__}
+    with tempfile.TemporaryDirectory(prefix="cosmogan-bench-") as tmp:
+        home = Path(tmp) / "home"
+        sup, base = start_service(home)
+        try:
+            with httpx.Client(base_url=base, timeout=300) as client:
+                models = client.get("/models").json()["models"]
+                versions = {m: models[m]["active"] for m in ("nebula", "balrog")}
+                registry = Registry(home / "registry")
+                sampler = ImageSampler.load(registry.get("nebula", versions["nebula"]).path)
+                emulator = Emulator.load(registry.get("balrog", versions["balrog"]).path, "cpu")
+
+                # 1. GET /generate n=16 vs the raw call
+                raw["generate_n16"] = generate_latency(
+                    client, sampler, versions["nebula"], 16, sizes.repeats, seed0=1
+                )
+
+                # 2. concurrency
+                raw["concurrency"] = {}
+                for c in CONCURRENCY:
+                    total = max(sizes.per_level, c) // c * c
+                    raw["concurrency"][c] = asyncio.run(
+                        closed_loop(base, versions["nebula"], c, total, seed0=10_000 * (c + 1))
+                    )
+                raw_png = time_calls(lambda: sampler.png(7, 16), max(3, sizes.repeats // 3))
+                raw["raw_png_n16_s"] = raw_png
+
+                # 3. POST /emulate
+                truth_dir = Path(tmp) / "truth"
+                frame = sample_inputs(sizes.emulate_rows, seed=5, data_dir=truth_dir)
+                raw["emulate"] = emulate_rates(client, emulator, frame, sizes.emulate_repeats)
+
+                # 4. emulator vs simulator, per object
+                raw["per_object_s"] = per_object_times(emulator, truth_dir, sizes)
+
+                # 5. latency vs images per request
+                raw["generate_by_n"] = {
+                    n: generate_latency(
+                        client, sampler, versions["nebula"], n, max(2, sizes.repeats // 3), 500
+                    )
+                    for n in IMAGE_COUNTS
+                }
+
+                # 6. memory
+                raw["peak_rss_mib"] = {
+                    f"{label(pid)}, pid {pid}": peak_rss_mib(pid)
+                    for child in sup.children
+                    for pid in process_tree(child.proc.pid)
+                }
+        finally:
+            sup.stop_all()
+    return tables(raw, command, threads), raw
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+
+
+def tables(raw: dict[str, Any], command: str, threads: int) -> list[Table]:
+    ms = lambda xs, q: 1000 * percentile(xs, q)  # noqa: E731
+    g = raw["generate_n16"]
+    latency = Table(
+        "GET /generate, 16 images of 128² (one client, distinct seeds)",
+        command,
+        ["path", "p50 ms", "p95 ms", "service / raw (p50)", "service / raw (p95)"],
+        [
+            ["raw: generator forward + PNG encode", ms(g["raw"], 50), ms(g["raw"], 95), 1.0, 1.0],
+            [
+                "service: HTTP → API → Redis → worker → back",
+                ms(g["service"], 50),
+                ms(g["service"], 95),
+                median(g["service"]) / median(g["raw"]),
+                percentile(g["service"], 95) / percentile(g["raw"], 95),
+            ],
+        ],
+        [f"{len(g['raw'])} requests each, interleaved; torch threads {threads} on both sides"],
+    )
+
+    conc = Table(
+        "GET /generate throughput with concurrent clients (16 images per request)",
+        command,
+        ["clients", "requests", "req/s", "images/s", "× 1 client", "p50 ms", "p95 ms", "batch"],
+    )
+    one = raw["concurrency"][CONCURRENCY[0]]
+    one_rate = one["requests"] / one["wall"]
+    for c, r in raw["concurrency"].items():
+        rate = r["requests"] / r["wall"]
+        conc.rows.append(
+            [
+                c,
+                r["requests"],
+                rate,
+                16 * rate,
+                rate / one_rate,
+                ms(r["latencies"], 50),
+                ms(r["latencies"], 95),
+                float(np.mean(r["batches"])),
+            ]
+        )
+    raw_rate = 1 / median(raw["raw_png_n16_s"])
+    conc.rows.append(["raw, sequential", "", raw_rate, 16 * raw_rate, raw_rate / one_rate])
+    conc.notes = [
+        "each client sends its requests one after another (a closed loop); batch = mean "
+        "number of requests the worker ran in one forward pass (`X-Batch-Size`)",
+    ]
+
+    e = raw["emulate"]
+    rows = raw["sizes"]["emulate_rows"]
+    raw_rate = rows / median(e["raw"])
+    emulate = Table(
+        f"POST /emulate, {rows:,} rows per request, one realization",
+        command,
+        ["path", "rows/s", "service / raw"],
+        [["raw: emulator forward (in process)", raw_rate, 1.0]],
+    )
+    for name, label in (("json", "service, JSON in and out"), ("parquet", "service, Parquet")):
+        rate = rows / median(e[name])
+        emulate.rows.append([label, rate, rate / raw_rate])
+    emulate.notes = [f"median of {len(e['raw'])} requests each, distinct seeds"]
+
+    p = raw["per_object_s"]
+    per_object = Table(
+        "Emulator vs the mini-Balrog it stands in for, time per object",
+        command,
+        ["method", "µs / object", "speed-up of the emulator"],
+        [
+            ["GalSim mini-Balrog (draw, convolve, add noise, measure)", 1e6 * p["galsim"], ""],
+            ["analytic noise model (tests, quick runs)", 1e6 * p["analytic"], ""],
+            ["emulator (cWGAN-GP + detection classifier)", 1e6 * p["emulator"], ""],
+        ],
+        [
+            f"emulator on {raw['sizes']['raw_rows']:,} rows, GalSim on "
+            f"{raw['sizes']['galsim_rows']} objects, both with {threads} torch thread(s)",
+        ],
+    )
+    per_object.rows[0][2] = p["galsim"] / p["emulator"]
+    per_object.rows[1][2] = p["analytic"] / p["emulator"]
+
+    by_n = Table(
+        "Generation latency vs images per request (p50)",
+        command,
+        ["images", "raw ms", "service ms", "service / raw", "raw ms / image"],
+    )
+    for n, r in raw["generate_by_n"].items():
+        by_n.rows.append(
+            [
+                n,
+                ms(r["raw"], 50),
+                ms(r["service"], 50),
+                median(r["service"]) / median(r["raw"]),
+                ms(r["raw"], 50) / n,
+            ]
+        )
+
+    memory = Table(
+        "Peak resident memory of the service processes (after all of the above)",
+        command,
+        ["process", "peak MiB"],
+        [[k, v] for k, v in raw["peak_rss_mib"].items() if v is not None],
+    )
+    return [latency, conc, emulate, per_object, by_n, memory]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    cmd = "python -m bench.serving" + (" --quick" if args.quick else "")
+    for t in run(args.quick, cmd)[0]:
+        print(t.markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
