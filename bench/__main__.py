@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         if suite == "training":
             got, raw = training.run(args.quick, command, args.data, args.budget)
         else:
-            got, raw = serving.run(args.quick, command)
+            got, raw = serving.run(args.quick, command, args.data)
         report["seconds"][suite] = time.perf_counter() - t0
         report["raw"][suite] = raw
         tables += got

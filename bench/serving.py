@@ -7,7 +7,8 @@ home serving the shipped `nebula` and `balrog` weights, then measures
   3. `POST /emulate` rows/s with JSON and Parquet bodies vs the raw emulator forward;
   4. the emulator's time per object vs the GalSim mini-Balrog it stands in for;
   5. generation latency vs images per request;
-  6. the peak memory of every service process.
+  6. `GET /generate` latency again while a `nebula` training job runs on the same machine;
+  7. the peak memory of every service process.
 The raw calls run in this process with as many torch threads as the inference worker.
 """
 
@@ -16,7 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -28,9 +31,11 @@ import httpx
 import numpy as np
 
 from bench.common import Table, median, peak_rss_mib, percentile, time_calls
+from bench.training import ROOT, synthetic_folder
 from training.service import Supervisor, free_port, redis_command, torch_threads, wait_for_redis
 
 PARQUET = "application/vnd.apache.parquet"
+API_KEY = "bench"
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ FULL = Sizes(repeats=30, per_level=64, emulate_rows=10_000, emulate_repeats=5, r
 QUICK = Sizes(repeats=3, per_level=8, emulate_rows=200, emulate_repeats=1, raw_rows=2_000,
               galsim_rows=5)  # fmt: skip
 CONCURRENCY = (1, 8, 32)
+COALESCED = 4  # requests per forward in the raw "batched" figure (about what the worker sees)
 IMAGE_COUNTS = (1, 4, 16, 64)
 
 
@@ -65,6 +71,7 @@ def start_service(home: Path) -> tuple[Supervisor, str]:
         COSMOGAN_HOME=str(home),
         COSMOGAN_REDIS_URL=f"redis://127.0.0.1:{rport}/0",
         COSMOGAN_DEVICE="cpu",
+        COSMOGAN_API_KEY=API_KEY,
     )
     (home / "redis").mkdir(parents=True)
     sup = Supervisor(stop_timeout_s=15)
@@ -152,6 +159,14 @@ def generate_latency(
     return {"raw": raw, "service": svc}
 
 
+def coalesced_pngs(sampler: Any, k: int) -> list[bytes]:
+    """`k` requests of 16 images the way the worker runs a batch: one pass, then k PNGs."""
+    import torch
+
+    images = sampler.images(torch.cat([sampler.latents(seed, 16) for seed in range(k)]))
+    return [sampler.grid_png(images[16 * i : 16 * (i + 1)]) for i in range(k)]
+
+
 async def closed_loop(base: str, version: str, clients: int, total: int, seed0: int) -> dict:
     """`clients` clients, each sending its share of `total` requests one after another."""
     latencies: list[float] = []
@@ -225,12 +240,60 @@ def per_object_times(emulator: Any, truth_dir: Path, sizes: Sizes) -> dict[str, 
     return {"emulator": emu, "galsim": galsim, "analytic": analytic}
 
 
+def generate_while_training(
+    client: httpx.Client, sampler: Any, version: str, home: Path, data: Path, quick: bool,
+    repeats: int,
+) -> dict[str, Any]:  # fmt: skip
+    """`GET /generate` n=16 latencies while the worker runs a `nebula` training job.
+
+    The job trains on a copy of `data` in the service's data root (the API only takes
+    datasets from there), from its first generator step on; it is cancelled afterwards.
+    """
+    shutil.copytree(data, home / "data" / "nebulae", symlinks=False)
+    overrides: dict[str, Any] = {"samples_every": 10**6}  # no sample grids: steady load
+    if quick:
+        overrides |= {"width": 8, "batch_size": 4}
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    body = {"preset": "nebula", "data": "nebulae", "overrides": overrides}
+    r = client.post("/train", json=body, headers=auth)
+    r.raise_for_status()
+    job_id = r.json()["job_id"]
+
+    def job() -> dict[str, Any]:
+        return client.get(f"/train/{job_id}").raise_for_status().json()
+
+    deadline = time.monotonic() + 300
+    while (rec := job())["step"] < 1:
+        if rec["state"] in ("failed", "cancelled", "succeeded") or time.monotonic() > deadline:
+            raise RuntimeError(f"the training job did not get going: {rec}")
+        time.sleep(0.5)
+    step0 = rec["step"]
+    t = time.perf_counter()
+    lat = generate_latency(client, sampler, version, 16, repeats, seed0=20_000)
+    wall = time.perf_counter() - t
+    rec = job()
+    if rec["state"] != "running":
+        raise RuntimeError(f"the training job ended while being measured against: {rec}")
+    client.delete(f"/train/{job_id}", headers=auth).raise_for_status()
+    deadline = time.monotonic() + 120
+    while job()["state"] not in ("failed", "cancelled", "succeeded"):
+        if time.monotonic() > deadline:
+            break  # stop_all ends it with the service
+        time.sleep(0.5)
+    steps = rec["step"] - step0
+    return {**lat, "train_steps": steps, "train_wall_s": wall, "overrides": overrides}
+
+
 # --------------------------------------------------------------------------------------------
 # The run
 
 
-def run(quick: bool, command: str) -> tuple[list[Table], dict[str, Any]]:
-    """Every inference measurement against one private service; the tables and raw figures."""
+def run(quick: bool, command: str, data: Path | None = None) -> tuple[list[Table], dict[str, Any]]:
+    """Every inference measurement against one private service; the tables and raw figures.
+
+    `data` is the nebula image folder the load measurement trains on (default
+    var/data/nebulae); without one that measurement is left out.
+    """
     import torch
 
     from models.registry import Registry
@@ -267,6 +330,9 @@ def run(quick: bool, command: str) -> tuple[list[Table], dict[str, Any]]:
                     )
                 raw_png = time_calls(lambda: sampler.png(7, 16), max(3, sizes.repeats // 3))
                 raw["raw_png_n16_s"] = raw_png
+                raw["raw_coalesced_s"] = time_calls(
+                    lambda: coalesced_pngs(sampler, COALESCED), max(3, sizes.repeats // 3)
+                )
 
                 # 3. POST /emulate
                 truth_dir = Path(tmp) / "truth"
@@ -284,7 +350,19 @@ def run(quick: bool, command: str) -> tuple[list[Table], dict[str, Any]]:
                     for n in IMAGE_COUNTS
                 }
 
-                # 6. memory
+                # 6. GET /generate while a training job runs
+                if quick:
+                    data = synthetic_folder(Path(tmp) / "blobs")
+                elif data is None:
+                    data = ROOT / "var" / "data" / "nebulae"
+                if data.is_dir() and any(data.iterdir()):
+                    raw["generate_training"] = generate_while_training(
+                        client, sampler, versions["nebula"], home, data, quick, sizes.repeats
+                    )
+                else:
+                    print(f"no images in {data}: skipping /generate under training load")
+
+                # 7. memory
                 raw["peak_rss_mib"] = {
                     f"{label(pid)}, pid {pid}": peak_rss_mib(pid)
                     for child in sup.children
@@ -342,9 +420,23 @@ def tables(raw: dict[str, Any], command: str, threads: int) -> list[Table]:
         )
     raw_rate = 1 / median(raw["raw_png_n16_s"])
     conc.rows.append(["raw, sequential", "", raw_rate, 16 * raw_rate, raw_rate / one_rate])
+    batched_rate = COALESCED / median(raw["raw_coalesced_s"])
+    conc.rows.append(
+        [
+            f"raw, {COALESCED} requests per pass",
+            "",
+            batched_rate,
+            16 * batched_rate,
+            batched_rate / one_rate,
+        ]
+    )
     conc.notes = [
         "each client sends its requests one after another (a closed loop); batch = mean "
-        "number of requests the worker ran in one forward pass (`X-Batch-Size`)",
+        "number of requests the worker ran in one forward pass (`X-Batch-Size`); the raw "
+        "rows call the generator in this process, one request at a time or "
+        f"{COALESCED} coalesced as the worker does (batched / unbatched = "
+        f"{batched_rate / raw_rate:.2f}×: the generator runs one image per forward, "
+        "so coalescing saves only per-call overhead)",
     ]
 
     e = raw["emulate"]
@@ -395,21 +487,50 @@ def tables(raw: dict[str, Any], command: str, threads: int) -> list[Table]:
             ]
         )
 
+    under_load = None
+    if (t := raw.get("generate_training")) is not None:
+        under_load = Table(
+            "GET /generate, 16 images of 128², idle vs while a `nebula` training job runs",
+            command,
+            ["path", "idle p50 ms", "training p50 ms", "idle p95 ms", "training p95 ms",
+             "× idle (p50)", "× idle (p95)"],
+        )  # fmt: skip
+        for name, key in (("service", "service"), ("raw forward + PNG", "raw")):
+            idle, busy = g[key], t[key]
+            under_load.rows.append(
+                [
+                    name,
+                    ms(idle, 50),
+                    ms(busy, 50),
+                    ms(idle, 95),
+                    ms(busy, 95),
+                    median(busy) / median(idle),
+                    percentile(busy, 95) / percentile(idle, 95),
+                ]
+            )
+        under_load.notes = [
+            f"{len(t['service'])} requests each; the job (`nebula` preset, overrides "
+            f"{json.dumps(t['overrides'])}) made {t['train_steps']} generator steps while they "
+            f"ran ({t['train_wall_s']:.0f} s); the worker's training and inference processes "
+            "share the machine's cores",
+        ]
+
     memory = Table(
-        "Peak resident memory of the service processes (after all of the above)",
+        "Peak resident memory of the service processes (after all of the above, training included)",
         command,
         ["process", "peak MiB"],
         [[k, v] for k, v in raw["peak_rss_mib"].items() if v is not None],
     )
-    return [latency, conc, emulate, per_object, by_n, memory]
+    return [latency, conc, emulate, per_object, by_n, *([under_load] if under_load else []), memory]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--data", type=Path, default=None, help="nebula image folder")
     args = parser.parse_args(argv)
     cmd = "python -m bench.serving" + (" --quick" if args.quick else "")
-    for t in run(args.quick, cmd)[0]:
+    for t in run(args.quick, cmd, args.data)[0]:
         print(t.markdown())
     return 0
 

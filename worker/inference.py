@@ -243,18 +243,19 @@ class Engine:
         return out  # type: ignore[return-value]
 
     def emulate(self, requests: list[dict[str, Any]]) -> list[dict[str, Any] | RequestError]:
-        """Each request `{model, version, x (N×9 lists), samples, seed}` → base64 arrays.
+        """Each request `{model, version, x, samples, seed}` → packed arrays.
 
-        The result holds `mags` (float64, (N·samples, 3), NaN where not detected) and
-        `detected` (uint8, (N·samples,)), in the emulator's row order.
+        `x` is the (N, 9) float64 input packed by `worker.payload.pack`. The result holds
+        `mags` (float64, (N·samples, 3), NaN where not detected) and `detected` (uint8,
+        (N·samples,)), packed the same way, in the emulator's row order.
         """
-        import numpy as np
+        from worker.payload import pack, unpack
 
         out, groups, models = self._group(requests, EMULATOR)
         for key, idx in groups.items():
             emulator = models[key].model
             try:
-                xs = [np.asarray(requests[i]["x"], dtype=np.float64).reshape(-1, 9) for i in idx]
+                xs = [unpack(requests[i]["x"], "<f8", 9) for i in idx]
                 results = emulate_coalesced(
                     emulator,
                     xs,
@@ -263,12 +264,8 @@ class Engine:
                 )
                 for i, (mags, det) in zip(idx, results, strict=True):
                     out[i] = {
-                        "mags": base64.b64encode(
-                            np.ascontiguousarray(mags, dtype="<f8").tobytes()
-                        ).decode("ascii"),
-                        "detected": base64.b64encode(
-                            np.ascontiguousarray(det, dtype=np.uint8).tobytes()
-                        ).decode("ascii"),
+                        "mags": pack(mags, "<f8"),
+                        "detected": pack(det, "u1"),
                         "rows": len(det),
                         "model": key[0],
                         "version": key[1],

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import json
 import secrets
 from typing import Annotated, Any
 
-import numpy as np
 import pandas as pd
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -28,6 +26,7 @@ from training.data.catalog import (
 )
 from training.presets import PRESETS, family
 from worker.celery_app import EMULATE_TASK, INFERENCE_QUEUE
+from worker.payload import pack, unpack
 
 router = APIRouter(tags=["inference"])
 
@@ -168,7 +167,7 @@ async def emulate(
             "model": model,
             "version": version,
             "active": mv.version,
-            "x": x.tolist(),
+            "x": pack(x, "<f8"),
             "samples": samples,
             "seed": seed,
         },
@@ -203,6 +202,6 @@ def _check_rows(n: int, limit: int) -> None:
 
 def _output_frame(df: pd.DataFrame, result: dict[str, Any], samples: int) -> pd.DataFrame:
     """The input rows (each repeated `samples` times) with mag_r/i/z and detected."""
-    mags = np.frombuffer(base64.b64decode(result["mags"]), dtype="<f8").reshape(-1, 3)
-    det = np.frombuffer(base64.b64decode(result["detected"]), dtype=np.uint8).astype(bool)
+    mags = unpack(result["mags"], "<f8", 3)
+    det = unpack(result["detected"], "u1").astype(bool)
     return with_emulated(df, mags, det, samples)

@@ -46,4 +46,10 @@ def test_quick_bench_runs_every_suite(tmp_path: Path) -> None:
     seed, ours = train["train_seed"], train["train_ours"]
     per_image = lambda t: t["flops_per_step"] / t["batch_size"]  # noqa: E731
     assert per_image(seed) > per_image(ours)
+
+    serve = report["raw"]["serving"]
+    # /generate was measured again while a real training job was running in the worker
+    loaded = serve["generate_training"]
+    assert len(loaded["service"]) == len(loaded["raw"]) == serve["sizes"]["repeats"]
+    assert all(b >= 1 for level in serve["concurrency"].values() for b in level["batches"])
     assert (out / "latest.md").read_text().count("###") == len(tables)
