@@ -510,9 +510,9 @@ def tables(raw: dict[str, Any], command: str, threads: int) -> list[Table]:
             )
         under_load.notes = [
             f"{len(t['service'])} requests each; the job (`nebula` preset, overrides "
-            f"{json.dumps(t['overrides'])}) made {t['train_steps']} generator steps while they "
-            f"ran ({t['train_wall_s']:.0f} s); the worker's training and inference processes "
-            "share the machine's cores",
+            f"{json.dumps(t['overrides'])}) ran throughout, from its first generator step, and "
+            f"advanced {t['train_steps']} step(s) in those {t['train_wall_s']:.0f} s; the "
+            "worker's training and inference processes share the machine's cores",
         ]
 
     memory = Table(
