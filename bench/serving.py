@@ -32,7 +32,8 @@ import numpy as np
 
 from bench.common import Table, median, peak_rss_mib, percentile, time_calls
 from bench.training import ROOT, synthetic_folder
-from training.service import Supervisor, free_port, redis_command, torch_threads, wait_for_redis
+from launcher.supervisor import Supervisor, free_port, redis_command, wait_for_redis
+from worker.celery_app import torch_threads
 
 PARQUET = "application/vnd.apache.parquet"
 API_KEY = "bench"
@@ -78,7 +79,7 @@ def start_service(home: Path) -> tuple[Supervisor, str]:
     log = (home / "service.log").open("ab")
     redis = sup.start("redis", redis_command(rport, home / "redis"), env, output=log)
     wait_for_redis(env["COSMOGAN_REDIS_URL"], proc=redis.proc)
-    cli = [sys.executable, "-m", "training.cli", "-q"]
+    cli = [sys.executable, "-m", "launcher", "-q"]
     for name, args in (("worker", ["worker"]), ("api", ["api", "--port", str(aport)])):
         sup.start(name, [*cli, *args], env, output=log)
     base = f"http://127.0.0.1:{aport}"
@@ -131,8 +132,8 @@ def label(pid: int) -> str:
         queue = args[args.index("-Q") + 1] if "-Q" in args else "?"
         role = "pool process" if "celery" in args_of(parent(pid)) else "main"
         return f"celery worker [{queue}], {role}"
-    if "training.cli" in args:
-        rest = [a for a in args[args.index("training.cli") + 1 :] if a and not a.startswith("-")]
+    if "launcher" in args:
+        rest = [a for a in args[args.index("launcher") + 1 :] if a and not a.startswith("-")]
         return "cosmogan " + (rest[0] if rest else "")
     return Path(args[0]).name if args else "?"
 
@@ -194,7 +195,7 @@ def emulate_rates(
     client: httpx.Client, emulator: Any, frame: Any, repeats: int
 ) -> dict[str, list[float]]:
     """Seconds per request of `len(frame)` rows: JSON, Parquet, and the raw emulator."""
-    from training.data.columns import INPUTS
+    from models.columns import INPUTS
 
     rows = frame[list(INPUTS)].to_dict(orient="records")
     x = frame[list(INPUTS)].to_numpy()
@@ -225,8 +226,8 @@ def emulate_rates(
 
 def per_object_times(emulator: Any, truth_dir: Path, sizes: Sizes) -> dict[str, float]:
     """Seconds per object: the emulator on a large batch, the mini-Balrog simulators."""
+    from models.columns import INPUTS
     from training.data.balrog import sample_inputs
-    from training.data.columns import INPUTS
     from training.data.minibalrog import simulate
 
     big = sample_inputs(sizes.raw_rows, seed=11, data_dir=truth_dir)
@@ -296,10 +297,10 @@ def run(quick: bool, command: str, data: Path | None = None) -> tuple[list[Table
     """
     import torch
 
+    from models.emulator_sampler import Emulator
+    from models.image_sampler import ImageSampler
     from models.registry import Registry
     from training.data.balrog import sample_inputs
-    from training.emulate import Emulator
-    from training.generate import ImageSampler
 
     sizes = QUICK if quick else FULL
     threads = torch_threads("inference")

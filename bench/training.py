@@ -141,7 +141,7 @@ def trial_ours(recipe: str, data: Path, budget_s: float, epochs: int | None, **o
     """
     import torch
 
-    from training.generate import ImageSampler
+    from models.image_sampler import ImageSampler
     from training.image_gan import train_image_gan
 
     def run(config: Any, **kw: Any) -> Any:

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 
 from models.atomic import atomic_write
+from models.kinds import KINDS
 
 FORMAT_VERSION = 1
-KINDS = ("wgan-gp-128", "dcgan-64", "cwgan-gp")
 
 
 class CheckpointError(ValueError):

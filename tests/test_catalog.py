@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from astropy.table import Table
 
-from training.data import columns
+from models import columns
 from training.data.catalog import (
     CatalogError,
     CatalogWriter,

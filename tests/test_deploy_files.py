@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training.cli import _parser
+from launcher.cli import _parser
 
 ROOT = Path(__file__).resolve().parents[1]
 

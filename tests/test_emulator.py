@@ -9,15 +9,16 @@ import pandas as pd
 import pytest
 import torch
 
+from models.columns import DETECTED, INPUTS, OBSERVED
 from models.emulator import Critic, Detector, EmulatorConfig, Generator
+from models.emulator_sampler import BLOCK_ROWS, Emulator
 from training.data.catalog import CatalogError
-from training.data.columns import DETECTED, INPUTS, OBSERVED
-from training.emulate import BLOCK_ROWS, Emulator, emulate_file
+from training.emulate import emulate_file
+from training.emulator_gan import train_emulator_gan
 from training.losses import gradient_penalty
 from training.presets import build_config
-from training.tabular_gan import train_tabular_gan
 
-from .test_tabular_gan import make_analytic_catalog
+from .test_emulator_gan import make_analytic_catalog
 
 torch.set_num_threads(1)
 
@@ -25,7 +26,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def dry_model(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dry")
-    result = train_tabular_gan(
+    result = train_emulator_gan(
         build_config("balrog", {"dry_run": True, "device": "cpu"}), None, out
     )
     return Path(result["model"])
@@ -184,7 +185,7 @@ def trained(tmp_path_factory) -> tuple[Emulator, pd.DataFrame]:
             "log_every": 10_000,
         },
     )
-    result = train_tabular_gan(cfg, cat, tmp / "run")
+    result = train_emulator_gan(cfg, cat, tmp / "run")
     df = pd.read_parquet(cat)
     return Emulator.load(result["model"], device="cpu"), df[df["split"] == "test"]
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from training.emulator_eval import GaussianBaseline, evaluate_emulator, model_metrics
+from training.emulator_gan import Split, load_emulator_catalog, train_emulator_gan
 from training.evaluate import evaluate
 from training.presets import build_config
-from training.tabular_gan import Split, load_emulator_catalog, train_tabular_gan
 
-from .test_tabular_gan import make_analytic_catalog
+from .test_emulator_gan import make_analytic_catalog
 
 torch.set_num_threads(1)
 
@@ -62,8 +62,8 @@ def test_gaussian_baseline_recovers_offset_scatter_and_completeness():
 
 def test_report_scores_ours_and_both_baselines_and_draws_the_plots(catalog, tmp_path):
     cfg = {"max_steps": 20, "detector_epochs": 2, "device": "cpu", "checkpoint_every": 100}
-    ours = train_tabular_gan(build_config("balrog", cfg), catalog, tmp_path / "run")
-    seed_variant = train_tabular_gan(
+    ours = train_emulator_gan(build_config("balrog", cfg), catalog, tmp_path / "run")
+    seed_variant = train_emulator_gan(
         build_config("balrog", {**cfg, "mse_weight": 1.0}), catalog, tmp_path / "run-mse"
     )
     report = evaluate_emulator(

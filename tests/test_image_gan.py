@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from models.checkpoint import CheckpointError, load_checkpoint
-from training.generate import ImageSampler, generate_png
+from models.image_sampler import ImageSampler, generate_png
 from training.image_gan import train_image_gan
 from training.presets import build_config
 

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.data import balrog, columns, minibalrog
+from models import columns
+from training.data import balrog, minibalrog
 
 SIMULATORS = ("analytic", "galsim")
 # enough objects for stable statistics, few enough for GalSim (~4 ms each) to stay fast

@@ -1,33 +1,17 @@
-"""The `cosmogan` command line: data, train, generate, emulate, evaluate, serve, api, worker."""
+"""The `cosmogan` commands that work on data and models: data, train, generate, emulate, evaluate.
+
+`launcher.cli` builds the whole command line and adds these with `add_commands`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 from models.settings import get_settings
 from training.presets import PRESETS, PresetError, build_config
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if not getattr(args, "quiet", False) else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return int(args.func(args) or 0)
-    except (PresetError, FileNotFoundError, ValueError, LookupError) as exc:
-        print(f"cosmogan: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("cosmogan: interrupted", file=sys.stderr)
-        return 130
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,7 +114,7 @@ def _resolve_model(ref: str | None, checkpoint: str | None, default: str) -> Pat
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from training.generate import generate_png
+    from models.image_sampler import generate_png
 
     path = _resolve_model(args.model, args.checkpoint, "nebula")
     png = generate_png(path, seed=args.seed, n=args.n, nrow=args.nrow, device=args.device)
@@ -173,31 +157,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# service
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from training.service import serve
-
-    return serve(host=args.host, port=args.port, concurrency=args.concurrency)
-
-
-def _cmd_api(args: argparse.Namespace) -> int:
-    from training.service import run_api
-
-    return run_api(host=args.host, port=args.port)
-
-
-def _cmd_worker(args: argparse.Namespace) -> int:
-    from training.service import run_worker
-
-    return run_worker(queues=args.queues, concurrency=args.concurrency)
-
-
-# --------------------------------------------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cosmogan", description=__doc__)
-    p.add_argument("-q", "--quiet", action="store_true", help="less logging, no progress bar")
-    sub = p.add_subparsers(required=True, metavar="COMMAND")
-
+def add_commands(sub: Any) -> None:
+    """Add the data/train/generate/emulate/evaluate sub-commands to `sub`."""
     data = sub.add_parser("data", help="build a training dataset")
     dsub = data.add_subparsers(required=True, metavar="DATASET")
     neb = dsub.add_parser("nebulae", help="real nebula photographs from stellarium-data")
@@ -260,23 +221,3 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default="auto")
     ev.set_defaults(func=_cmd_evaluate)
-
-    settings_help = "(default: COSMOGAN_HOST/COSMOGAN_PORT)"
-    se = sub.add_parser("serve", help="Redis (embedded if needed) + worker + API on one machine")
-    se.add_argument("--host", default=None, help=settings_help)
-    se.add_argument("--port", type=int, default=None)
-    se.add_argument("--concurrency", type=int, default=1, help="training processes")
-    se.set_defaults(func=_cmd_serve)
-    ap = sub.add_parser("api", help="the HTTP API alone")
-    ap.add_argument("--host", default=None, help=settings_help)
-    ap.add_argument("--port", type=int, default=None)
-    ap.set_defaults(func=_cmd_api)
-    wo = sub.add_parser("worker", help="a Celery worker alone")
-    wo.add_argument("--queues", default="training,inference")
-    wo.add_argument("--concurrency", type=int, default=1, help="training processes")
-    wo.set_defaults(func=_cmd_worker)
-    return p
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

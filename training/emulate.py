@@ -1,193 +1,17 @@
-"""Emulator inference: sample detection and observed magnitudes, for arrays and whole catalogs.
-
-Randomness is counter-based by row: the draws for rows `[b·BLOCK_ROWS, (b+1)·BLOCK_ROWS)`
-come from a CPU `torch.Generator` seeded with `(seed, b)`. A row's result therefore depends
-only on the seed and its position, never on the device, the other rows of the batch or the
-chunk size a file is streamed with.
-"""
+"""Whole catalogs through the emulator: streamed in chunks, written atomically."""
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from models.checkpoint import CheckpointError, load_checkpoint
-from models.device import resolve_device
-from models.emulator import Detector, EmulatorConfig, EmulatorScalers, Generator
-from training.data.columns import INPUTS
+from models.emulator_sampler import Emulator
 
 log = logging.getLogger(__name__)
-
-BLOCK_ROWS = 1024  # rows per independently seeded block of random draws
-FORWARD_ROWS = 65_536  # rows per forward pass (bounds memory for large inputs)
-
-
-def _block_seed(seed: int, block: int) -> int:
-    """A 63-bit generator seed for one block, mixed from (seed, block) by SeedSequence."""
-    state = np.random.SeedSequence([int(seed) & (2**64 - 1), int(block)]).generate_state(2)
-    return int(state[0]) << 31 ^ int(state[1])
-
-
-def random_seed() -> int:
-    """A fresh seed for callers that did not ask for reproducibility."""
-    return int.from_bytes(os.urandom(8), "little") >> 1
-
-
-class Emulator:
-    """A trained emulator: calibrated detection classifier + EMA generator + scalers."""
-
-    def __init__(
-        self,
-        generator: Generator,
-        detector: Detector,
-        scalers: EmulatorScalers,
-        device: torch.device,
-        meta: dict[str, Any] | None = None,
-    ) -> None:
-        self.generator = generator.eval().requires_grad_(False)
-        self.detector = detector.eval().requires_grad_(False)
-        self.scalers = scalers
-        self.device = device
-        self.meta = meta or {}
-
-    @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "auto") -> Emulator:
-        """Rebuild from a `cwgan-gp` checkpoint (inference-only or full)."""
-        dev = resolve_device(device)
-        ckpt = load_checkpoint(path, map_location="cpu")
-        if ckpt.kind != "cwgan-gp":
-            raise CheckpointError(f"{path} holds a {ckpt.kind!r} model, not an emulator")
-        cfg = EmulatorConfig.from_dict(ckpt.config)
-        generator = Generator(cfg)
-        generator.load_state_dict(ckpt.ema)
-        detector = Detector(cfg)
-        detector.load_state_dict(ckpt.extra["detector"])
-        scalers = EmulatorScalers.from_dict(ckpt.preprocessing)
-        meta = {
-            "step": ckpt.step,
-            "epoch": ckpt.epoch,
-            **{k: ckpt.extra.get(k) for k in ("preset", "calibration", "metrics")},
-        }
-        return cls(generator.to(dev), detector.to(dev), scalers, dev, meta)
-
-    @property
-    def noise_dim(self) -> int:
-        return self.generator.cfg.noise_dim
-
-    # ---- randomness ----------------------------------------------------------------------
-    def draws(
-        self, rows: int, samples: int = 1, seed: int = 0, start: int = 0
-    ) -> tuple[Tensor, Tensor]:
-        """Noise (rows·samples, noise_dim) and detection uniforms (rows·samples,) on the CPU.
-
-        For rows `start … start+rows−1` of a catalog; realization k of row i sits at index
-        `(i − start)·samples + k`.
-        """
-        if rows == 0:
-            return torch.zeros(0, self.noise_dim), torch.zeros(0, dtype=torch.float64)
-        first, last = start // BLOCK_ROWS, (start + rows - 1) // BLOCK_ROWS
-        noise, uniforms = [], []
-        for b in range(first, last + 1):
-            g = torch.Generator().manual_seed(_block_seed(seed, b))
-            n = BLOCK_ROWS * samples
-            uniforms.append(torch.rand(n, generator=g, dtype=torch.float64))
-            noise.append(torch.randn(n, self.noise_dim, generator=g))
-        lo = (start - first * BLOCK_ROWS) * samples
-        hi = lo + rows * samples
-        return torch.cat(noise)[lo:hi], torch.cat(uniforms)[lo:hi]
-
-    def noise(self, n: int, seed: int) -> Tensor:
-        """The generator noise (n, noise_dim) of `n` rows for `seed` (CPU, device-independent)."""
-        return self.draws(n, 1, seed)[0]
-
-    # ---- sampling ------------------------------------------------------------------------
-    @torch.no_grad()
-    def detection_probability(self, x: np.ndarray) -> np.ndarray:
-        """Calibrated P(detected) per row of raw inputs (N, 9) → (N,) float64."""
-        x = _check_inputs(x)
-        out = []
-        for i in range(0, len(x), FORWARD_ROWS):
-            xt = torch.tensor(x[i : i + FORWARD_ROWS], dtype=torch.float32, device=self.device)
-            cond, true = self.scalers.split_inputs(xt)
-            out.append(self.detector.calibrated_prob(cond, true).double().cpu())
-        return torch.cat(out).numpy() if out else np.zeros(0)
-
-    @torch.no_grad()
-    def sample_with(
-        self, x: np.ndarray, noise: Tensor, uniforms: Tensor
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """One realization per row of `x` (M, 9) with the given draws.
-
-        `noise` (M, noise_dim) and `uniforms` (M,) come from `draws`; a row is detected when
-        its uniform is below its calibrated detection probability, and only detected rows
-        get magnitudes. Rows never interact, so callers may concatenate the inputs and draws
-        of many requests and run them in one pass. Returns magnitudes (M, 3) float64 (NaN
-        where not detected) and detected (M,) bool.
-        """
-        x = _check_inputs(x)
-        if noise.shape != (len(x), self.noise_dim) or uniforms.shape != (len(x),):
-            raise ValueError(
-                f"draws do not match {len(x)} rows: noise {tuple(noise.shape)}, "
-                f"uniforms {tuple(uniforms.shape)}"
-            )
-        mags = np.full((len(x), 3), np.nan)
-        detected = np.zeros(len(x), dtype=bool)
-        for i in range(0, len(x), FORWARD_ROWS):
-            sl = slice(i, i + FORWARD_ROWS)
-            xt = torch.tensor(x[sl], dtype=torch.float32, device=self.device)  # (m, 9)
-            cond, true = self.scalers.split_inputs(xt)  # (m, 6), (m, 3)
-            prob = self.detector.calibrated_prob(cond, true).double().cpu()  # (m,)
-            det = (uniforms[sl].double() < prob).numpy()
-            detected[sl] = det
-            if not det.any():
-                continue
-            keep = torch.from_numpy(det).to(self.device)
-            z = noise[sl][torch.from_numpy(det)].to(self.device)  # (d, noise_dim)
-            target = self.generator(z, cond[keep], true[keep]).double().cpu().numpy()  # (d, 3)
-            s = self.scalers
-            true_raw = x[sl][det, :3].astype(np.float64)
-            mags[np.flatnonzero(det) + i] = (
-                true_raw + target * np.asarray(s.delta_std) + np.asarray(s.delta_mean)
-            )
-        return mags, detected
-
-    def sample(
-        self, x: np.ndarray, samples: int = 1, seed: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """`samples` realizations per row of raw inputs `x` (N, 9), in `columns.INPUTS` order.
-
-        Returns magnitudes (N·samples, 3) float64 with NaN where not detected and detected
-        (N·samples,) bool; realization k of row i is at index i·samples + k.
-        """
-        x = _check_inputs(x)
-        if samples < 1:
-            raise ValueError(f"samples must be at least 1, got {samples}")
-        seed = random_seed() if seed is None else seed
-        noise, uniforms = self.draws(len(x), samples, seed)
-        return self.sample_with(np.repeat(x, samples, axis=0), noise, uniforms)
-
-
-def _check_inputs(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 2 or x.shape[1] != len(INPUTS):
-        raise ValueError(f"emulator inputs must have shape (N, {len(INPUTS)}), got {x.shape}")
-    if not np.issubdtype(x.dtype, np.number):
-        raise ValueError(f"emulator inputs must be numbers, got dtype {x.dtype}")
-    if not np.isfinite(x).all():
-        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))[:5].tolist()
-        raise ValueError(f"emulator inputs must be finite; rows {bad} are not")
-    return x
-
-
-# --------------------------------------------------------------------------------------------
-# whole catalogs
 
 
 def emulate_file(
@@ -249,6 +73,3 @@ def emulate_file(
         "chunks": chunks,
         "seconds": round(seconds, 3),
     }
-
-
-__all__ = ["BLOCK_ROWS", "Emulator", "emulate_file", "random_seed"]

@@ -26,9 +26,9 @@ import numpy as np
 from scipy import stats
 
 from models.checkpoint import load_checkpoint
-from training.data.columns import BANDS, CONDITIONS
-from training.emulate import Emulator
-from training.tabular_gan import Split, calibration_report, load_emulator_catalog
+from models.columns import BANDS, CONDITIONS
+from models.emulator_sampler import Emulator
+from training.emulator_gan import Split, calibration_report, load_emulator_catalog
 
 log = logging.getLogger(__name__)
 

@@ -164,9 +164,9 @@ def evaluate_image_generator(
     the floor compare equally large sets against the same held-out images.
     """
     from models.checkpoint import load_checkpoint
+    from models.image_sampler import ImageSampler
     from models.settings import get_settings
     from training.data.images import ImageFolder
-    from training.generate import ImageSampler
 
     ckpt = load_checkpoint(checkpoint)
     sampler = ImageSampler.load(checkpoint, device=device)

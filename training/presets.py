@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
-Family = Literal["image", "tabular"]
+from models.kinds import Family, family_of
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class ImageTrainConfig:
 
 
 @dataclass(frozen=True)
-class TabularTrainConfig:
+class EmulatorTrainConfig:
     """One emulator run (`balrog` = conditional WGAN-GP + detection classifier)."""
 
     preset: str = "balrog"
@@ -72,23 +72,20 @@ class TabularTrainConfig:
     max_rows: int | None = None  # use only the first N training rows (quick runs)
 
 
-PRESETS: dict[str, tuple[Family, Any]] = {
-    "nebula": ("image", ImageTrainConfig()),
-    "nebula-dcgan": (
-        "image",
-        ImageTrainConfig(
-            preset="nebula-dcgan",
-            kind="dcgan-64",
-            image_size=64,
-            latent_dim=100,
-            batch_size=128,
-            lr=2e-4,
-            beta1=0.5,
-            beta2=0.999,
-            n_critic=1,
-        ),
+PRESETS: dict[str, ImageTrainConfig | EmulatorTrainConfig] = {
+    "nebula": ImageTrainConfig(),
+    "nebula-dcgan": ImageTrainConfig(
+        preset="nebula-dcgan",
+        kind="dcgan-64",
+        image_size=64,
+        latent_dim=100,
+        batch_size=128,
+        lr=2e-4,
+        beta1=0.5,
+        beta2=0.999,
+        n_critic=1,
     ),
-    "balrog": ("tabular", TabularTrainConfig()),
+    "balrog": EmulatorTrainConfig(),
 }
 
 # Overrides a user may not set: they define the model family of the preset.
@@ -126,15 +123,16 @@ class PresetError(ValueError):
 
 
 def family(preset: str) -> Family:
+    """`image` or `emulator`: the family of the preset's checkpoint kind."""
     if preset not in PRESETS:
         raise PresetError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[preset][0]
+    return family_of(PRESETS[preset].kind)
 
 
 def build_config(preset: str, overrides: dict[str, Any] | None = None) -> Any:
     """The preset's config with `overrides` applied and checked."""
-    fam = family(preset)
-    base = PRESETS[preset][1]
+    family(preset)  # an unknown preset fails here, with the list of known ones
+    base = PRESETS[preset]
     overrides = dict(overrides or {})
     known = {f.name: f for f in fields(base)}
     for key, value in overrides.items():
@@ -145,7 +143,6 @@ def build_config(preset: str, overrides: dict[str, Any] | None = None) -> Any:
             raise PresetError(f"override {key!r} is fixed by preset {preset!r}")
         default = getattr(base, key)
         overrides[key] = _coerce(key, value, default)
-    del fam
     return replace(base, **overrides)
 
 
@@ -156,7 +153,7 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 def config_from_dict(data: dict[str, Any]) -> Any:
     """Rebuild a config saved by `config_to_dict` (unknown keys from newer versions ignored)."""
     preset = data.get("preset")
-    base = PRESETS[preset][1] if preset in PRESETS else None
+    base = PRESETS.get(preset)
     if base is None:
         raise PresetError(f"unknown preset {preset!r}")
     known = {f.name for f in fields(base)}

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypedDict
 
-from training.presets import ImageTrainConfig, TabularTrainConfig, family
+from training.presets import EmulatorTrainConfig, ImageTrainConfig, family
 
 ProgressFn = Callable[[dict[str, Any]], None]
 StopFn = Callable[[], bool]
@@ -27,7 +27,7 @@ class TrainResult(TypedDict):
 
 
 def run_training(
-    config: ImageTrainConfig | TabularTrainConfig,
+    config: ImageTrainConfig | EmulatorTrainConfig,
     data: str | Path | None,
     out_dir: str | Path,
     *,
@@ -43,8 +43,8 @@ def run_training(
         return train_image_gan(
             config, data, out_dir, resume=resume, progress=progress, should_stop=should_stop
         )
-    from training.tabular_gan import train_tabular_gan
+    from training.emulator_gan import train_emulator_gan
 
-    return train_tabular_gan(
+    return train_emulator_gan(
         config, data, out_dir, resume=resume, progress=progress, should_stop=should_stop
     )

@@ -13,6 +13,8 @@ that dies is replaced and its message redelivered).
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery
 
 from models.settings import get_settings
@@ -27,6 +29,30 @@ EMULATE_TASK = "cosmogan.emulate"
 PING_TASK = "cosmogan.ping"
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def torch_threads(queue: str) -> int:
+    """CPU threads for torch in a worker of `queue`.
+
+    Training gets all cores but one, inference one (up to 4 on big machines), so that a
+    running training job leaves a core to answer requests.
+    """
+    cores = os.cpu_count() or 2
+    if queue == TRAINING_QUEUE:
+        return max(1, cores - 1)
+    return max(1, min(4, cores // 4))
+
+
+def pool_policy(queue: str, concurrency: int, batch_max_size: int) -> tuple[int, int]:
+    """(processes, prefetch multiplier) for a worker of `queue`.
+
+    Training: one job per process at a time, prefetch 1, so late acks hand a job back if the
+    process dies. Inference: one process whose celery-batches buffer is fed by prefetching;
+    the prefetch must exceed a full batch or a batch could never fill.
+    """
+    if queue == TRAINING_QUEUE:
+        return max(1, concurrency), 1
+    return 1, 2 * batch_max_size
 
 
 def redis_url() -> str:

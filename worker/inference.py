@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from models.kinds import EMULATOR, IMAGE
 from models.registry import Registry, RegistryError
 
 log = logging.getLogger(__name__)
 
-IMAGE, EMULATOR = "image", "emulator"
 REFRESH_EVERY_S = 0.25  # how often the active pointers are re-read from the registry
 RETRY_FAILED_S = 60.0  # a version that failed to load is tried again after this long
 
@@ -46,19 +46,8 @@ class Loaded:
     name: str
     version: str
     created: float
-    family: str  # IMAGE or EMULATOR
-    model: Any  # training.generate.ImageSampler or training.emulate.Emulator
-
-
-def model_family(name: str, path: Path) -> str:
-    """Image generator or emulator: from the preset name, else from the checkpoint kind."""
-    from training.presets import PRESETS, family
-
-    if name in PRESETS:
-        return IMAGE if family(name) == "image" else EMULATOR
-    from models.checkpoint import load_checkpoint
-
-    return EMULATOR if load_checkpoint(path).kind == "cwgan-gp" else IMAGE
+    family: str  # models.kinds.IMAGE or EMULATOR
+    model: Any  # models.sampling.Sampler: an ImageSampler or an Emulator
 
 
 class Engine:
@@ -78,17 +67,12 @@ class Engine:
 
     # -- versions --------------------------------------------------------------------------
     def _load(self, name: str, version: str) -> Loaded:
+        from models.sampling import load_sampler, sampler_family
+
         mv = self.registry.get(name, version)
-        fam = model_family(name, mv.path)
         t0 = time.perf_counter()
-        if fam == IMAGE:
-            from training.generate import ImageSampler
-
-            model = ImageSampler.load(mv.path, self.device)
-        else:
-            from training.emulate import Emulator
-
-            model = Emulator.load(mv.path, self.device)
+        model = load_sampler(mv.path, self.device)
+        fam = sampler_family(model)
         log.info("loaded %s@%s (%s) in %.2fs", name, version, fam, time.perf_counter() - t0)
         return Loaded(name, version, float(mv.meta.get("created") or 0.0), fam, model)
 
@@ -309,8 +293,7 @@ def get_engine() -> Engine:
         import torch
 
         from models.settings import get_settings
-        from training.service import torch_threads
-        from worker.celery_app import INFERENCE_QUEUE
+        from worker.celery_app import INFERENCE_QUEUE, torch_threads
 
         torch.set_num_threads(torch_threads(INFERENCE_QUEUE))
         settings = get_settings()

@@ -261,7 +261,6 @@ def _jsonable(fields: dict[str, Any]) -> dict[str, Any]:
 def _limit_torch_threads() -> None:
     import torch
 
-    from training.service import torch_threads
-    from worker.celery_app import TRAINING_QUEUE
+    from worker.celery_app import TRAINING_QUEUE, torch_threads
 
     torch.set_num_threads(torch_threads(TRAINING_QUEUE))

@@ -17,6 +17,7 @@ from app.deps import RegistryDep, SettingsDep, WaiterDep
 from app.errors import ApiError
 from app.metrics import observe_inference
 from app.schemas import MAX_SEED, NAME_PATTERN, EmulateRequest
+from models.kinds import EMULATOR
 from training.data.catalog import (
     CatalogError,
     read_catalog_bytes,
@@ -152,7 +153,7 @@ async def emulate(
     if len(df) * samples > settings.max_emulate_rows * settings.max_emulate_samples:
         raise ApiError(413, "rows × samples is too large")
     model = model or "balrog"
-    if model in PRESETS and family(model) != "tabular":
+    if model in PRESETS and family(model) != EMULATOR:
         raise ApiError(422, f"model {model!r} is an image generator; use GET /generate")
     try:
         x = await asyncio.to_thread(validate_inputs, df)

@@ -13,6 +13,7 @@ from app.deps import RegistryDep, SettingsDep, WaiterDep
 from app.errors import ApiError
 from app.metrics import observe_inference
 from app.schemas import MAX_SEED, NAME_PATTERN
+from models.kinds import IMAGE
 from training.presets import PRESETS, family
 from worker.celery_app import GENERATE_TASK, INFERENCE_QUEUE
 
@@ -57,7 +58,7 @@ async def generate(
 ) -> Response:
     if n > settings.max_generate_n:
         raise ApiError(422, f"n must be at most {settings.max_generate_n}, got {n}")
-    if model in PRESETS and family(model) != "image":
+    if model in PRESETS and family(model) != IMAGE:
         raise ApiError(422, f"model {model!r} is an emulator; use POST /emulate")
     mv = await asyncio.to_thread(registry.get, model, version)  # 404 if unknown
     cache_control = IMMUTABLE if version else REVALIDATE

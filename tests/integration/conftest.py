@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.service import free_port, redis_command, wait_for_redis
+from launcher.supervisor import free_port, redis_command, wait_for_redis
 
 API_KEY = "integration-key"
 READY_TIMEOUT_S = 120.0
@@ -138,7 +138,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         "COSMOGAN_INFERENCE_TIMEOUT_S": "60",
         "PYTHONUNBUFFERED": "1",
     }
-    cli = [sys.executable, "-m", "training.cli"]
+    cli = [sys.executable, "-m", "launcher"]
     procs: dict[str, subprocess.Popen] = {}
     procs["redis"] = _spawn(redis_command(rport, home / "redis"), env, logs / "redis.log")
     svc = Service(home, f"http://127.0.0.1:{aport}", redis_url, env, procs)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from launcher.supervisor import free_port
 from tests.integration.conftest import make_images, sse_events, wait_until
-from training.service import free_port
 
 TINY = {"batch_size": 4, "width": 8, "sample_count": 4, "heldout_fraction": 0.0}
 
@@ -67,7 +67,7 @@ def start_serve(home: Path, port: int, log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COSMOGAN_")}
     env.update(COSMOGAN_HOME=str(home), COSMOGAN_DEVICE="cpu", PYTHONUNBUFFERED="1")
     return subprocess.Popen(
-        [sys.executable, "-m", "training.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "launcher", "serve", "--port", str(port)],
         env=env,
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,

@@ -49,7 +49,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from training.data import columns, minibalrog
+from models import columns
+from training.data import minibalrog
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Read, validate and write users' galaxy catalogs (CSV, Parquet, FITS), streaming, torch-free.
 
-Column names are those of `training.data.columns`, matched case-insensitively, plus these
+Column names are those of `models.columns`, matched case-insensitively, plus these
 aliases (the DES Y3 Balrog / Gold names among them):
 
 =================  ========================================================================
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from training.data import columns
+from models import columns
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtri
 
-from training.data import columns
+from models import columns
 
 PIXEL_SCALE = 0.263  # arcsec per pixel (DECam)
 ZEROPOINT = 30.0  # flux = 10**(0.4 * (ZEROPOINT - mag))

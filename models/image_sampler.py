@@ -12,11 +12,10 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision.utils import make_grid
 
-from models.checkpoint import CheckpointError, load_checkpoint
+from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from models.device import resolve_device
 from models.image import build_generator
-
-IMAGE_KINDS = ("wgan-gp-128", "dcgan-64")
+from models.kinds import IMAGE_KINDS
 
 # Every sample goes through the generator on its own (micro-batches of one). CPU convolution
 # and GEMM kernels pick algorithms and blockings by tensor shape, so the same latent inside
@@ -38,18 +37,22 @@ class ImageSampler:
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> ImageSampler:
         """Load the EMA weights of an image checkpoint (CheckpointError if it is not one)."""
-        path = Path(path)
-        ckpt = load_checkpoint(path, map_location="cpu")
+        return cls.from_checkpoint(load_checkpoint(path), file_tag(path), device, str(path))
+
+    @classmethod
+    def from_checkpoint(
+        cls, ckpt: Checkpoint, tag: str, device: str | torch.device = "cpu", name: str = "model"
+    ) -> ImageSampler:
+        """Build from an already loaded checkpoint; `tag` identifies its weights (file hash)."""
         if ckpt.kind not in IMAGE_KINDS:
-            raise CheckpointError(f"{path} holds a {ckpt.kind} model, not an image generator")
+            raise CheckpointError(f"{name} holds a {ckpt.kind} model, not an image generator")
         dev = resolve_device(device)
         gen = build_generator(ckpt.kind, ckpt.config)
         try:
             gen.load_state_dict(ckpt.ema)
         except RuntimeError as exc:
-            raise CheckpointError(f"{path}: EMA weights do not fit the config: {exc}") from exc
+            raise CheckpointError(f"{name}: EMA weights do not fit the config: {exc}") from exc
         gen.eval().requires_grad_(False).to(dev)
-        tag = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         return cls(gen, int(ckpt.config["latent_dim"]), tag, str(dev))
 
     def latents(self, seed: int, n: int) -> Tensor:
@@ -81,6 +84,15 @@ class ImageSampler:
 
     def png(self, seed: int, n: int, nrow: int | None = None) -> bytes:
         return self.grid_png(self.images(self.latents(seed, n)), nrow)
+
+
+def file_tag(path: str | Path) -> str:
+    """A short content hash of a checkpoint file: changes whenever its weights do."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def generate_png(

@@ -5,7 +5,8 @@ this supervisor, which then stops the children in order — API, workers, Redis 
 polite signal to each group leader, then SIGKILL to the whole group after a timeout, so no
 pool process or server is left behind.
 
-This module only spawns processes; it imports neither Celery nor FastAPI.
+This module only spawns processes: it never imports torch or FastAPI, and takes the worker
+policy (queues, prefetch, torch threads) from `worker.celery_app`.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from typing import IO
 
 from models.registry import Registry, RegistryError
 from models.settings import get_settings
+from worker.celery_app import QUEUES, pool_policy, torch_threads
 
 log = logging.getLogger(__name__)
 
-QUEUES = ("training", "inference")
 STOP_TIMEOUT_S = 20.0
 POLL_S = 0.5
 
@@ -196,13 +197,7 @@ def wait_for_redis(url: str, timeout_s: float = 15.0, proc: subprocess.Popen | N
 
 def worker_command(queue: str, concurrency: int) -> list[str]:
     """A Celery worker for one queue (separate processes so inference never waits on training)."""
-    settings = get_settings()
-    if queue == "training":
-        # one job per process at a time; late acks hand a job back if the process dies
-        concurrency, prefetch = max(1, concurrency), 1
-    else:
-        # celery-batches buffers prefetched messages: prefetch must exceed a full batch
-        concurrency, prefetch = 1, 2 * settings.batch_max_size
+    concurrency, prefetch = pool_policy(queue, concurrency, get_settings().batch_max_size)
     return [
         sys.executable,
         "-m",
@@ -225,18 +220,6 @@ def worker_command(queue: str, concurrency: int) -> list[str]:
         "--loglevel",
         "INFO",
     ]
-
-
-def torch_threads(queue: str) -> int:
-    """CPU threads for torch in a worker of `queue`.
-
-    Training gets all cores but one, inference one (up to 4 on big machines), so that a
-    running training job leaves a core to answer requests.
-    """
-    cores = os.cpu_count() or 2
-    if queue == "training":
-        return max(1, cores - 1)
-    return max(1, min(4, cores // 4))
 
 
 def worker_env(queue: str, base: dict[str, str]) -> dict[str, str]:

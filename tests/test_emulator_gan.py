@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint
+from models.columns import INPUTS, TRUE_MAG
 from training.data import balrog, minibalrog
-from training.data.columns import INPUTS, TRUE_MAG
+from training.emulator_gan import train_emulator_gan
 from training.presets import build_config
-from training.tabular_gan import train_tabular_gan
 
 torch.set_num_threads(1)
 
@@ -57,7 +57,7 @@ def _config(**overrides):
 
 def test_dry_run_writes_a_loadable_model_and_reports_progress(tmp_path):
     events = []
-    result = train_tabular_gan(
+    result = train_emulator_gan(
         build_config("balrog", {"dry_run": True, "device": "cpu"}),
         None,
         tmp_path / "run",
@@ -82,10 +82,10 @@ def test_dry_run_writes_a_loadable_model_and_reports_progress(tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path, catalog):
-    straight = train_tabular_gan(_config(max_steps=6), catalog, tmp_path / "a", resume=False)
-    first = train_tabular_gan(_config(max_steps=3), catalog, tmp_path / "b", resume=False)
+    straight = train_emulator_gan(_config(max_steps=6), catalog, tmp_path / "a", resume=False)
+    first = train_emulator_gan(_config(max_steps=3), catalog, tmp_path / "b", resume=False)
     assert first["step"] == 3
-    second = train_tabular_gan(_config(max_steps=6), catalog, tmp_path / "b", resume=True)
+    second = train_emulator_gan(_config(max_steps=6), catalog, tmp_path / "b", resume=True)
     assert second["step"] == 6
     a, b = load_checkpoint(straight["model"]), load_checkpoint(second["model"])
     for name, tensor in a.ema.items():
@@ -100,7 +100,7 @@ def test_cancel_checkpoints_and_resume_finishes(tmp_path, catalog):
     def progress(event):
         seen.append(event["step"])
 
-    result = train_tabular_gan(
+    result = train_emulator_gan(
         _config(max_steps=8, checkpoint_every=100),
         catalog,
         tmp_path / "run",
@@ -110,7 +110,7 @@ def test_cancel_checkpoints_and_resume_finishes(tmp_path, catalog):
     assert result["status"] == "cancelled" and result["step"] == 3 and result["model"] is None
     assert load_checkpoint(result["checkpoint"]).step == 3
     assert not (tmp_path / "run" / "model.pt").exists()
-    done = train_tabular_gan(_config(max_steps=8), catalog, tmp_path / "run")
+    done = train_emulator_gan(_config(max_steps=8), catalog, tmp_path / "run")
     assert done["status"] == "succeeded" and done["step"] == 8
 
 
@@ -118,6 +118,6 @@ def test_unreadable_catalog_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("true_mag_r,true_mag_i\n20,21\n")
     with pytest.raises(ValueError, match="missing columns"):
-        train_tabular_gan(_config(), bad, tmp_path / "run")
+        train_emulator_gan(_config(), bad, tmp_path / "run")
     with pytest.raises(FileNotFoundError):
-        train_tabular_gan(_config(), tmp_path / "nope.parquet", tmp_path / "run2")
+        train_emulator_gan(_config(), tmp_path / "nope.parquet", tmp_path / "run2")

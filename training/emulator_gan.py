@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from scipy import stats
 
 from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from models.columns import DETECTED, INPUTS, OBSERVED, SPLIT
 from models.device import resolve_device
 from models.emulator import Critic, Detector, EmulatorConfig, EmulatorScalers, Generator
-from training.data.columns import DETECTED, INPUTS, OBSERVED, SPLIT
 from training.losses import gradient_penalty, wgan_critic_loss, wgan_generator_loss
-from training.presets import TabularTrainConfig, config_to_dict
+from training.presets import EmulatorTrainConfig, config_to_dict
 from training.runner import ProgressFn, StopFn, TrainResult
 
 log = logging.getLogger(__name__)
@@ -197,8 +197,8 @@ def magnitude_distances(
 # the training loop
 
 
-def train_tabular_gan(
-    config: TabularTrainConfig,
+def train_emulator_gan(
+    config: EmulatorTrainConfig,
     data: Path | str | None,
     out_dir: Path | str,
     *,
@@ -530,5 +530,5 @@ __all__ = [
     "fit_scalers",
     "load_emulator_catalog",
     "magnitude_distances",
-    "train_tabular_gan",
+    "train_emulator_gan",
 ]

@@ -1,0 +1,5 @@
+"""`python -m launcher …` is `cosmogan …`."""
+
+from launcher.cli import main
+
+raise SystemExit(main())
