@@ -36,6 +36,7 @@ def _cmd_data_balrog(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         chunk_rows=args.chunk_rows,
+        draw_seed=args.draw_seed,
     )
     print(json.dumps(summary, indent=2))
     return 0
@@ -169,7 +170,14 @@ def add_commands(sub: Any) -> None:
     bal.add_argument("--out", help="output Parquet (default: $COSMOGAN_HOME/data/balrog.parquet)")
     bal.add_argument("--rows", type=int, default=100_000)
     bal.add_argument("--simulator", choices=["galsim", "analytic"], default="galsim")
-    bal.add_argument("--seed", type=int, default=0)
+    bal.add_argument("--seed", type=int, default=0, help="fixes the objects and conditions")
+    bal.add_argument(
+        "--draw-seed",
+        type=int,
+        default=None,
+        help="the simulator's noise and shapes (default: --seed); another value gives an "
+        "independent draw of the same objects",
+    )
     bal.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     bal.add_argument("--chunk-rows", type=int, default=2000)
     bal.set_defaults(func=_cmd_data_balrog)
