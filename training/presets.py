@@ -72,7 +72,40 @@ class EmulatorTrainConfig:
     max_rows: int | None = None  # use only the first N training rows (quick runs)
 
 
-PRESETS: dict[str, ImageTrainConfig | EmulatorTrainConfig] = {
+@dataclass(frozen=True)
+class FlowTrainConfig:
+    """One flow-emulator run (`balrog-flow` = conditional spline flow + detection classifier).
+
+    Trained by maximum likelihood with a cosine learning-rate schedule; the weights served
+    are those of the epoch with the lowest validation negative log-likelihood, and the run
+    stops early after `patience` epochs without a better one.
+    """
+
+    preset: str = "balrog-flow"
+    kind: str = "cflow"
+    hidden: int = 128
+    transforms: int = 5
+    bins: int = 8
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    epochs: int = 60  # one epoch = one pass over the detected training objects
+    patience: int = 10  # epochs without a better validation likelihood before stopping
+    emulate_errors: bool = True  # also draw magerr_{r,i,z} when the catalog has them
+    log_conditions: bool = True  # standardize ln(sky sigma), ln(PSF FWHM): S/N is linear
+    detector_epochs: int = 20
+    detector_batch_size: int = 1024
+    detector_lr: float = 1e-3
+    log_every: int = 50
+    checkpoint_every: int = 500
+    seed: int = 0
+    device: str = "auto"
+    dry_run: bool = False
+    max_steps: int | None = None
+    max_rows: int | None = None
+
+
+PRESETS: dict[str, ImageTrainConfig | EmulatorTrainConfig | FlowTrainConfig] = {
     "nebula": ImageTrainConfig(),
     "nebula-dcgan": ImageTrainConfig(
         preset="nebula-dcgan",
@@ -115,6 +148,9 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "detector_batch_size": (1, 65_536),
     "detector_lr": (1e-7, 1.0),
     "log_every": (1, 10**9),
+    "transforms": (1, 32),
+    "bins": (2, 64),
+    "patience": (1, 10**6),
 }
 
 
@@ -161,7 +197,13 @@ def config_from_dict(data: dict[str, Any]) -> Any:
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
-    if isinstance(default, bool) or key in {"augment", "diffaugment", "dry_run"}:
+    if isinstance(default, bool) or key in {
+        "augment",
+        "diffaugment",
+        "dry_run",
+        "emulate_errors",
+        "log_conditions",
+    }:
         if not isinstance(value, bool):
             raise PresetError(f"override {key!r} must be true or false, got {value!r}")
         return value
