@@ -110,3 +110,22 @@ def test_cancel_and_resume_equals_an_uninterrupted_run(catalog, tmp_path):
 def _write(df: pd.DataFrame, path: Path) -> Path:
     df.to_csv(path, index=False)
     return path
+
+
+def test_job_result_has_the_figures_of_cosmogan_evaluate_on_a_des_like_catalog(catalog, tmp_path):
+    from training.evaluate import evaluate
+
+    # DES names, and detected rows with no magnitude in one band (non-positive flux)
+    df = pd.read_parquet(catalog)
+    gone = df.index[df["detected"]][::15]
+    df.loc[gone, "mag_z"] = np.nan
+    df = df.rename(columns={"true_mag_r": "BDF_MAG_DERED_CALIB_R", "psf_fwhm_i": "FWHM_WMEAN_I"})
+    path = tmp_path / "des.parquet"
+    df.to_parquet(path)
+    cfg = replace(FlowTrainConfig(), epochs=1, **SMALL)
+    result = train_emulator_flow(cfg, path, tmp_path / "run")
+    report = evaluate(result["model"], data=path, device="cpu")
+    for key in ("ks_i", "ks_z", "completeness_mae", "ks_cond_bins_mean"):
+        assert result["metrics"][f"test_{key}"] == report["figures"]["ours"][key]
+    assert result["metrics"]["test_c2st_auc"] == report["classifier_auc"]["ours"]["auc"]
+    assert (tmp_path / "run" / "evaluation.json").is_file()

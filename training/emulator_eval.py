@@ -294,4 +294,27 @@ def evaluate_emulator(
     return report
 
 
-__all__ = ["compare", "default_baseline", "evaluate_emulator", "load_test"]
+def job_figures(model: str | Path, data: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """The end-of-training evaluation: `cosmogan evaluate --checkpoint MODEL --data DATA`.
+
+    Runs `evaluate_emulator` with the command's defaults (test split, seed 0, Gaussian fitted
+    on the train split), writes the report to `<out_dir>/evaluation.json` and returns its
+    headline figures flattened to numbers (`test_<figure>`, `test_c2st_auc`, and how many
+    figures beat, tie or lose to the Gaussian), so that a job's result and the command show
+    the same numbers.
+    """
+    from models.registry import write_json_atomic
+
+    report = evaluate_emulator(model, data=data, device="cpu", timing_rows=10_000)
+    write_json_atomic(Path(out_dir) / "evaluation.json", report)
+    ours = report["figures"]["ours"]
+    flat: dict[str, Any] = {f"test_{k}": ours[k] for k in HEADLINE if ours.get(k) is not None}
+    flat["test_c2st_auc"] = report["classifier_auc"]["ours"]["auc"]
+    goal = report["goals"].get("ours", {})
+    for key in ("better_than_gaussian", "tie_with_gaussian", "worse_than_gaussian"):
+        if key in goal:
+            flat[f"test_figures_{key}"] = len(goal[key])
+    return flat
+
+
+__all__ = ["compare", "default_baseline", "evaluate_emulator", "job_figures", "load_test"]

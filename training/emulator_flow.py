@@ -268,6 +268,10 @@ def train_emulator_flow(
         metrics["early_stopped"] = True
     save_checkpoint(make_checkpoint(), ckpt_path)
     model_path = save_checkpoint(make_checkpoint(with_state=False), out_dir / "model.pt")
+    if data is not None and not config.dry_run:
+        from training.emulator_eval import job_figures
+
+        metrics.update(job_figures(model_path, data, out_dir))  # = `cosmogan evaluate`
     emit(event("done", losses, 0.0))
     return _result(status, step, epoch, ckpt_path, model_path, metrics)
 
