@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from models.columns import DETECTED, MAGERR, OBSERVED, SPLIT
 from models.emulator import EmulatorScalers
@@ -52,6 +53,20 @@ class Split:
     def only_detected(self) -> Split:
         """Detected rows measured in every band (what the magnitude model learns from)."""
         return self.take(self.detected & np.isfinite(self.observed).all(axis=1))
+
+
+def target_tensors(
+    scalers: EmulatorScalers, s: Split, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(cond (N, 6), true (N, 3), target (N, D)) standardized, of the rows the model learns."""
+    det = s.only_detected()
+    x = torch.from_numpy(det.x).to(device)
+    cond, true = scalers.split_inputs(x)
+    obs = torch.from_numpy(det.observed).to(device)
+    magerr = None
+    if scalers.out_dim == 6 and det.magerr is not None:
+        magerr = torch.from_numpy(det.magerr).to(device)
+    return cond, true, scalers.target(obs, x[:, :3], magerr)
 
 
 def split_labels(rows: int, seed: int) -> np.ndarray:
@@ -150,4 +165,5 @@ __all__ = [
     "load_emulator_catalog",
     "read_rows",
     "split_labels",
+    "target_tensors",
 ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,6 +12,8 @@ import torch.nn.functional as F
 
 from models.emulator import Detector, EmulatorScalers
 from training.emulator_data import Split
+from training.progress import StopFn
+from training.scaffold import Reporter
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +56,22 @@ def train_detector(
     scalers: EmulatorScalers,
     train: Split,
     val: Split,
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
+    config: Any,
     device: torch.device,
-    on_epoch: Callable[[int, float], bool] | None = None,
+    *,
+    report: Reporter,
+    step: int,
+    stop: StopFn,
 ) -> dict[str, Any] | None:
     """Fit `detector` with BCE on every training row, then Platt-scale it on `val`.
 
-    `on_epoch(epoch, bce)` is called after each epoch and returns True to stop (the
-    detector restarts from scratch on resume: it takes seconds). Returns the calibration
-    figures (empty when `val` cannot calibrate), or None when stopped.
+    `config` is the run's (`detector_epochs`, `detector_batch_size`, `detector_lr`, `seed`,
+    `dry_run`); each epoch is reported as a "step" event at generator step `step`, and
+    `stop()` is asked after each (the detector restarts from scratch on resume: it takes
+    seconds). Returns the calibration figures, or None when stopped.
     """
+    epochs = 1 if config.dry_run else config.detector_epochs
+    lr, batch_size, seed = config.detector_lr, config.detector_batch_size, config.seed
 
     def standardized(s: Split) -> tuple[torch.Tensor, torch.Tensor]:
         return scalers.split_inputs(torch.from_numpy(s.x).to(device))
@@ -91,7 +94,11 @@ def train_detector(
             opt.step()
             total += loss.item() * len(idx)
         bce = total / len(train)
-        if on_epoch is not None and on_epoch(epoch + 1, bce):
+        report(
+            "step", step, losses={"detector_bce": bce}, eta_s=None,
+            metrics={"detector_epoch": epoch + 1},
+        )  # fmt: skip
+        if stop():
             return None
     detector.eval()
 

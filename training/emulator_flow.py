@@ -9,40 +9,40 @@ validation likelihood has not improved for `patience` epochs.
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from models.atomic import atomic_write
 from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from models.columns import INPUTS
 from models.device import resolve_device
-from models.emulator import Detector
+from models.emulator import Detector, EmulatorScalers
 from models.flow import FlowConfig, OffsetFlow
-from training.emulator_data import Split, fake_catalog, fit_scalers, load_emulator_catalog
+from training.emulator_data import (
+    fake_catalog,
+    fit_scalers,
+    load_emulator_catalog,
+    target_tensors,
+)
 from training.emulator_detector import train_detector
 from training.presets import FlowTrainConfig, config_to_dict
-from training.runner import ProgressFn, StopFn, TrainResult
+from training.progress import ProgressFn, Schedule, StopFn, TrainResult, never_stop
+from training.scaffold import (
+    MetricsLog,
+    Pace,
+    Reporter,
+    RunFolder,
+    ema_copy,
+    restore_rng,
+    rng_state,
+)
 
 log = logging.getLogger(__name__)
 
 VAL_ROWS = 20_000  # validation objects scored for the likelihood each epoch
-
-
-def _targets(scalers: Any, s: Split, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """(cond, true, target) tensors of the detected, fully measured rows of `s`."""
-    det = s.only_detected()
-    x = torch.from_numpy(det.x).to(device)
-    cond, true = scalers.split_inputs(x)
-    magerr = None if det.magerr is None else torch.from_numpy(det.magerr).to(device)
-    obs = torch.from_numpy(det.observed).to(device)
-    return cond, true, scalers.target(obs, x[:, :3], magerr if scalers.out_dim == 6 else None)
 
 
 @torch.no_grad()
@@ -64,16 +64,14 @@ def train_emulator_flow(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> TrainResult:
-    """Train the detection classifier, then the flow, into the run folder `out_dir`."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / "checkpoints" / "last.pt"
+    """Train the detection classifier, then the flow, into the run folder `out_dir`.
+
+    One epoch is one pass over the detected training objects in batches of `batch_size`.
+    """
+    run = RunFolder.create(out_dir, config)
     device = resolve_device(config.device)
-    emit: ProgressFn = progress or (lambda event: None)
-    stop: StopFn = should_stop or (lambda: False)
+    stop = should_stop or never_stop
     torch.manual_seed(config.seed)
-    with atomic_write(out_dir / "config.json", "w") as f:
-        json.dump(config_to_dict(config), f, indent=2)
 
     # ---- data ------------------------------------------------------------------------------
     if config.dry_run or data is None:
@@ -87,15 +85,13 @@ def train_emulator_flow(
     if len(train.only_detected()) < 2:
         raise ValueError(f"{data} has fewer than 2 detected objects in its 'train' split")
 
-    # ---- resume or start ---------------------------------------------------------------------
+    # ---- resume or start -----------------------------------------------------------------------
     previous: Checkpoint | None = None
-    if resume and ckpt_path.is_file():
-        previous = load_checkpoint(ckpt_path, map_location=device)
+    if run.resumable(resume):
+        previous = load_checkpoint(run.checkpoint, map_location=device)
         if previous.training_state is None:
-            raise ValueError(f"{ckpt_path} holds no training state to resume from")
+            raise ValueError(f"{run.checkpoint} holds no training state to resume from")
     if previous is not None:
-        from models.emulator import EmulatorScalers
-
         scalers = EmulatorScalers.from_dict(previous.preprocessing)
         net_cfg = FlowConfig.from_dict(previous.config)
     else:
@@ -110,9 +106,9 @@ def train_emulator_flow(
         )
     flow = OffsetFlow(net_cfg).to(device)
     detector = Detector(net_cfg).to(device)
-    best = copy.deepcopy(flow).eval().requires_grad_(False)  # the served weights
+    best = ema_copy(flow)  # the served weights: those of the best validation epoch
     opt = torch.optim.Adam(flow.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    step, epoch, metrics = 0, 0, {}
+    step, metrics = 0, {}
     calibration: dict[str, Any] = {}
     best_nll, stale = math.inf, 0
     if previous is not None:
@@ -124,18 +120,32 @@ def train_emulator_flow(
         calibration = dict(previous.extra.get("calibration", {}))
         metrics = dict(previous.extra.get("metrics", {}))
         best_nll, stale = state["best_nll"], state["stale"]
-        step, epoch = previous.step, previous.epoch
-        torch.set_rng_state(state["rng_cpu"].cpu())
-        log.info("resuming %s at step %d (epoch %d)", out_dir, step, epoch)
+        step = previous.step
+        restore_rng(state, device)
+        log.info("resuming %s at step %d", run.root, step)
+    metrics_log = MetricsLog(run.metrics, step if calibration else None)
 
-    def make_checkpoint(with_state: bool = True) -> Checkpoint:
+    # ---- schedule ------------------------------------------------------------------------
+    train_t = target_tensors(scalers, train, device)
+    val_t = tuple(t[:VAL_ROWS] for t in target_tensors(scalers, val, device))
+    n_det = len(train_t[2])
+    batch = min(config.batch_size, n_det)
+    schedule = Schedule.of(
+        n_det // batch,
+        config.epochs,
+        max_steps=config.max_steps,
+        dry_run_steps=2 if config.dry_run else None,
+    )
+    report = Reporter(progress, schedule)
+
+    def make_checkpoint() -> Checkpoint:
         return Checkpoint(
             kind="cflow",
             config=net_cfg.to_dict(),
             preprocessing={**scalers.to_dict(), "inputs": list(INPUTS), "target": "mag - true"},
             ema={k: v.detach().clone() for k, v in best.state_dict().items()},
             step=step,
-            epoch=epoch,
+            epoch=schedule.epoch(step),
             extra={
                 "preset": config.preset,
                 "train_config": config_to_dict(config),
@@ -144,149 +154,103 @@ def train_emulator_flow(
                 "calibration": calibration,
                 "metrics": metrics,
             },
-            training_state=(
-                {
-                    "flow": flow.state_dict(),
-                    "opt": opt.state_dict(),
-                    "best_nll": best_nll,
-                    "stale": stale,
-                    "rng_cpu": torch.get_rng_state(),
-                }
-                if with_state
-                else None
-            ),
+            training_state={
+                "flow": flow.state_dict(),
+                "opt": opt.state_dict(),
+                "best_nll": best_nll,
+                "stale": stale,
+                "rng": rng_state(device),
+            },
         )
 
-    metrics_path = out_dir / "metrics.jsonl"
-    if previous is None:
-        metrics_path.unlink(missing_ok=True)
+    losses: dict[str, float] = {}
+    eta: float | None = None
 
-    def write_metrics(record: dict[str, Any]) -> None:
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+    def result(status: str, model: str | None) -> TrainResult:
+        report("done", step, losses=losses, eta_s=eta, metrics=metrics)
+        return TrainResult(
+            status=status,
+            step=step,
+            epoch=schedule.epoch(step),
+            checkpoint=str(run.checkpoint),
+            model=model,
+            metrics=dict(metrics),
+        )
 
-    # ---- schedule ------------------------------------------------------------------------
-    train_t = _targets(scalers, train, device)
-    val_t = tuple(t[:VAL_ROWS] for t in _targets(scalers, val, device))
-    n_det = len(train_t[2])
-    batch = min(config.batch_size, n_det)
-    steps_per_epoch = max(1, n_det // batch)
-    total_steps = 2 if config.dry_run else config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    epochs = math.ceil(total_steps / steps_per_epoch)
-
-    def event(kind: str, losses: dict[str, float], eta: float | None) -> dict[str, Any]:
-        return {
-            "event": kind,
-            "epoch": epoch,
-            "epochs": epochs,
-            "step": step,
-            "total_steps": total_steps,
-            "losses": losses,
-            "eta_s": eta,
-            "samples": None,
-            "metrics": dict(metrics),
-        }
-
-    # ---- detection classifier ------------------------------------------------------------------
+    # ---- detection classifier (all training rows), then Platt scaling on the val split -----
     if not calibration:
-
-        def on_detector_epoch(det_epoch: int, bce: float) -> bool:
-            emit(event("step", {"detector_bce": bce}, None) | {"metrics": {"detector": det_epoch}})
-            return stop()
-
-        result = train_detector(
-            detector,
-            scalers,
-            train,
-            val,
-            epochs=1 if config.dry_run else config.detector_epochs,
-            batch_size=config.detector_batch_size,
-            lr=config.detector_lr,
-            seed=config.seed,
-            device=device,
-            on_epoch=on_detector_epoch,
+        fitted = train_detector(
+            detector, scalers, train, val, config, device, report=report, step=step, stop=stop
         )
-        if result is None:  # cancelled: nothing worth keeping yet
-            return _result("cancelled", step, epoch, ckpt_path, None, metrics)
-        calibration = result
+        if fitted is None:  # cancelled: the detector restarts from scratch on resume
+            return result("cancelled", None)
+        calibration = fitted
         metrics.update({k: v for k, v in calibration.items() if k.startswith("val_")})
-        write_metrics({"event": "detector", **calibration})
-        save_checkpoint(make_checkpoint(), ckpt_path)
+        metrics_log.write(step, 0, event="detector", **calibration)
+        save_checkpoint(make_checkpoint(), run.checkpoint)
 
-    # ---- the flow --------------------------------------------------------------------------------
-    t0, s0 = time.monotonic(), step
-    status, losses = "succeeded", {}
+    # ---- the flow: maximum likelihood, cosine schedule, best validation epoch kept ------------
     order: torch.Tensor | None = None
+    pace = Pace(step)
+    status = "succeeded"
     flow.train()
-    while step < total_steps and stale < config.patience:
-        e, k = divmod(step, steps_per_epoch)
+    while not schedule.done(step) and stale < config.patience:
+        e, k = divmod(step, schedule.steps_per_epoch)
         if order is None or k == 0:  # a permutation per epoch from (seed, epoch): exact resume
             g = torch.Generator().manual_seed(config.seed * 1_000_003 + e)
             order = torch.randperm(n_det, generator=g).to(device)
         idx = order[k * batch : (k + 1) * batch]
         cond, true, target = (t[idx] for t in train_t)
-        for group in opt.param_groups:  # cosine schedule, a pure function of the step
-            group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+        for group in opt.param_groups:  # a pure function of the step: nothing to save
+            group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / schedule.total_steps))
         loss = -flow.log_prob(target, cond, true).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(flow.parameters(), 10.0)
         opt.step()
         step += 1
-        losses = {"nll": loss.item()}
 
-        end_of_epoch = k + 1 == steps_per_epoch or step == total_steps
-        if end_of_epoch:
-            epoch = e + 1
+        losses = {"nll": loss.item()}
+        stats = pace.stats(step, schedule.total_steps)
+        eta = stats["eta_s"]
+        epoch_end = schedule.epoch_end(step)
+        if epoch_end:
             flow.eval()
-            val_nll = _nll(flow, val_t) if len(val_t[2]) else float(losses["nll"])
+            val_nll = _nll(flow, val_t) if len(val_t[2]) else losses["nll"]
             flow.train()
             if val_nll < best_nll - 1e-4:
                 best_nll, stale = val_nll, 0
                 best.load_state_dict(flow.state_dict())
             else:
                 stale += 1
+            epoch = schedule.epoch(step)
             metrics.update(val_nll=val_nll, best_val_nll=best_nll, best_epoch=epoch - stale)
-        rate = (time.monotonic() - t0) / max(step - s0, 1)
-        record = event("epoch" if end_of_epoch else "step", losses, rate * (total_steps - step))
-        if end_of_epoch or step % config.log_every == 0:
-            write_metrics({k_: v for k_, v in record.items() if k_ != "samples"})
-        emit(record)
+        if epoch_end or step % config.log_every == 0:
+            metrics_log.write(step, schedule.epoch(step), **losses, **stats)
+        report("step", step, losses=losses, eta_s=eta, metrics=metrics)
+
         cancelled = stop()
-        if cancelled or end_of_epoch or step % config.checkpoint_every == 0:
-            save_checkpoint(make_checkpoint(), ckpt_path)
-        if cancelled and step < total_steps:
+        if cancelled or epoch_end or step % config.checkpoint_every == 0:
+            save_checkpoint(make_checkpoint(), run.checkpoint)
+        if epoch_end:
+            report("epoch", step, losses=losses, eta_s=eta, metrics=metrics)
+        if cancelled and not schedule.done(step):
             status = "cancelled"
             break
 
     if status == "cancelled":
-        return _result(status, step, epoch, ckpt_path, None, metrics)
+        return result(status, None)
     if stale >= config.patience:
-        log.info("early stop at epoch %d: best validation NLL %.4f", epoch, best_nll)
+        log.info("early stop at step %d: best validation NLL %.4f", step, best_nll)
         metrics["early_stopped"] = True
-    save_checkpoint(make_checkpoint(), ckpt_path)
-    model_path = save_checkpoint(make_checkpoint(with_state=False), out_dir / "model.pt")
+    final = make_checkpoint()
+    save_checkpoint(final, run.checkpoint)
+    model = run.save_model(final)
     if data is not None and not config.dry_run:
         from training.emulator_eval import job_figures
 
-        metrics.update(job_figures(model_path, data, out_dir))  # = `cosmogan evaluate`
-    emit(event("done", losses, 0.0))
-    return _result(status, step, epoch, ckpt_path, model_path, metrics)
-
-
-def _result(
-    status: str, step: int, epoch: int, ckpt: Path, model: Path | None, metrics: dict[str, Any]
-) -> TrainResult:
-    return TrainResult(
-        status=status,
-        step=step,
-        epoch=epoch,
-        checkpoint=str(ckpt),
-        model=str(model) if model else None,
-        metrics={k: v for k, v in metrics.items() if isinstance(v, int | float | bool)},
-    )
+        metrics.update(job_figures(model, data, run.root))  # = `cosmogan evaluate`
+    return result(status, model)
 
 
 __all__ = ["train_emulator_flow"]

@@ -60,6 +60,8 @@ class EmulatorTrainConfig:
     epochs: int = 200
     ema_decay: float = 0.999
     mse_weight: float = 0.0  # the seed's MSE pull to the mean; >0 only for the baseline
+    emulate_errors: bool = True  # also generate magerr_{r,i,z} when the catalog has them
+    log_conditions: bool = True  # standardize ln(sky sigma), ln(PSF FWHM): S/N is linear
     detector_epochs: int = 20
     detector_batch_size: int = 1024  # the detection classifier sees every training row
     detector_lr: float = 1e-3
@@ -131,6 +133,7 @@ PRESETS: dict[str, ImageTrainConfig | EmulatorTrainConfig | FlowTrainConfig] = {
         max_steps=2500,
     ),
     "balrog": EmulatorTrainConfig(),
+    "balrog-flow": FlowTrainConfig(),
 }
 
 # The dataset a preset trains on when none is given, under the settings' data folder (what
