@@ -91,8 +91,8 @@ class FlowTrainConfig:
     batch_size: int = 512
     lr: float = 1e-3
     weight_decay: float = 0.0
-    epochs: int = 60  # one epoch = one pass over the detected training objects
-    patience: int = 10  # epochs without a better validation likelihood before stopping
+    epochs: int = 100  # one epoch = one pass over the detected training objects
+    patience: int = 30  # epochs without a better validation likelihood before stopping
     emulate_errors: bool = True  # also draw magerr_{r,i,z} when the catalog has them
     log_conditions: bool = True  # standardize ln(sky sigma), ln(PSF FWHM): S/N is linear
     detector_epochs: int = 20
