@@ -12,7 +12,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
-from app import errors
+from app import errors, openapi
 from app.metrics import REQUEST_LATENCY
 from app.results import ResultWaiter
 from app.routes import emulate, generate, health, models, train, ui
@@ -86,6 +86,7 @@ def create_app() -> FastAPI:
     for module in (train, generate, emulate, models, health):
         app.include_router(module.router)
     ui.install(app)
+    openapi.install(app)
     app.add_middleware(LatencyMiddleware)
     return app
 

@@ -67,3 +67,23 @@ def test_ui_config_reports_the_server_limits_and_presets(client: TestClient) -> 
     assert cfg["presets"]["balrog"]["family"] == "emulator"
     assert cfg["presets"]["nebula"]["defaults"]["latent_dim"] == PRESETS["nebula"].latent_dim
     assert cfg["true_mag_aliases"]["bdf_mag_dered_calib_r"] == "true_mag_r"
+
+
+def test_openapi_documents_what_the_server_does(client: TestClient) -> None:
+    from app.schemas import ActivateRequest, EmulateRequest, TrainRequest
+
+    spec = client.get("/openapi.json").json()
+    preset = spec["components"]["schemas"]["TrainRequest"]["properties"]["preset"]
+    assert preset["enum"] == sorted(PRESETS)
+    n = next(p for p in spec["paths"]["/generate"]["get"]["parameters"] if p["name"] == "n")
+    assert n["schema"]["maximum"] == 24  # COSMOGAN_MAX_GENERATE_N of this server
+    sample = spec["paths"]["/train/{job_id}/samples/{name}"]["get"]["responses"]["200"]
+    assert list(sample["content"]) == ["image/png"]
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            assert op.get("description"), (method, path)
+            assert "Example" in op["description"], (method, path)
+    # the body examples Swagger UI pre-fills are valid requests
+    for model in (TrainRequest, EmulateRequest, ActivateRequest):
+        examples = model.model_json_schema()["examples"]
+        assert examples and all(model.model_validate(e) for e in examples)

@@ -71,7 +71,14 @@ def ui_config(settings: SettingsDep) -> dict[str, Any]:
     """What the web page needs to build its forms: the server's limits for `GET /generate`
     and `POST /emulate`, each training preset with its model family and default settings
     (every key is a valid `overrides` key of `POST /train`), the emulator's input columns,
-    and the catalog aliases that name a true magnitude."""
+    and the catalog aliases that name a true magnitude.
+
+    Example:
+
+    ```bash
+    curl http://127.0.0.1:8000/ui/config
+    ```
+    """
     from training.data.catalog import ALIASES
 
     return {

@@ -645,6 +645,11 @@ function flatMetrics(metrics) {
   return out;
 }
 
+function button(v, action, disabled, onclick) {
+  return el("button", { class: "small", "data-version": v.version, "data-action": action, disabled, onclick,
+    title: disabled ? `not for the active version` : undefined }, action);
+}
+
 async function renderModels() {
   let models;
   try { models = await loadModels(); } catch (e) { toast(e.message, true); return; }
@@ -656,9 +661,9 @@ async function renderModels() {
       el("code", {}, v.version), v.version === m.active ? el("span", { class: "state succeeded" }, " active") : "")));
     const info = (label, f) => el("tr", {}, el("td", {}, label), versions.map((v) => el("td", {}, f(v))));
     const actions = el("tr", {}, el("td", {}, ""), versions.map((v) => el("td", {},
-      el("button", { class: "small", disabled: v.version === m.active, onclick: () => activate(name, v.version).then(renderModels).catch((e) => toast(e.message, true)) }, "activate"), " ",
-      el("button", { class: "small", onclick: () => editNote(name, v) }, "note"), " ",
-      el("button", { class: "small", disabled: v.version === m.active, title: "the active version cannot be deleted", onclick: () => deleteVersion(name, v.version) }, "delete"))));
+      button(v, "activate", v.version === m.active, () => activate(name, v.version).then(renderModels).catch((e) => toast(e.message, true))), " ",
+      button(v, "note", false, () => editNote(name, v)), " ",
+      button(v, "delete", v.version === m.active, () => deleteVersion(name, v.version)))));
     const rows = keys.map((k) => el("tr", {}, el("td", {}, k), metrics.map((x) => el("td", { class: "num" }, fmt(x[k])))));
     return el("div", { class: "card model", "data-model": name },
       el("h2", {}, name, el("span", { class: "hint" }, `${familyOf(name)} · active: ${m.active || "none"}`)),

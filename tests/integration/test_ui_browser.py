@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from models.registry import Registry
 from tests.integration.conftest import API_KEY, Service
 
 sync_api = pytest.importorskip(
@@ -210,6 +211,8 @@ def test_an_uploaded_catalog_returns_plots(page, service: Service, tmp_path: Pat
 
 
 def test_models_page_lists_versions_with_metrics(page, service: Service) -> None:
+    reg = Registry(service.home / "registry")
+    reg.register("nebula", "ui-test", reg.get("nebula", "default").path, metrics={"psd": 0.5})
     open_tab(page, service, "models")
     page.wait_for_selector("#m-list .model[data-model='nebula']", timeout=10_000)
     with service.client() as c:
@@ -220,7 +223,28 @@ def test_models_page_lists_versions_with_metrics(page, service: Service) -> None
         head = card.locator("thead").inner_text()
         assert all(v["version"] in head for v in m["versions"])
     assert "swd_avg" in page.locator("#m-list .model[data-model='nebula']").inner_text()
+
+    # a note, then deletion; the active version offers neither activate nor delete
+    page.fill("#api-key", API_KEY)
+    column = "#m-list .model[data-model='nebula'] button[data-version='{}'][data-action='{}']"
+    assert page.is_disabled(column.format(models["nebula"]["active"], "delete"))
+    page.once("dialog", lambda d: d.accept("wider critic"))
+    page.click(column.format("ui-test", "note"))
+    page.wait_for_function(
+        "() => document.querySelector(\"#m-list .model[data-model='nebula']\")"
+        ".innerText.includes('wider critic')",
+        timeout=10_000,
+    )
+    assert reg.get("nebula", "ui-test").meta["note"] == "wider critic"
     screenshot(page, "ui_models.png")
+    page.once("dialog", lambda d: d.accept())
+    page.click(column.format("ui-test", "delete"))
+    page.wait_for_function(
+        "() => !document.querySelector(\"#m-list .model[data-model='nebula']\")"
+        ".innerText.includes('ui-test')",
+        timeout=10_000,
+    )
+    assert "ui-test" not in [v.version for v in reg.versions("nebula")]
 
 
 @pytest.mark.parametrize(("path", "ready"), [("/docs", ".opblock"), ("/redoc", ".menu-content")])
