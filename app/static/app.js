@@ -656,7 +656,7 @@ async function renderModels() {
   const blocks = Object.entries(models).map(([name, m]) => {
     const versions = [...m.versions].reverse();
     const metrics = versions.map((v) => flatMetrics(v.metrics));
-    const keys = [...new Set(metrics.flatMap((x) => Object.keys(x)))];
+    const keys = [...new Set(metrics.flatMap((x) => Object.keys(x)))].sort();
     const head = el("tr", {}, el("th", {}, "version"), versions.map((v) => el("th", {},
       el("code", {}, v.version), v.version === m.active ? el("span", { class: "state succeeded" }, " active") : "")));
     const info = (label, f) => el("tr", {}, el("td", {}, label), versions.map((v) => el("td", {}, f(v))));

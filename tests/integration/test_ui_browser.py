@@ -79,7 +79,7 @@ def open_tab(page, service: Service, tab: str) -> None:
 
 def screenshot(page, name: str) -> None:
     if os.environ.get("COSMOGAN_SCREENSHOTS") == "1":
-        page.evaluate("document.querySelector('#toast').hidden = true")
+        page.evaluate("document.querySelector('#toast').hidden = true; window.scrollTo(0, 0)")
         page.screenshot(path=str(DOCS / name), full_page=True)
 
 
