@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from models.settings import get_settings
-from training.presets import PRESETS, PresetError, build_config
+from training.presets import PRESETS, PresetError, build_config, default_data
 
 
 # --------------------------------------------------------------------------------------------
@@ -69,12 +69,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides["dry_run"] = True
     config = build_config(args.preset, overrides)
     settings = get_settings()
-    default_data = {
-        "nebula": settings.data_dir / "nebulae",
-        "nebula-dcgan": settings.data_dir / "nebulae",
-        "balrog": settings.data_dir / "balrog.parquet",
-    }[args.preset]
-    data = None if args.dry_run else Path(args.data or default_data)
+    data = (
+        None if args.dry_run else Path(args.data or settings.data_dir / default_data(args.preset))
+    )
     out = Path(args.out or settings.runs_dir / f"local-{args.preset}")
     if not args.resume and (out / "checkpoints" / "last.pt").exists():
         raise PresetError(f"{out} already holds a run; pass --resume to continue it or --out")
