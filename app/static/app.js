@@ -113,6 +113,10 @@ function showTab() {
   const tab = document.getElementById(name) ? name : "gallery";
   document.querySelectorAll("section.tab").forEach((s) => (s.hidden = s.id !== tab));
   document.querySelectorAll("#tabs a").forEach((a) => a.classList.toggle("active", a.dataset.tab === tab));
+  if (tab === "gallery") {
+    if (location.hash.includes("?")) applyGalleryLink();
+    renderGallery();
+  }
   if (tab === "training") refreshJobs();
   if (tab === "models") renderModels();
 }
@@ -149,9 +153,7 @@ function initGallery() {
   fillSelect($("#g-model"), names.map((n) => [n, n]), names.includes("nebula") ? "nebula" : names[0]);
   const sizes = [1, 4, 9, 16, 25, 36, 49, 64, 100, 144, 256].filter((n) => n <= state.config.max_generate_n);
   fillSelect($("#g-n"), sizes.map((n) => [String(n), String(n)]), sizes.includes(16) ? "16" : String(sizes.at(-1)));
-  const params = new URLSearchParams(location.hash.split("?")[1] || "");
-  if (params.get("seed")) $("#g-seed").value = params.get("seed");
-  refreshVersionPickers();
+  applyGalleryLink();
   $("#g-model").addEventListener("change", () => { refreshVersionPickers(); renderGallery(); });
   for (const id of ["#g-seed", "#g-n", "#g-version", "#g-version-b"]) $(id).addEventListener("change", renderGallery);
   $("#g-compare").addEventListener("change", () => {
@@ -162,7 +164,17 @@ function initGallery() {
   $("#g-prev").addEventListener("click", () => step(-1));
   $("#g-next").addEventListener("click", () => step(1));
   $("#g-random").addEventListener("click", () => { $("#g-seed").value = Math.floor(Math.random() * 1e6); renderGallery(); });
-  renderGallery();
+}
+
+// settings from a link such as #gallery?model=nebula&seed=9&n=4&version=v2
+function applyGalleryLink() {
+  const params = new URLSearchParams(location.hash.split("?")[1] || "");
+  const has = (select, v) => [...select.options].some((o) => o.value === v);
+  if (params.get("seed")) $("#g-seed").value = params.get("seed");
+  if (has($("#g-model"), params.get("model"))) $("#g-model").value = params.get("model");
+  if (has($("#g-n"), params.get("n"))) $("#g-n").value = params.get("n");
+  refreshVersionPickers();
+  if (has($("#g-version"), params.get("version"))) $("#g-version").value = params.get("version");
 }
 
 function refreshVersionPickers() {
@@ -188,6 +200,10 @@ function renderGallery() {
   const versions = [$("#g-version").value];
   if ($("#g-compare").checked) versions.push($("#g-version-b").value);
   const active = state.models[model]?.active;
+  // the address bar holds the picture's settings: a link to the page shows the same grid
+  const link = new URLSearchParams({ model, seed, n });
+  if (versions[0]) link.set("version", versions[0]);
+  if (!$("#gallery").hidden) history.replaceState(null, "", `#gallery?${link}`);
   $("#g-panels").replaceChildren(...versions.map((v) => {
     const url = generateUrl(model, v, seed, n);
     const label = `${model}@${v || active}`;
@@ -215,6 +231,7 @@ function initTraining() {
   $("#t-cancel").addEventListener("click", cancelJob);
   $("#t-resume").addEventListener("click", resumeJob);
   $("#t-activate-btn").addEventListener("click", activateJobModel);
+  $("#t-smooth").addEventListener("input", redrawLosses);
   setInterval(() => { if (!$("#training").hidden) refreshJobs(); }, 3000);
 }
 
@@ -296,15 +313,31 @@ function addLosses(step, losses) {
     let ds = chart.data.datasets.find((d) => d.label === key);
     if (!ds) {
       const color = COLORS[chart.data.datasets.length % COLORS.length];
-      ds = { label: key, data: [], borderColor: color, backgroundColor: color };
+      ds = { label: key, data: [], raw: [], borderColor: color, backgroundColor: color };
       chart.data.datasets.push(ds);
     }
-    const last = ds.data.at(-1);
+    const last = ds.raw.at(-1);
     if (last && last.x === step) last.y = value;
-    else ds.data.push({ x: step, y: value });
+    else ds.raw.push({ x: step, y: value });
   }
   clearTimeout(addLosses.timer); // many replayed events: draw once they stop coming
-  addLosses.timer = setTimeout(() => chart.update("none"), 50);
+  addLosses.timer = setTimeout(redrawLosses, 50);
+}
+
+// the curves as drawn: each raw series through an exponential moving average
+function redrawLosses() {
+  const chart = state.chart;
+  if (!chart) return;
+  const w = Number($("#t-smooth").value);
+  $("#t-smooth-value").textContent = w.toFixed(2);
+  for (const ds of chart.data.datasets) {
+    let avg = null;
+    ds.data = ds.raw.map(({ x, y }) => {
+      avg = avg === null ? y : w * avg + (1 - w) * y;
+      return { x, y: avg };
+    });
+  }
+  chart.update("none");
 }
 
 function showJob(rec) {

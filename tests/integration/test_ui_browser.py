@@ -108,6 +108,14 @@ def test_gallery_shows_an_image_for_a_seed(page, service: Service) -> None:
     page.wait_for_function(
         "() => document.querySelector('#g-panels img').src.includes('seed=4')", timeout=10_000
     )
+    # the address bar is a link to this grid
+    assert "seed=4" in page.url and "model=nebula" in page.url
+    page.goto(f"{service.base_url}/#gallery?model=nebula&seed=9&n=4")
+    page.wait_for_selector("body[data-ready='1']")
+    page.wait_for_function(
+        "() => document.querySelector('#g-panels img').src.includes('seed=9&n=4')",
+        timeout=10_000,
+    )
     # side by side: two versions, two panels
     page.check("#g-compare")
     assert page.locator("#g-panels img").count() == 2
@@ -155,6 +163,10 @@ def test_training_form_starts_a_job_that_shows_progress_and_finishes(
     assert "step 18 of 18" in page.inner_text("#t-progress-text")
     curves = page.evaluate("() => state.chart.data.datasets.map(d => [d.label, d.data.length])")
     assert curves and all(n >= 1 for _, n in curves), curves
+    # smoothing off: the curves are the raw losses the stream carried
+    page.fill("#t-smooth", "0")
+    raw = page.evaluate("() => state.chart.data.datasets.map(d => [d.raw, d.data])")
+    assert all(r == d for r, d in raw)
     page.wait_for_function(
         "() => { const i = document.querySelector('#t-sample');"
         " return !i.hidden && i.complete && i.naturalWidth > 0 }",
