@@ -183,6 +183,48 @@ def test_training_form_starts_a_job_that_shows_progress_and_finishes(
     assert not page.external
 
 
+def _state_is(page, text: str, timeout: float = 60_000) -> None:
+    page.wait_for_function(
+        "(t) => document.querySelector('#t-live-state').textContent.startsWith(t)",
+        arg=text,
+        timeout=timeout,
+    )
+
+
+def _step(page) -> int:
+    return page.evaluate("(state.rec && state.rec.step) || 0")
+
+
+def test_cancel_and_resume_buttons(page, service: Service) -> None:
+    open_tab(page, service, "training")
+    page.fill("#api-key", API_KEY)
+    page.select_option("#t-preset", "nebula-dcgan")
+    page.fill("#t-data", "tiny")
+    page.fill("#t-epochs", "10000")  # far more than the test lets it run
+    page.fill("#t-overrides", json.dumps({**TINY_DCGAN, "checkpoint_every": 2}))
+    page.click("#t-form button[type=submit]")
+    page.wait_for_selector("#t-live:not([hidden])", timeout=10_000)
+    page.wait_for_function("() => state.rec && state.rec.step >= 2", timeout=120_000)
+
+    page.click("#t-cancel")
+    _state_is(page, "cancelled")
+    stopped = _step(page)
+    assert page.is_enabled("#t-resume") and page.is_disabled("#t-cancel")
+
+    page.click("#t-resume")
+    page.wait_for_function(
+        "(s) => state.rec && state.rec.state === 'running' && state.rec.step > s",
+        arg=stopped,
+        timeout=120_000,
+    )
+    # the curves go on from where the run stopped, not from step 0
+    xs = page.evaluate("state.chart.data.datasets[0].raw.map(p => p.x)")
+    assert xs == sorted(xs) and xs[-1] > stopped
+    page.click("#t-cancel")
+    _state_is(page, "cancelled")
+    assert not page.external
+
+
 def test_an_uploaded_catalog_returns_plots(page, service: Service, tmp_path: Path) -> None:
     open_tab(page, service, "emulator")
     page.click("#e-example")
