@@ -164,6 +164,12 @@ function initGallery() {
   $("#g-prev").addEventListener("click", () => step(-1));
   $("#g-next").addEventListener("click", () => step(1));
   $("#g-random").addEventListener("click", () => { $("#g-seed").value = Math.floor(Math.random() * 1e6); renderGallery(); });
+  // ← and → browse seeds, as in an image viewer (not while typing in a field)
+  document.addEventListener("keydown", (ev) => {
+    if ($("#gallery").hidden || ev.target.closest("input, select, textarea")) return;
+    if (ev.key === "ArrowLeft") step(-1);
+    if (ev.key === "ArrowRight") step(1);
+  });
 }
 
 // settings from a link such as #gallery?model=nebula&seed=9&n=4&version=v2
@@ -535,6 +541,7 @@ async function postEmulate(input, seed, accept = "application/json") {
     if (!Array.isArray(rows)) throw new Error('JSON must be a list of rows or {"rows": [...]}');
     const req = { rows, samples };
     if (q.has("seed")) req.seed = Number(q.get("seed"));
+    if (state.emuModel) req.model = state.emuModel;
     if (version) req.version = version;
     body = JSON.stringify(req);
     q.delete("samples");

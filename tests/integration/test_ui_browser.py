@@ -110,6 +110,10 @@ def test_gallery_shows_an_image_for_a_seed(page, service: Service) -> None:
     )
     # the address bar is a link to this grid
     assert "seed=4" in page.url and "model=nebula" in page.url
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function(
+        "() => document.querySelector('#g-panels img').src.includes('seed=5')", timeout=10_000
+    )
     page.goto(f"{service.base_url}/#gallery?model=nebula&seed=9&n=4")
     page.wait_for_selector("body[data-ready='1']")
     page.wait_for_function(
