@@ -97,6 +97,31 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_from_it(tmp_path: Path) 
     assert min(s for s in steps if s > result["step"]) == result["step"] + 1
 
 
+def test_the_eta_leaves_out_the_time_before_the_first_step(monkeypatch) -> None:
+    import tqdm.std
+
+    now = {"t": 0.0}
+    monkeypatch.setattr(tqdm.std, "time", lambda: now["t"])
+    bar = StepBar()
+
+    def at(t: float, event: dict) -> None:
+        now["t"] = t
+        bar({"total_steps": 100, **event})
+
+    try:
+        at(0.0, {"step": 0, "losses": {"detector_bce": 0.7}})
+        at(100.0, {"step": 0, "losses": {"detector_bce": 0.3}})  # the detector phase ends
+        at(101.0, {"step": 10})
+        at(102.0, {"step": 20})
+        info = bar.bar.format_dict
+        # 20 steps in the 2 s since the detector phase: 10 steps/s, so 8 s to go
+        assert info["elapsed"] == pytest.approx(2.0)
+        assert info["rate"] == pytest.approx(10.0)
+        assert "<00:08" in bar.bar.format_meter(**info)
+    finally:
+        bar.close()
+
+
 def test_the_bar_counts_only_steps_it_has_seen_run() -> None:
     bar = StepBar()
     try:

@@ -62,13 +62,15 @@ class StepBar:
     """A tqdm bar over generator steps, opened at the first progress event.
 
     Opening it then keeps data loading, model building and (on --resume) the steps done
-    before out of its rate, so the ETA is right from the first update instead of settling
-    only after many steps.
+    before out of its rate, and so is time spent before the first step (the emulator's
+    detector phase reports progress without steps): the ETA is right from the first update
+    instead of settling only after many steps.
     """
 
     def __init__(self, disable: bool = False) -> None:
         self.disable = disable
         self.bar: Any = None
+        self.start = 0
 
     def __call__(self, event: dict[str, Any]) -> None:
         from tqdm import tqdm
@@ -79,10 +81,13 @@ class StepBar:
             self.bar = tqdm(
                 total=total, initial=step, unit="step", dynamic_ncols=True, disable=self.disable
             )
+            self.start = step
         if total and self.bar.total != total:
             self.bar.total = total
         if step > self.bar.n:
             self.bar.update(step - self.bar.n)
+        elif self.bar.n == self.start:
+            self.bar.unpause()  # no step run yet: this wait stays out of the rate
         self.bar.set_description(f"epoch {event.get('epoch', 0)}/{event.get('epochs', '?')}")
         losses = event.get("losses") or {}
         self.bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=True)
