@@ -744,7 +744,7 @@ async function main() {
   key.value = apiKey();
   key.addEventListener("input", () => sessionStorage.setItem(KEY_STORE, key.value.trim()));
   checkReady();
-  setInterval(checkReady, 10000);
+  setInterval(checkReady, 30000);
   try {
     [state.config] = await Promise.all([getJSON("/ui/config"), loadModels()]);
   } catch (e) {
