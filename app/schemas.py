@@ -66,20 +66,27 @@ class TrainAccepted(BaseModel):
     url: str
 
 
-class JobOut(BaseModel):
+class JobProgress(BaseModel):
+    """A job's latest progress: the fields of `training.progress.RECORD_FIELDS`, and metrics."""
+
+    epoch: int = Field(
+        default=0, description="Epochs completed (equals `epochs` once the run has finished)."
+    )
+    epochs: int | None = Field(default=None, description="Epochs the run will complete.")
+    step: int = Field(default=0, description="Generator steps done.")
+    total_steps: int | None = Field(default=None, description="Generator steps the run will do.")
+    losses: dict[str, Any] = Field(default={}, description="Losses of the latest step.")
+    eta_s: float | None = Field(default=None, description="Seconds left, estimated.")
+    metrics: dict[str, Any] = {}
+
+
+class JobOut(JobProgress):
     job_id: str
     preset: str
     state: str
     data: str | None = None
     overrides: dict[str, Any] = {}
     activate: bool = False
-    epoch: int = 0
-    epochs: int | None = None
-    step: int = 0
-    total_steps: int | None = None
-    losses: dict[str, Any] = {}
-    eta_s: float | None = None
-    metrics: dict[str, Any] = {}
     samples: list[str] = Field(default=[], description="URLs of the sample grids so far.")
     error: str | None = None
     model: str | None = Field(default=None, description="`name@version` once registered.")

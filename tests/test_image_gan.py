@@ -127,6 +127,22 @@ def test_resume_continues_exactly(tmp_path, folder):
     assert straight["metrics"]["losses"] == second["metrics"]["losses"]
 
 
+def test_a_finished_run_has_completed_its_epochs(tmp_path, folder):
+    # one configured epoch of 11 generator steps, cut to 6 by max_steps
+    events = []
+    overrides = {**TINY, "batch_size": 1, "n_critic": 1, "epochs": 1, "max_steps": 6}
+    result = train_image_gan(
+        build_config("nebula", overrides), folder, tmp_path / "e", progress=events.append
+    )
+    assert result["status"] == "succeeded" and result["step"] == 6
+    assert result["epoch"] == 1 and events[-1]["event"] == "done"
+    assert events[-1]["epoch"] == events[-1]["epochs"] == 1
+    assert [e["epoch"] for e in events if e["event"] == "step"] == [0, 0, 0, 0, 0, 1]
+    lines = [json.loads(x) for x in (tmp_path / "e" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [0, 0, 0, 0, 0, 1]
+    assert load_checkpoint(result["model"]).epoch == 1
+
+
 def test_resume_refuses_a_different_network(tmp_path, folder):
     train_image_gan(build_config("nebula", {**TINY, "max_steps": 1}), folder, tmp_path / "r")
     with pytest.raises(CheckpointError, match="use another --out"):

@@ -21,6 +21,7 @@ from app.errors import ApiError
 from app.schemas import JOB_ID_PATTERN, JobList, JobOut, TrainAccepted, TrainRequest
 from models.settings import Settings
 from training.presets import build_config, config_to_dict, default_data
+from training.progress import RECORD_FIELDS
 from worker.celery_app import TRAIN_TASK, TRAINING_QUEUE
 from worker.jobs import (
     FAILED,
@@ -218,5 +219,5 @@ async def job_events(
 
 
 def _snapshot(rec: dict[str, Any]) -> dict[str, Any]:
-    keys = ("job_id", "state", "epoch", "epochs", "step", "total_steps", "losses", "eta_s")
-    return {k: rec.get(k) for k in (*keys, "metrics", "error", "model")}
+    keys = ("job_id", "state", *RECORD_FIELDS, "metrics", "error", "model")
+    return {k: rec.get(k) for k in keys}
