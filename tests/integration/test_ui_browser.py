@@ -204,28 +204,33 @@ def test_cancel_and_resume_buttons(page, service: Service) -> None:
     page.fill("#api-key", API_KEY)
     page.select_option("#t-preset", "nebula-dcgan")
     page.fill("#t-data", "tiny")
-    page.fill("#t-epochs", "10000")  # far more than the test lets it run
+    page.fill("#t-epochs", "1000")
+    page.fill("#t-max-steps", "600")  # far more than the test lets it run, yet bounded
     page.fill("#t-overrides", json.dumps({**TINY_DCGAN, "checkpoint_every": 2}))
     page.click("#t-form button[type=submit]")
     page.wait_for_selector("#t-live:not([hidden])", timeout=10_000)
-    page.wait_for_function("() => state.rec && state.rec.step >= 2", timeout=120_000)
+    job_id = page.inner_text("#t-live-id")
+    try:
+        page.wait_for_function("() => state.rec && state.rec.step >= 2", timeout=120_000)
+        page.click("#t-cancel")
+        _state_is(page, "cancelled")
+        stopped = _step(page)
+        assert page.is_enabled("#t-resume") and page.is_disabled("#t-cancel")
 
-    page.click("#t-cancel")
-    _state_is(page, "cancelled")
-    stopped = _step(page)
-    assert page.is_enabled("#t-resume") and page.is_disabled("#t-cancel")
-
-    page.click("#t-resume")
-    page.wait_for_function(
-        "(s) => state.rec && state.rec.state === 'running' && state.rec.step > s",
-        arg=stopped,
-        timeout=120_000,
-    )
-    # the curves go on from where the run stopped, not from step 0
-    xs = page.evaluate("state.chart.data.datasets[0].raw.map(p => p.x)")
-    assert xs == sorted(xs) and xs[-1] > stopped
-    page.click("#t-cancel")
-    _state_is(page, "cancelled")
+        page.click("#t-resume")
+        page.wait_for_function(
+            "(s) => state.rec && state.rec.state === 'running' && state.rec.step > s",
+            arg=stopped,
+            timeout=120_000,
+        )
+        # the curves go on from where the run stopped, not from step 0
+        xs = page.evaluate("state.chart.data.datasets[0].raw.map(p => p.x)")
+        assert xs == sorted(xs) and xs[-1] > stopped
+        page.click("#t-cancel")
+        _state_is(page, "cancelled")
+    finally:  # never leave the worker busy with it for the tests that follow
+        with service.client() as c:
+            c.delete(f"/train/{job_id}", headers=service.auth)
     assert not page.external
 
 
