@@ -129,9 +129,12 @@ def test_gallery_shows_an_image_for_a_seed(page, service: Service) -> None:
         timeout=60_000,
     )
     page.uncheck("#g-compare")
+    page.select_option("#g-n", "16")
+    page.fill("#g-seed", "1")
+    page.dispatch_event("#g-seed", "change")
     page.wait_for_function(
         "() => { const i = document.querySelector('#g-panels img');"
-        " return i.complete && i.naturalWidth > 0 }",
+        " return i.src.includes('seed=1&n=16') && i.complete && i.naturalWidth > 0 }",
         timeout=60_000,
     )
     screenshot(page, "ui_gallery.png")
