@@ -36,6 +36,10 @@ def folder(tmp_path):
     return root
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+
+
 def _steps(run) -> list[int]:
     return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -90,14 +94,23 @@ def test_dcgan_dry_run(tmp_path):
     assert ImageSampler.load(result["model"]).images(torch.zeros(1, 100)).shape == (1, 3, 64, 64)
 
 
-def test_resume_continues_exactly(tmp_path, folder):
+@pytest.mark.parametrize(
+    ("device", "recipe"),
+    [
+        ("cpu", {}),
+        pytest.param("cuda", {}, marks=CUDA),
+        pytest.param("cuda", {"diffaugment": True}, marks=CUDA, id="cuda-diffaugment"),
+    ],
+)
+def test_resume_continues_exactly(tmp_path, folder, device, recipe):
+    tiny = {**TINY, **recipe, "device": device}
     # an uninterrupted 5-step run ...
     straight = train_image_gan(
-        build_config("nebula", {**TINY, "max_steps": 5}), folder, tmp_path / "a"
+        build_config("nebula", {**tiny, "max_steps": 5}), folder, tmp_path / "a"
     )
     # ... and the same run stopped after 3 steps, then resumed to 5
     first = train_image_gan(
-        build_config("nebula", {**TINY, "max_steps": 3}), folder, tmp_path / "b"
+        build_config("nebula", {**tiny, "max_steps": 3}), folder, tmp_path / "b"
     )
     assert first["step"] == 3
     before = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
@@ -106,7 +119,7 @@ def test_resume_continues_exactly(tmp_path, folder):
         f.write('{"step": 4, "critic": 0.0}\n{"step": 5, "cri')
     resumed_events = []
     second = train_image_gan(
-        build_config("nebula", {**TINY, "max_steps": 5}),
+        build_config("nebula", {**tiny, "max_steps": 5}),
         folder,
         tmp_path / "b",
         progress=resumed_events.append,
@@ -125,6 +138,18 @@ def test_resume_continues_exactly(tmp_path, folder):
     for key, value in a.training_state["critic"].items():
         assert torch.equal(value, b.training_state["critic"][key]), key
     assert straight["metrics"]["losses"] == second["metrics"]["losses"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_two_runs_give_the_same_bits(tmp_path, folder, device):
+    # what exact resume rests on: no kernel whose result changes from run to run
+    config = build_config("nebula", {**TINY, "max_steps": 3, "device": device})
+    a = train_image_gan(config, folder, tmp_path / "a")
+    b = train_image_gan(config, folder, tmp_path / "b", resume=False)
+    ema_a, ema_b = load_checkpoint(a["model"]).ema, load_checkpoint(b["model"]).ema
+    for key, value in ema_a.items():
+        assert torch.equal(value, ema_b[key]), key
+    assert a["metrics"]["losses"] == b["metrics"]["losses"]
 
 
 def test_a_finished_run_has_completed_its_epochs(tmp_path, folder):

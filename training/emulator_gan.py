@@ -36,6 +36,7 @@ from training.scaffold import (
     restore_rng,
     rng_state,
     update_ema,
+    use_deterministic_kernels,
 )
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,7 @@ def train_emulator_gan(
     device = resolve_device(config.device)
     stop = should_stop or never_stop
     torch.manual_seed(config.seed)
+    use_deterministic_kernels(device, config.deterministic)
 
     # ---- load data -------------------------------------------------------------------------
     if config.dry_run or data is None:

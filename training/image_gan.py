@@ -36,6 +36,7 @@ from training.scaffold import (
     restore_rng,
     rng_state,
     update_ema,
+    use_deterministic_kernels,
 )
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ def train_image_gan(
     device = resolve_device(config.device)
     stop = should_stop or never_stop
     torch.manual_seed(config.seed)
+    use_deterministic_kernels(device, config.deterministic)
 
     # ---------------------------------------------------------------------------------------
     # Load data: decoded once into memory (the sets are small); fake images for a dry run.
@@ -141,8 +143,9 @@ def train_image_gan(
     opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr, betas=betas)
     opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=betas)
 
-    # All randomness of data order, augmentation and latents comes from one CPU generator, so
-    # a resumed run draws exactly what an uninterrupted one would, on any device.
+    # All randomness of data order, augmentation, latents and the penalty's mixing weights
+    # comes from one CPU generator, so a resumed run draws exactly what an uninterrupted one
+    # would, on any device (no draw depends on a CUDA generator's state).
     rng = torch.Generator().manual_seed(config.seed)
     fixed_z = torch.randn(
         min(config.sample_count, 16) if config.dry_run else config.sample_count,
@@ -259,7 +262,7 @@ def train_image_gan(
             real_a, fake_a = augment(real), augment(fake)
             real_s, fake_s = critic(real_a), critic(fake_a)
             if wgan:
-                gp = gradient_penalty(critic, real_a, fake_a)
+                gp = gradient_penalty(critic, real_a, fake_a, generator=rng)
                 d_loss = wgan_critic_loss(real_s, fake_s) + config.gp_lambda * gp
             else:
                 d_loss = bce_discriminator_loss(real_s, fake_s)

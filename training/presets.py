@@ -41,6 +41,7 @@ class ImageTrainConfig:
     width: int = 32  # network width (channels of the widest-resolution block; seed = 64)
     samples_every: int = 1  # epochs between sample grids (the last epoch always gets one)
     heldout_fraction: float = 0.1  # images kept out of training for evaluation (by file hash)
+    deterministic: bool = True  # CUDA: deterministic kernels, so a resumed run is bit-exact
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class EmulatorTrainConfig:
     dry_run: bool = False
     max_steps: int | None = None
     max_rows: int | None = None  # use only the first N training rows (quick runs)
+    deterministic: bool = True  # CUDA: deterministic kernels, so a resumed run is bit-exact
 
 
 PRESETS: dict[str, ImageTrainConfig | EmulatorTrainConfig] = {
@@ -161,7 +163,7 @@ def config_from_dict(data: dict[str, Any]) -> Any:
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
-    if isinstance(default, bool) or key in {"augment", "diffaugment", "dry_run"}:
+    if isinstance(default, bool) or key in {"augment", "diffaugment", "dry_run", "deterministic"}:
         if not isinstance(value, bool):
             raise PresetError(f"override {key!r} must be true or false, got {value!r}")
         return value
