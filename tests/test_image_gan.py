@@ -12,6 +12,7 @@ from PIL import Image
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.image_sampler import ImageSampler, generate_png
 from training.image_gan import train_image_gan
+from training.metrics import evaluate_image_generator
 from training.presets import build_config
 
 TINY = {"width": 4, "batch_size": 4, "n_critic": 2, "sample_count": 4, "checkpoint_every": 2}
@@ -50,6 +51,7 @@ def test_dry_run_writes_checkpoint_samples_metrics_and_model(tmp_path):
     result = train_image_gan(config, None, tmp_path / "run", progress=events.append)
     run = tmp_path / "run"
     assert result["status"] == "succeeded" and result["step"] == 2
+    assert "figures" not in result["metrics"]  # a dry run is not evaluated
     assert _steps(run) == [1, 2]
     assert (run / "samples" / "epoch_0001.png").is_file()
     with Image.open(run / "samples" / "epoch_0001.png") as im:
@@ -166,6 +168,32 @@ def test_a_finished_run_has_completed_its_epochs(tmp_path, folder):
     lines = [json.loads(x) for x in (tmp_path / "e" / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [0, 0, 0, 0, 0, 1]
     assert load_checkpoint(result["model"]).epoch == 1
+    assert "figures" not in result["metrics"]  # 1 held-out image says nothing: not evaluated
+
+
+def test_a_finished_run_records_its_figures_against_the_real_floor(tmp_path):
+    rng = np.random.default_rng(1)
+    data = tmp_path / "images"
+    data.mkdir()
+    for i in range(16):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    overrides = {"width": 8, "batch_size": 4, "sample_count": 4, "max_steps": 2}
+    overrides |= {"heldout_fraction": 0.3, "eval_images": 64}  # more than the training images
+    events = []
+    result = train_image_gan(
+        build_config("nebula-dcgan", overrides), data, tmp_path / "run", progress=events.append
+    )
+    m = result["metrics"]
+    assert set(m["figures"]) >= {"swd_avg", "psd", "color"} and set(m["floor"]) == set(m["figures"])
+    assert m["ratio"]["psd"] == pytest.approx(m["figures"]["psd"] / m["floor"]["psd"])
+    assert m["ratio"]["psd"] > 2  # two steps from noise are far from the photographs' floor
+    held = m["evaluated_on"]["heldout_images"]
+    assert held >= 4 and m["evaluated_on"]["images"] == 16 - held == m["images"]
+    assert events[-1]["event"] == "done" and events[-1]["metrics"]["ratio"] == m["ratio"]
+    # with every training image, the same figures as `cosmogan evaluate` gives
+    report = evaluate_image_generator(result["model"], data, seed=0, device="cpu")
+    assert report["generated_vs_heldout"] == m["figures"]
+    assert report["real_vs_real_floor"] == m["floor"]
 
 
 def test_resume_refuses_a_different_network(tmp_path, folder):

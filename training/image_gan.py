@@ -17,7 +17,7 @@ from models.device import resolve_device
 from models.image import build_critic, build_generator
 from models.kinds import IMAGE_KINDS
 from training.data.augment import diff_augment
-from training.data.images import ImageFolder
+from training.data.images import EmptyDatasetError, ImageFolder, is_heldout, list_images
 from training.losses import (
     bce_discriminator_loss,
     bce_generator_loss,
@@ -25,6 +25,7 @@ from training.losses import (
     wgan_critic_loss,
     wgan_generator_loss,
 )
+from training.metrics import run_figures
 from training.presets import ImageTrainConfig, config_to_dict
 from training.progress import ProgressFn, Schedule, StopFn, TrainResult, never_stop
 from training.scaffold import (
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 DRY_RUN_STEPS = 2
 DRY_RUN_BATCH = 4
+MIN_HELDOUT = 4  # held-out images below which the end-of-run figures say too little
 
 
 class FakeImages:
@@ -82,6 +84,31 @@ def save_grid(images: Tensor, path: Path, nrow: int) -> None:
     grid = make_grid(images.float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1))
     with atomic_write(path, "wb") as f:
         save_image(grid, f, format="png")
+
+
+def heldout_figures(
+    model: str, data: Path | str, config: ImageTrainConfig, device: torch.device
+) -> dict[str, Any]:
+    """`{"figures", "floor", "ratio", "evaluated_on"}` of a finished model, on at most
+    `config.eval_images` generated images; `{}` when too few images are held out to say.
+    """
+    root = Path(data)
+    held = sum(
+        is_heldout(p.relative_to(root).as_posix(), config.heldout_fraction)
+        for p in list_images(root)
+    )
+    if held < MIN_HELDOUT:
+        log.info("no figures for %s: %d held-out images (fewer than %d)", model, held, MIN_HELDOUT)
+        return {}
+    try:
+        out = run_figures(
+            model, root, max_images=config.eval_images, seed=config.seed, device=str(device)
+        )
+    except (EmptyDatasetError, OSError, ValueError) as exc:  # the model itself is fine
+        log.warning("could not evaluate %s: %s", model, exc)
+        return {}
+    counts = {"images": out.pop("images"), "heldout_images": out.pop("heldout_images")}
+    return {**out, "evaluated_on": counts}
 
 
 def train_image_gan(
@@ -339,6 +366,11 @@ def train_image_gan(
     if status == "succeeded":
         model_path = run.save_model(final, train_seconds=pace.elapsed)
     summary = {**stats, "steps": step, "images": n_images, "skipped_images": dataset.skipped_count}
+
+    # ---------------------------------------------------------------------------------------
+    # Evaluate the finished model: SWD, power spectrum and colour against the real floor.
+    if model_path is not None and data is not None and config.eval_images > 0:
+        summary.update(heldout_figures(model_path, data, config, device))
     report(
         "done", step, losses=losses, eta_s=stats.get("eta_s"), samples=latest_grid, metrics=summary
     )
