@@ -36,6 +36,7 @@ from training.scaffold import (
     restore_rng,
     rng_state,
     update_ema,
+    use_deterministic_kernels,
 )
 
 log = logging.getLogger(__name__)
@@ -221,8 +222,10 @@ def train_emulator_gan(
     device = resolve_device(config.device)
     stop = should_stop or never_stop
     torch.manual_seed(config.seed)
+    use_deterministic_kernels(device, config.deterministic)
 
-    # ---- load data -------------------------------------------------------------------------
+    # ---------------------------------------------------------------------------------------
+    # Load data: the catalog's splits (generated rows for a dry run).
     if config.dry_run or data is None:
         if not config.dry_run:
             raise ValueError("no training catalog given (pass data, or use a dry run)")
@@ -234,7 +237,8 @@ def train_emulator_gan(
         raise ValueError(f"{data} has no rows in the 'train' split")
     val = splits["val"]
 
-    # ---- resume or start: preprocessing and networks -----------------------------------------
+    # ---------------------------------------------------------------------------------------
+    # Build networks and optimizers; on resume, their states and the scalers they were fit with.
     previous: Checkpoint | None = None
     if run.resumable(resume):
         previous = load_checkpoint(run.checkpoint, map_location=device)
@@ -280,7 +284,8 @@ def train_emulator_gan(
     # a detector cut short is trained again from scratch: its log line too
     metrics_log = MetricsLog(run.metrics, step if detector_done else None)
 
-    # ---- schedule ------------------------------------------------------------------------
+    # ---------------------------------------------------------------------------------------
+    # Schedule: the detected training rows on the device, steps per epoch.
     train_det = train.only_detected()
     cond_all, true_all, x_all = to_device(train_det)
     target_all = scalers.target(torch.from_numpy(train_det.observed).to(device), x_all[:, :3])
@@ -332,7 +337,8 @@ def train_emulator_gan(
             metrics=dict(metrics),
         )
 
-    # ---- detection classifier (all training rows), then Platt scaling on the val split -----
+    # ---------------------------------------------------------------------------------------
+    # Detection classifier (all training rows), then Platt scaling on the val split.
     losses: dict[str, float] = {}
     eta: float | None = None
     if not detector_done:
@@ -391,7 +397,8 @@ def train_emulator_gan(
         save_checkpoint(make_checkpoint(), run.checkpoint)
         return result("cancelled", None)
 
-    # ---- the cWGAN-GP ------------------------------------------------------------------------
+    # ---------------------------------------------------------------------------------------
+    # The cWGAN-GP.
     val_det = val.only_detected().head(MONITOR_ROWS)
     perm: torch.Tensor | None = None
     pace = Pace(step)
@@ -410,7 +417,8 @@ def train_emulator_gan(
         if perm is None or k == 0:
             perm = epoch_order(e)
 
-        # critic steps, each on a fresh real batch
+        # -----------------------------------------------------------------------------------
+        # Critic steps, each on a fresh real batch.
         for j in range(config.n_critic):
             idx = perm[(k * config.n_critic + j) * batch : (k * config.n_critic + j + 1) * batch]
             real, cond, true = target_all[idx], cond_all[idx], true_all[idx]  # (B,3) (B,6) (B,3)
@@ -424,7 +432,8 @@ def train_emulator_gan(
             loss_c.backward()
             opt_c.step()
 
-        # generator step on the last critic batch's conditions, fresh noise
+        # -----------------------------------------------------------------------------------
+        # Generator step on the last critic batch's conditions, fresh noise.
         z = torch.randn(batch, net_cfg.noise_dim, device=device)
         fake = generator(z, cond, true)
         loss_g = wgan_generator_loss(critic(fake, cond, true))
@@ -436,10 +445,12 @@ def train_emulator_gan(
         opt_g.step()
         step += 1
 
-        # EMA of the generator
+        # -----------------------------------------------------------------------------------
+        # EMA of the generator weights.
         update_ema(ema, generator, step, config.ema_decay)
 
-        # log: every `log_every` steps and at each epoch end, with the validation monitor
+        # -----------------------------------------------------------------------------------
+        # Log: every `log_every` steps and at each epoch end, with the validation monitor.
         losses = {
             "critic": loss_c.item(),
             "wasserstein": -w_loss.item(),
@@ -460,7 +471,8 @@ def train_emulator_gan(
             metrics_log.write(step, schedule.epoch(step), **losses, **stats, **monitor)
         report("step", step, losses=losses, eta_s=eta, metrics=metrics)
 
-        # checkpoint: every `checkpoint_every` steps, at each epoch end and when cancelled
+        # -----------------------------------------------------------------------------------
+        # Checkpoint: every `checkpoint_every` steps, at each epoch end and when cancelled.
         cancelled = stop()
         if cancelled or epoch_end or step % config.checkpoint_every == 0:
             save_checkpoint(make_checkpoint(), run.checkpoint)
@@ -474,7 +486,8 @@ def train_emulator_gan(
         log.info("cancelled at step %d; checkpoint %s", step, run.checkpoint)
         return result(status, None)
 
-    # ---- done: the inference-only model --------------------------------------------------------
+    # ---------------------------------------------------------------------------------------
+    # Finish: a full checkpoint and the inference-only model.pt.
     final = make_checkpoint()
     save_checkpoint(final, run.checkpoint)
     return result(status, run.save_model(final))
