@@ -47,6 +47,12 @@ INFERENCE_ERRORS = Counter(
     ["task", "status"],
     registry=REGISTRY,
 )
+REJECTED = Counter(
+    "cosmogan_inference_rejected_total",
+    "Inference requests refused because the queue was full.",
+    ["task"],
+    registry=REGISTRY,
+)
 JOBS = Gauge(
     "cosmogan_training_jobs",
     "Training jobs by state.",

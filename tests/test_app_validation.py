@@ -8,22 +8,12 @@ import sys
 import pytest
 from fastapi.testclient import TestClient
 
-from app.routes.emulate import negotiate
 from app.routes.generate import etag_matches, make_etag
+from app.tables import negotiate
+from tests.rows import ROW
 
 KEY = "unit-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-ROW = {
-    "true_mag_r": 22.1,
-    "true_mag_i": 21.7,
-    "true_mag_z": 21.5,
-    "sky_sigma_r": 5.0,
-    "sky_sigma_i": 6.0,
-    "sky_sigma_z": 8.0,
-    "psf_fwhm_r": 1.0,
-    "psf_fwhm_i": 0.9,
-    "psf_fwhm_z": 0.95,
-}
 
 
 def test_api_process_never_imports_torch() -> None:

@@ -10,6 +10,9 @@ import base64
 
 import numpy as np
 
+DEADLINE = "deadline"  # task kwarg: epoch seconds after which nobody waits for the answer
+DROPPED_PREFIX = "cosmogan:inference:dropped:"  # + task id: the client went away
+
 
 def pack(a: np.ndarray, dtype: str) -> str:
     """`a` as `dtype` (e.g. "<f8"), C order, base64 text."""
