@@ -32,13 +32,18 @@ def main(argv: list[str] | None = None) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from launcher.supervisor import serve
 
-    return serve(host=args.host, port=args.port, concurrency=args.concurrency)
+    return serve(
+        host=args.host,
+        port=args.port,
+        concurrency=args.concurrency,
+        api_processes=args.api_workers,
+    )
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
     from launcher.supervisor import run_api
 
-    return run_api(host=args.host, port=args.port)
+    return run_api(host=args.host, port=args.port, workers=args.workers)
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
@@ -56,14 +61,17 @@ def _parser() -> argparse.ArgumentParser:
     training_cli.add_commands(sub)
 
     settings_help = "(default: COSMOGAN_HOST/COSMOGAN_PORT)"
+    workers_help = "API processes (default: one per 4 cores, 1 to 8)"
     se = sub.add_parser("serve", help="Redis (embedded if needed) + worker + API on one machine")
     se.add_argument("--host", default=None, help=settings_help)
     se.add_argument("--port", type=int, default=None)
     se.add_argument("--concurrency", type=int, default=1, help="training processes")
+    se.add_argument("--api-workers", type=int, default=None, help=workers_help)
     se.set_defaults(func=_cmd_serve)
     ap = sub.add_parser("api", help="the HTTP API alone")
     ap.add_argument("--host", default=None, help=settings_help)
     ap.add_argument("--port", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=None, help=workers_help)
     ap.set_defaults(func=_cmd_api)
     wo = sub.add_parser("worker", help="a Celery worker alone")
     wo.add_argument("--queues", default="training,inference")
