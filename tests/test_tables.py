@@ -97,3 +97,19 @@ def test_encoded_responses_read_back(media: str) -> None:
     assert list(back["id"]) == [0, 0, 1, 1, 2, 2] and list(back["realization"]) == [0, 1] * 3
     np.testing.assert_allclose(back["mag_z"], mags[:, 2], equal_nan=True)
     assert list(back["detected"]) == list(det)
+
+
+@pytest.mark.parametrize("samples", [1, 3])
+def test_json_rows_built_on_the_request_rows_match_the_columnar_encoding(samples: int) -> None:
+    sent = [{**ROW, "id": i, "mag_r": -1.0, "meta": {"a": [i]}} for i in range(4)]
+    rng = np.random.default_rng(2)
+    mags = rng.uniform(18, 25, (4 * samples, 3))
+    mags[1] = np.nan
+    det = ~np.isnan(mags[:, 0])
+    cat = tables.from_rows(orjson.loads(orjson.dumps(sent)), 10)
+    columnar = tables.encode(tables.emulated_columns(cat, mags, det, samples), tables.JSON, {})
+    fast = tables.encode_json(tables.emulated_records(cat, mags, det, samples), {})
+    assert fast == columnar
+    assert orjson.loads(fast)["rows"][0]["meta"] == {"a": [0]}
+    uneven = tables.from_rows([ROW, {**ROW, "id": 1}], 10)
+    assert tables.emulated_records(uneven, mags[:2], det[:2], 1) is None

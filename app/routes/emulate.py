@@ -144,4 +144,6 @@ def _respond(
 ) -> bytes:
     mags = unpack(result["mags"], "<f8", 3)
     detected = unpack(result["detected"], "u1").astype(bool)
+    if media == tables.JSON and (rows := tables.emulated_records(cat, mags, detected, samples)):
+        return tables.encode_json(rows, meta)
     return tables.encode(tables.emulated_columns(cat, mags, detected, samples), media, meta)
