@@ -30,7 +30,14 @@ from models.registry import ModelVersion, Registry
 from models.settings import Settings
 from training.presets import PRESETS, family
 from worker.celery_app import INFERENCE_QUEUE
-from worker.payload import DEADLINE, DROPPED_PREFIX
+from worker.payload import (
+    BLOB_SUFFIX,
+    BLOB_TTL_S,
+    BLOBS,
+    DEADLINE,
+    DROPPED_PREFIX,
+    blob_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +92,12 @@ async def infer(
     *,
     cost: int,
     metric: str,
+    blobs: dict[str, bytes] | None = None,
 ) -> Call:
     """Admit, send `task(**kwargs)` to the inference queue and await its answer.
 
+    `blobs` (name → bytes) travel beside the message (see `worker.payload`), and so do the
+    bytes values of the answer: `Call.result` holds them under their names.
     Errors: 503 + Retry-After when the queue is full or the broker is down, 504 on timeout,
     the worker's own status (404, 422, 503, ...) when it refused the request.
     """
@@ -107,10 +117,17 @@ async def infer(
             f"{settings.max_queued_work}); retry shortly",
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
+    sent = {**kwargs, DEADLINE: deadline}
+    if blobs:
+        async with aredis.pipeline(transaction=False) as pipe:
+            for name, value in blobs.items():
+                sent[name + BLOB_SUFFIX] = blob_key(task_id, name)
+                pipe.set(sent[name + BLOB_SUFFIX], value, ex=min(BLOB_TTL_S, int(timeout_s) + 5))
+            await pipe.execute()
     call = asyncio.create_task(
         waiter.call(
             task,
-            {**kwargs, DEADLINE: deadline},
+            sent,
             timeout_s=timeout_s,
             queue=INFERENCE_QUEUE,
             task_id=task_id,
@@ -132,6 +149,15 @@ async def infer(
     observe_inference(metric, result, sent_at)
     if not result.get("ok"):
         raise ApiError(int(result.get("status", 500)), str(result.get("detail")))
+    if keys := result.pop(BLOBS, None):
+        async with aredis.pipeline(transaction=False) as pipe:
+            for key in keys.values():
+                pipe.get(key)
+                pipe.delete(key)
+            values = (await pipe.execute())[::2]
+        if any(v is None for v in values):
+            raise ApiError(500, "the worker's answer expired before it was read")
+        result.update(zip(keys, values, strict=True))
     return Call(result, sent_at)
 
 

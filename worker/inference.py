@@ -15,7 +15,6 @@ by a small thread pool (zlib releases the GIL) while the next batch already runs
 
 from __future__ import annotations
 
-import base64
 import itertools
 import logging
 import os
@@ -207,15 +206,12 @@ class Engine:
     def generate(self, requests: list[dict[str, Any]]) -> list[dict[str, Any] | RequestError]:
         """Each request `{model, version, seed, n, nrow}` → `{png, version, ...}`.
 
-        `png` is a `Future` of the base64 PNG, encoded in the engine's thread pool; the
+        `png` is a `Future` of the PNG bytes, encoded in the engine's thread pool; the
         caller answers when it is done (the forward of the next batch need not wait).
         """
         import torch
 
         from models.image_format import BYTES_VERSION, grid_png
-
-        def encode(images: Any, nrow: int | None) -> str:
-            return base64.b64encode(grid_png(images, nrow)).decode("ascii")
 
         out, groups, models = self._group(requests, IMAGE)
         for key, idx in groups.items():
@@ -226,8 +222,8 @@ class Engine:
                 start = 0
                 for i in idx:
                     n = requests[i]["n"]
-                    png: Future[str] = self._encoders.submit(
-                        encode, images[start : start + n], requests[i].get("nrow")
+                    png: Future[bytes] = self._encoders.submit(
+                        grid_png, images[start : start + n], requests[i].get("nrow")
                     )
                     start += n
                     out[i] = {
@@ -244,19 +240,25 @@ class Engine:
         return out  # type: ignore[return-value]
 
     def emulate(self, requests: list[dict[str, Any]]) -> list[dict[str, Any] | RequestError]:
-        """Each request `{model, version, x, samples, seed}` → packed arrays.
+        """Each request `{model, version, x, samples, seed}` → arrays as bytes.
 
-        `x` is the (N, 9) float64 input packed by `worker.payload.pack`. The result holds
-        `mags` (float64, (N·samples, 3), NaN where not detected) and `detected` (uint8,
-        (N·samples,)), packed the same way, in the emulator's row order.
+        `x` is the (N, 9) float64 input as bytes (`worker.payload.to_bytes`). The result
+        holds `mags` (float64, (N·samples, 3), NaN where not detected) and `detected`
+        (uint8, (N·samples,)) as bytes the same way, in the emulator's row order.
         """
-        from worker.payload import pack, unpack
+        from worker.payload import from_bytes, to_bytes
 
         out, groups, models = self._group(requests, EMULATOR)
-        for key, idx in groups.items():
+        expired = {i for i, r in enumerate(requests) if not isinstance(r.get("x"), bytes)}
+        for i in expired:  # its input blob expired before the request ran
+            out[i] = RequestError(504, "the request's input expired before it could run")
+        for key, all_idx in groups.items():
+            idx = [i for i in all_idx if i not in expired]
+            if not idx:
+                continue
             emulator = models[key].model
             try:
-                xs = [unpack(requests[i]["x"], "<f8", 9) for i in idx]
+                xs = [from_bytes(requests[i]["x"], "<f8", 9) for i in idx]
                 results = emulate_coalesced(
                     emulator,
                     xs,
@@ -265,8 +267,8 @@ class Engine:
                 )
                 for i, (mags, det) in zip(idx, results, strict=True):
                     out[i] = {
-                        "mags": pack(mags, "<f8"),
-                        "detected": pack(det, "u1"),
+                        "mags": to_bytes(mags, "<f8"),
+                        "detected": to_bytes(det, "u1"),
                         "rows": len(det),
                         "model": key[0],
                         "version": key[1],

@@ -21,7 +21,7 @@ from celery_batches.trace import apply_batches_task
 
 from models.settings import get_settings
 from worker.celery_app import EMULATE_TASK, GENERATE_TASK, PING_TASK, TRAIN_TASK, app
-from worker.payload import DEADLINE, DROPPED_PREFIX
+from worker.payload import DEADLINE, DROPPED_PREFIX, fetch_inputs, store_outputs
 
 log = logging.getLogger(__name__)
 _settings = get_settings()
@@ -117,7 +117,7 @@ def _answer(req: SimpleRequest, res: Any, meta: dict[str, Any]) -> None:
     if isinstance(res, RequestError):
         body: dict[str, Any] = {"ok": False, "status": res.status, "detail": res.detail}
     else:
-        body = {"ok": True, **res}
+        body = store_outputs(app.backend.client, req.id, {"ok": True, **res})
     body.update(meta)
     app.backend.mark_as_done(req.id, body, request=req)
 
@@ -151,6 +151,7 @@ def _answer_batch(kind: str, requests: list[SimpleRequest]) -> int:
     started = time.time()
     payloads = [dict(r.kwargs) for r in requests]
     try:
+        fetch_inputs(app.backend.client, payloads)
         results = getattr(get_engine(), kind)(payloads)
     except Exception as exc:  # the engine guards per request; this is the last resort
         log.exception("%s batch failed", kind)

@@ -23,7 +23,7 @@ from app.schemas import (
 )
 from models.kinds import EMULATOR
 from worker.celery_app import EMULATE_TASK
-from worker.payload import pack, unpack
+from worker.payload import from_bytes, to_bytes
 
 router = APIRouter(tags=["inference"])
 
@@ -119,12 +119,12 @@ async def emulate(
                 "model": mv.name,
                 "version": opts.version,
                 "active": mv.version,
-                "x": pack(x, "<f8"),
                 "samples": n,
                 "seed": seed,
             },
             cost=emulate_cost(cat.rows * n),
             metric="emulate",
+            blobs={"x": to_bytes(x, "<f8")},
         )
         result = call.result
         meta = {"model": result["model"], "version": result["version"], "seed": seed, "samples": n}
@@ -142,8 +142,8 @@ async def emulate(
 def _respond(
     cat: tables.Catalog, result: dict[str, Any], samples: int, media: str, meta: dict[str, Any]
 ) -> bytes:
-    mags = unpack(result["mags"], "<f8", 3)
-    detected = unpack(result["detected"], "u1").astype(bool)
+    mags = from_bytes(result["mags"], "<f8", 3)
+    detected = from_bytes(result["detected"], "u1").astype(bool)
     if media == tables.JSON and (rows := tables.emulated_records(cat, mags, detected, samples)):
         return tables.encode_json(rows, meta)
     return tables.encode(tables.emulated_columns(cat, mags, detected, samples), media, meta)

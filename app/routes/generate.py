@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 from typing import Annotated
 
@@ -94,7 +93,7 @@ async def generate(
     fmt = str(result.get("format", BYTES_VERSION))
     created = float(result.get("created") or 0.0)
     return Response(
-        base64.b64decode(result["png"]),
+        result["png"],
         media_type="image/png",
         headers={
             "ETag": make_etag(model, served, created, seed, n, nrow, fmt),
