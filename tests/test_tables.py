@@ -31,6 +31,27 @@ def test_rows_with_different_keys_become_columns_with_nulls() -> None:
     np.testing.assert_allclose(x[0], np.float32(list(ROW.values())))
 
 
+def test_plain_numbers_give_the_numbers_of_the_full_validation() -> None:
+    import pandas as pd
+
+    from training.data.catalog import validate_inputs
+
+    rng = np.random.default_rng(3)
+    rows = [{k: v * rng.uniform(0.95, 1.05) for k, v in ROW.items()} for _ in range(50)]
+    rows[7]["true_mag_z"] = 24  # an int among floats
+    full = validate_inputs(pd.DataFrame(rows)).astype(np.float64)
+    for cat in (
+        tables.from_rows(rows, 100),
+        tables.from_arrow(pa.Table.from_pylist(rows), 100),
+    ):
+        assert cat._numeric_inputs() is not None  # the fast path was taken
+        np.testing.assert_array_equal(cat.inputs(), full)
+    out_of_range = tables.from_rows([*rows, {**ROW, "psf_fwhm_r": 11.0}], 100)
+    assert out_of_range._numeric_inputs() is None
+    with pytest.raises(tables.TableError, match="PSF FWHM above"):
+        out_of_range.inputs()
+
+
 def test_aliases_validate_and_keep_their_names() -> None:
     row = {("BDF_MAG_DERED_CALIB_R" if k == "true_mag_r" else k): v for k, v in ROW.items()}
     row["SKYVAR_WMEAN_Z"] = 64.0  # a variance: its square root is the sky sigma

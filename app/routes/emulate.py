@@ -6,6 +6,7 @@ import asyncio
 import secrets
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -22,6 +23,7 @@ from app.schemas import (
     EmulateRequest,
 )
 from models.kinds import EMULATOR
+from models.settings import Settings
 from worker.celery_app import EMULATE_TASK
 from worker.payload import from_bytes, to_bytes
 
@@ -46,19 +48,26 @@ async def read_body(request: Request) -> bytes:
 
 
 def parse(
-    body: bytes, fmt: str, query: EmulateOptions, max_rows: int
-) -> tuple[tables.Catalog, EmulateOptions]:
-    """The body's catalog and the options: query parameters first, then the JSON body's."""
-    if fmt != "json":
-        return tables.read_table(body, fmt, max_rows), query
-    doc = tables.parse_json(body)
-    rows = doc.pop("rows", None)
-    try:
-        given = EmulateOptions.model_validate(doc)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False)) from exc
-    merged = {**given.model_dump(exclude_none=True), **query.model_dump(exclude_none=True)}
-    return tables.from_rows(rows, max_rows), EmulateOptions(**merged)
+    body: bytes, fmt: str, query: EmulateOptions, settings: Settings
+) -> tuple[tables.Catalog, EmulateOptions, np.ndarray]:
+    """The body's catalog, the options (query parameters first, then the JSON body's) and
+    the validated (rows, 9) inputs."""
+    max_rows = settings.max_emulate_rows
+    if fmt == "json":
+        doc = tables.parse_json(body)
+        rows = doc.pop("rows", None)
+        try:
+            given = EmulateOptions.model_validate(doc)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors(include_url=False)) from exc
+        merged = {**given.model_dump(exclude_none=True), **query.model_dump(exclude_none=True)}
+        cat, opts = tables.from_rows(rows, max_rows), EmulateOptions(**merged)
+    else:
+        cat, opts = tables.read_table(body, fmt, max_rows), query
+    n = opts.samples or 1
+    if n > settings.max_emulate_samples:
+        raise ApiError(422, f"samples must be at most {settings.max_emulate_samples}, got {n}")
+    return cat, opts, cat.inputs()
 
 
 @router.post(
@@ -101,11 +110,8 @@ async def emulate(
         fmt = tables.body_format(request.headers.get("content-type"))
         body = await read_body(request)
         query = EmulateOptions(samples=samples, seed=seed, model=model, version=version)
-        cat, opts = await asyncio.to_thread(parse, body, fmt, query, settings.max_emulate_rows)
+        cat, opts, x = await asyncio.to_thread(parse, body, fmt, query, settings)
         n = opts.samples or 1
-        if n > settings.max_emulate_samples:
-            raise ApiError(422, f"samples must be at most {settings.max_emulate_samples}, got {n}")
-        x = await asyncio.to_thread(cat.inputs)
         mv = await asyncio.to_thread(
             resolve, registry, opts.model or DEFAULT_EMULATOR_MODEL, opts.version, EMULATOR
         )
