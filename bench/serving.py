@@ -22,6 +22,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -189,6 +190,13 @@ def coalesced_pngs(sampler: Any, k: int) -> list[bytes]:
 
     images = sampler.images(torch.cat([sampler.latents(seed, 16) for seed in range(k)]))
     return [sampler.grid_png(images[16 * i : 16 * (i + 1)]) for i in range(k)]
+
+
+def worker_busy_s(client: httpx.Client) -> float:
+    """Seconds the inference worker has spent computing /generate batches (from /metrics)."""
+    text = client.get("/metrics").text
+    found = re.search(r'cosmogan_inference_batch_seconds_sum\{task="generate"\} (\S+)', text)
+    return float(found.group(1)) if found else 0.0
 
 
 def forward_rates(
@@ -421,9 +429,11 @@ def run(
                     # the compute limit right before and after each level: shared machines
                     # drift, and a ratio is only fair between figures taken together
                     before = forward_rates(sampler, 64, 2, (best_mb,))[best_mb]
+                    busy0 = worker_busy_s(client)
                     level = asyncio.run(
                         closed_loop(base, versions["nebula"], c, total, seed0=10_000 * (c + 1))
                     )
+                    level["worker_busy_s"] = worker_busy_s(client) - busy0
                     after = forward_rates(sampler, 64, 2, (best_mb,))[best_mb]
                     raw["concurrency"][c] = {**level, "forward_images_per_s": (before + after) / 2}
                 raw_png = time_calls(lambda: sampler.png(7, 16), max(3, sizes.repeats // 3))
@@ -536,8 +546,8 @@ def tables(raw: dict[str, Any], command: str, threads: int, device: str = "") ->
     conc = Table(
         "GET /generate throughput with concurrent clients (16 images per request)",
         command,
-        ["clients", "requests", "req/s", "images/s", "× 1 client", "of forward alone", "p50 ms",
-         "p95 ms", "batch"],
+        ["clients", "requests", "req/s", "images/s", "× 1 client", "of forward alone",
+         "worker busy", "p50 ms", "p95 ms", "batch"],
     )  # fmt: skip
     one = raw["concurrency"][CONCURRENCY[0]]
     one_rate = one["requests"] / one["wall"]
@@ -551,6 +561,7 @@ def tables(raw: dict[str, Any], command: str, threads: int, device: str = "") ->
                 16 * rate,
                 rate / one_rate,
                 f"{100 * 16 * rate / r['forward_images_per_s']:.0f} %",
+                f"{100 * r['worker_busy_s'] / r['wall']:.0f} %",
                 ms(r["latencies"], 50),
                 ms(r["latencies"], 95),
                 float(np.mean(r["batches"])),
@@ -576,8 +587,10 @@ def tables(raw: dict[str, Any], command: str, threads: int, device: str = "") ->
     )  # fmt: skip
     conc.notes = [
         "each client sends its requests one after another (a closed loop); batch = mean "
-        "number of requests the worker ran in one batch (`X-Batch-Size`); the raw rows run "
-        "in this process with the inference worker's torch threads",
+        "number of requests the worker ran in one batch (`X-Batch-Size`); worker busy = the "
+        "inference process's time in /generate batches (forward, latents, handing PNG jobs to "
+        "its encoder threads) over the level's wall time; the raw rows run in this process "
+        "with the inference worker's torch threads",
         "forward alone: images/s of the generator's forward (uint8 pixels on the host) at its "
         "best micro-batch, in this process; a sweep gave "
         + ", ".join(f"{mb}: {v:,.0f}" for mb, v in forward.items())
