@@ -21,6 +21,7 @@ from celery_batches.trace import apply_batches_task
 
 from models.settings import get_settings
 from worker.celery_app import EMULATE_TASK, GENERATE_TASK, PING_TASK, TRAIN_TASK, app
+from worker.emulate_jobs import EMULATE_FILE_TASK
 from worker.payload import DEADLINE, DROPPED_PREFIX, fetch_inputs, store_outputs
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,14 @@ def generate(requests: list[SimpleRequest]) -> int:
 def emulate(requests: list[SimpleRequest]) -> int:
     """kwargs per request: model, version (None = active), active (hint), x, samples, seed."""
     return _answer_batch("emulate", requests)
+
+
+@app.task(name=EMULATE_FILE_TASK)
+def emulate_file(job_id: str) -> None:
+    """A large catalog, emulated in this inference process's background job thread."""
+    from worker import emulate_jobs
+
+    emulate_jobs.submit(lambda: app.backend.client, _settings.home, job_id)
 
 
 @app.task(name=PING_TASK)

@@ -15,6 +15,7 @@ from app import tables
 from app.deps import RegistryDep, SettingsDep, WaiterDep
 from app.errors import ApiError
 from app.inference import emulate_cost, infer, resolve
+from app.routes import emulate_jobs
 from app.schemas import (
     DEFAULT_EMULATOR_MODEL,
     MAX_SEED,
@@ -28,6 +29,7 @@ from worker.celery_app import EMULATE_TASK
 from worker.payload import from_bytes, to_bytes
 
 router = APIRouter(tags=["inference"])
+router.include_router(emulate_jobs.router)  # catalogs too large for one request
 
 _TABLE = {"schema": {"type": "string", "format": "binary"}}
 

@@ -321,6 +321,30 @@ def iter_catalog(path: str | Path, chunk_rows: int = 100_000) -> Iterator[pd.Dat
         raise CatalogError(f"{path}: cannot read as {fmt}: {exc}") from exc
 
 
+def count_rows(path: str | Path) -> int | None:
+    """The rows of a catalog file from its metadata (Parquet footer, FITS header) or its
+    line count (plain CSV); None when that cannot be known without parsing it."""
+    path = Path(path)
+    fmt = catalog_format(path)
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows
+        if fmt == "fits":
+            from astropy.io import fits
+
+            with fits.open(path, memmap=True) as hdul:
+                return int(_fits_table_hdu(hdul, path).header.get("NAXIS2", 0))
+        if path.suffix.lower() in (".csv", ".txt"):
+            with path.open("rb") as f:
+                lines = sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+            return max(0, lines - 1)  # the header line
+    except (OSError, ValueError, CatalogError):
+        return None
+    return None
+
+
 def read_catalog(path: str | Path) -> pd.DataFrame:
     """A whole catalog in memory (see `iter_catalog` for large files)."""
     chunks = list(iter_catalog(path, chunk_rows=1_000_000))
