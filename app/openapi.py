@@ -71,6 +71,21 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
         f"curl -X POST {BASE}/emulate -H 'content-type: application/json' \\\n"
         f'  -d \'{{"rows": [{ROW}], "samples": 3, "seed": 7}}\''
     ),
+    ("post", "/emulate/jobs"): "For catalogs too large for one request (a million rows "
+    "and more): the CSV, Parquet or FITS body is stored, a worker emulates it chunk by chunk "
+    "(the same code as `cosmogan emulate`), and the job's record reports progress; `202` with "
+    "`Location: /emulate/jobs/{job_id}`. `output` picks the result's format (default: the "
+    "input's)."
+    + example(
+        f"curl -X POST '{BASE}/emulate/jobs?samples=1&seed=7' \\\n"
+        "  -H 'content-type: application/vnd.apache.parquet' --data-binary @catalog.parquet"
+    ),
+    ("get", "/emulate/jobs/{job_id}"): "State (queued/running/succeeded/failed), rows done "
+    "so far, and the result's URL once the job has succeeded."
+    + example(f"curl {BASE}/emulate/jobs/{JOB}"),
+    ("get", "/emulate/jobs/{job_id}/result"): "The emulated catalog of a succeeded job, in "
+    "the format asked for; `409` while the job is not done."
+    + example(f"curl -o emulated.parquet {BASE}/emulate/jobs/{JOB}/result"),
     ("get", "/healthz"): "Always `200` while the API process runs."
     + example(f"curl {BASE}/healthz"),
     ("get", "/readyz"): "`200` once an inference worker answers a ping and has the active "

@@ -11,6 +11,9 @@ from training.presets import PRESETS
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 JOB_ID_PATTERN = r"^[a-f0-9]{32}$"
 MAX_SEED = 2**63 - 1
+DEFAULT_IMAGE_MODEL = "nebula"  # what GET /generate serves without `model`
+DEFAULT_EMULATOR_MODEL = "balrog"  # what POST /emulate serves without `model`
+MAX_QUERY_N = 1024  # the schema's bound; COSMOGAN_MAX_GENERATE_N is the server's
 
 
 class Problem(BaseModel):
@@ -123,7 +126,24 @@ class VersionPatch(BaseModel):
     )
 
 
-class EmulateRequest(BaseModel):
+class EmulateOptions(BaseModel):
+    """Everything of an `/emulate` JSON body but its rows (the query string may set these too)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    samples: int | None = Field(default=None, ge=1, description="Realizations per row (1).")
+    seed: int | None = Field(
+        default=None, ge=0, le=MAX_SEED, description="For reproducible output; random if unset."
+    )
+    model: str | None = Field(
+        default=None, pattern=NAME_PATTERN, description=f"Default {DEFAULT_EMULATOR_MODEL!r}."
+    )
+    version: str | None = Field(default=None, pattern=NAME_PATTERN)
+
+
+class EmulateRequest(EmulateOptions):
+    """The JSON body of `POST /emulate` (query parameters, when given, take precedence)."""
+
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -154,9 +174,3 @@ class EmulateRequest(BaseModel):
         description="Objects with true_mag_{r,i,z}, sky_sigma_{r,i,z}, psf_fwhm_{r,i,z} "
         "(DES Balrog aliases accepted); other keys are passed through.",
     )
-    samples: int = Field(default=1, ge=1, description="Realizations per row.")
-    seed: int | None = Field(
-        default=None, ge=0, le=MAX_SEED, description="For reproducible output; random if unset."
-    )
-    model: str = Field(default="balrog", pattern=NAME_PATTERN)
-    version: str | None = Field(default=None, pattern=NAME_PATTERN)

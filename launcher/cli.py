@@ -59,13 +59,18 @@ def main(argv: list[str] | None = None) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from launcher.supervisor import serve
 
-    return serve(host=args.host, port=args.port, concurrency=args.concurrency)
+    return serve(
+        host=args.host,
+        port=args.port,
+        concurrency=args.concurrency,
+        api_processes=args.api_workers,
+    )
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
     from launcher.supervisor import run_api
 
-    return run_api(host=args.host, port=args.port)
+    return run_api(host=args.host, port=args.port, workers=args.workers)
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
@@ -85,15 +90,18 @@ def _parser() -> argparse.ArgumentParser:
 
     host_help = "address to listen on (default: COSMOGAN_HOST, else 127.0.0.1)"
     port_help = "port to listen on (default: COSMOGAN_PORT, else 8000)"
+    workers_help = "API processes (default: one per 4 cores, 1 to 8)"
     text = "Redis (embedded if needed) + worker + API on one machine"
     se = sub.add_parser("serve", help=text, description=text + "; Ctrl-C stops all three.")
     se.add_argument("--host", default=None, help=host_help)
     se.add_argument("--port", type=int, default=None, help=port_help)
     se.add_argument("--concurrency", type=int, default=1, help="training processes")
+    se.add_argument("--api-workers", type=int, default=None, help=workers_help)
     se.set_defaults(func=_cmd_serve)
     ap = sub.add_parser("api", help="the HTTP API alone", description="The HTTP API alone.")
     ap.add_argument("--host", default=None, help=host_help)
     ap.add_argument("--port", type=int, default=None, help=port_help)
+    ap.add_argument("--workers", type=int, default=None, help=workers_help)
     ap.set_defaults(func=_cmd_api)
     text = "a Celery worker alone (training jobs and inference)"
     wo = sub.add_parser("worker", help=text, description=text[0].upper() + text[1:] + ".")

@@ -265,7 +265,12 @@ def _parse_queues(queues: str | list[str]) -> list[str]:
 # entry points
 
 
-def serve(host: str | None = None, port: int | None = None, concurrency: int = 1) -> int:
+def serve(
+    host: str | None = None,
+    port: int | None = None,
+    concurrency: int = 1,
+    api_processes: int | None = None,
+) -> int:
     """Redis (embedded unless COSMOGAN_REDIS_URL is set), both workers and the API."""
     settings = get_settings()
     host = host or settings.host
@@ -288,7 +293,8 @@ def serve(host: str | None = None, port: int | None = None, concurrency: int = 1
         else:
             wait_for_redis(settings.redis_url)
         _start_workers(sup, list(QUEUES), concurrency, env)
-        sup.start("api", _api_command(host, port), env)
+        workers = api_workers(api_processes)
+        sup.start("api", _api_command(host, port, workers), api_env(env, settings.home, port))
     except BaseException:
         sup.stop_all()
         raise
@@ -296,13 +302,15 @@ def serve(host: str | None = None, port: int | None = None, concurrency: int = 1
     return sup.wait()
 
 
-def run_api(host: str | None = None, port: int | None = None) -> int:
-    """The HTTP API alone (uvicorn, one process), for compose or behind a proxy."""
+def run_api(host: str | None = None, port: int | None = None, workers: int | None = None) -> int:
+    """The HTTP API alone (uvicorn, `workers` processes), for compose or behind a proxy."""
     import uvicorn
 
     settings = get_settings()
     ensure_default_models()
-    uvicorn.run("app.main:app", host=host or settings.host, port=port or settings.port)
+    port = port or settings.port
+    os.environ.update(api_env({}, settings.home, port))  # before prometheus_client is imported
+    uvicorn.run("app.main:app", host=host or settings.host, port=port, workers=api_workers(workers))
     return 0
 
 
@@ -319,7 +327,26 @@ def run_worker(queues: str | list[str] = "training,inference", concurrency: int 
     return sup.wait()
 
 
-def _api_command(host: str, port: int) -> list[str]:
+def api_workers(requested: int | None = None) -> int:
+    """API processes: as asked, else one per four cores (1 to 8); the API only does I/O,
+    parsing and encoding, the cores are mostly the inference worker's."""
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"--workers must be at least 1, got {requested}")
+        return requested
+    return max(1, min(8, (os.cpu_count() or 1) // 4))
+
+
+def api_env(base: dict[str, str], home: Path, port: int) -> dict[str, str]:
+    """`base` plus the API's metrics folder (multiprocess Prometheus), emptied now."""
+    folder = home.resolve() / "metrics" / f"api-{port}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.db"):  # samples of processes from an earlier run
+        old.unlink(missing_ok=True)
+    return {**base, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+
+
+def _api_command(host: str, port: int, workers: int = 1) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -330,4 +357,6 @@ def _api_command(host: str, port: int) -> list[str]:
         "--port",
         str(port),
         "--no-access-log",
+        "--workers",
+        str(workers),
     ]

@@ -36,8 +36,13 @@ class Settings(BaseSettings):
 
     # inference batching and timeouts
     batch_max_size: int = Field(default=64, ge=1, description="Max requests per coalesced batch.")
-    batch_window_ms: int = Field(default=10, ge=0, description="Wait window to fill a batch.")
     inference_timeout_s: float = Field(default=60.0, gt=0)
+    max_queued_work: int = Field(
+        default=1024,
+        ge=1,
+        description="Queued inference work (images, or thousands of emulated rows) beyond "
+        "which requests are refused with 503 and Retry-After.",
+    )
 
     # long jobs: the broker must not redeliver a training job that is still running
     visibility_timeout_s: int = Field(default=7 * 24 * 3600, ge=3600)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from models import image_format
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.image_sampler import ImageSampler, generate_png
 from training.image_gan import train_image_gan
@@ -242,6 +244,7 @@ def test_same_seed_gives_identical_png_bytes(model_path):
 
 def test_pixels_do_not_depend_on_the_rest_of_the_batch(model_path):
     sampler = ImageSampler.load(model_path)
+    assert sampler.micro_batch == image_format.micro_batch("cpu") > 1  # padding is exercised
     z = sampler.latents(3, 11)
     full = sampler.images(z)
     assert full.dtype == torch.uint8 and full.shape == (11, 3, 128, 128)
@@ -276,3 +279,20 @@ def test_fresh_run_in_a_used_folder_starts_over(tmp_path, folder):
     )
     assert result["step"] == 1 and _steps(tmp_path / "f") == [1]
     assert load_checkpoint(tmp_path / "f" / "checkpoints" / "last.pt").step == 1
+
+
+def test_grid_png_decodes_to_the_pixels_in_torchvision_layout():
+    from torchvision.utils import make_grid
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (7, 3, 9, 11), dtype=np.uint8)
+    for nrow in (None, 3, 10):
+        expected = make_grid(torch.from_numpy(images), nrow=nrow or 3, padding=2, pad_value=0)
+        grid = image_format.grid(images, nrow)
+        assert np.array_equal(grid, expected.permute(1, 2, 0).numpy()), nrow
+        png = image_format.grid_png(images, nrow)
+        decoded = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+        assert np.array_equal(decoded, grid)
+        assert png == image_format.grid_png(images.copy(), nrow)
+    with pytest.raises(ValueError, match="uint8"):
+        image_format.encode_png(np.zeros((4, 4, 3), dtype=np.float32))

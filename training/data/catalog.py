@@ -106,10 +106,13 @@ def _alias_table() -> dict[str, tuple[str, bool]]:
 ALIASES = _alias_table()
 
 
-def normalize_columns(df: pd.DataFrame) -> pd.DataFrame:
-    """`df` with known columns renamed to their canonical names (variances → RMS)."""
-    chosen: dict[str, tuple[str, bool]] = {}  # canonical → (source column, sqrt)
-    for name in df.columns:
+def resolve_names(names: Any) -> dict[str, tuple[Any, bool]]:
+    """canonical column → (the column of `names` that provides it, is a variance).
+
+    The canonical name itself (any case) wins over an alias; otherwise the first alias.
+    """
+    chosen: dict[str, tuple[Any, bool]] = {}
+    for name in names:
         hit = ALIASES.get(str(name).strip().lower())
         if hit is None:
             continue
@@ -117,6 +120,12 @@ def normalize_columns(df: pd.DataFrame) -> pd.DataFrame:
         exact = str(name).strip().lower() == canonical
         if canonical not in chosen or exact:
             chosen[canonical] = (name, is_var)
+    return chosen
+
+
+def normalize_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with known columns renamed to their canonical names (variances → RMS)."""
+    chosen = resolve_names(df.columns)
     if not chosen:
         return df
     out = df.copy()
@@ -137,6 +146,21 @@ def normalize_columns(df: pd.DataFrame) -> pd.DataFrame:
 def _rows_text(rows: np.ndarray) -> str:
     shown = ", ".join(str(int(r)) for r in rows[:_SHOWN_ROWS])
     return shown + (", …" if len(rows) > _SHOWN_ROWS else "")
+
+
+def range_checks(name: str, col: np.ndarray) -> list[tuple[np.ndarray, str]]:
+    """(rows out of range, message) for the finite values of input column `name`."""
+    finite = np.isfinite(col)
+    with np.errstate(invalid="ignore"):
+        if name in columns.TRUE_MAG:
+            lo, hi = MAG_RANGE
+            return [(finite & ((col < lo) | (col > hi)), f"magnitude outside {lo:g}–{hi:g}")]
+        if name in columns.SKY_SIGMA:
+            return [(finite & (col <= 0), "sky sigma must be positive")]
+        return [
+            (finite & (col <= 0), "PSF FWHM must be positive"),
+            (finite & (col > MAX_PSF_FWHM), f"PSF FWHM above {MAX_PSF_FWHM:g} arcsec"),
+        ]
 
 
 def find_problems(
@@ -163,20 +187,7 @@ def find_problems(
         not_number = ~np.isfinite(col) & raw.notna().to_numpy() & ~np.isinf(col)
         checks.append((not_number, "not a number"))
         checks.append((raw.isna().to_numpy() | np.isinf(col), "NaN, null or infinite"))
-        finite = np.isfinite(col)
-        with np.errstate(invalid="ignore"):
-            if name in columns.TRUE_MAG:
-                lo, hi = MAG_RANGE
-                checks.append(
-                    (finite & ((col < lo) | (col > hi)), f"magnitude outside {lo:g}–{hi:g}")
-                )
-            elif name in columns.SKY_SIGMA:
-                checks.append((finite & (col <= 0), "sky sigma must be positive"))
-            else:
-                checks.append((finite & (col <= 0), "PSF FWHM must be positive"))
-                checks.append(
-                    (finite & (col > MAX_PSF_FWHM), f"PSF FWHM above {MAX_PSF_FWHM:g} arcsec")
-                )
+        checks += range_checks(name, col)
         for mask, message in checks:
             rows = np.flatnonzero(mask) + row_offset
             if len(rows) == 0:
@@ -308,6 +319,30 @@ def iter_catalog(path: str | Path, chunk_rows: int = 100_000) -> Iterator[pd.Dat
         raise
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise CatalogError(f"{path}: cannot read as {fmt}: {exc}") from exc
+
+
+def count_rows(path: str | Path) -> int | None:
+    """The rows of a catalog file from its metadata (Parquet footer, FITS header) or its
+    line count (plain CSV); None when that cannot be known without parsing it."""
+    path = Path(path)
+    fmt = catalog_format(path)
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows
+        if fmt == "fits":
+            from astropy.io import fits
+
+            with fits.open(path, memmap=True) as hdul:
+                return int(_fits_table_hdu(hdul, path).header.get("NAXIS2", 0))
+        if path.suffix.lower() in (".csv", ".txt"):
+            with path.open("rb") as f:
+                lines = sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+            return max(0, lines - 1)  # the header line
+    except (OSError, ValueError, CatalogError):
+        return None
+    return None
 
 
 def read_catalog(path: str | Path) -> pd.DataFrame:
