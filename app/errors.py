@@ -23,10 +23,15 @@ class ApiError(Exception):
     """An error with an HTTP status and a message (and optional per-row problems)."""
 
     def __init__(
-        self, status: int, detail: str, problems: list[dict[str, Any]] | None = None
+        self,
+        status: int,
+        detail: str,
+        problems: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status, self.detail, self.problems = status, detail, problems
+        self.headers = headers
 
 
 def _json(
@@ -71,7 +76,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        return _json(exc.status, exc.detail, problems=exc.problems)
+        return _json(exc.status, exc.detail, problems=exc.problems, headers=exc.headers)
 
     @app.exception_handler(PresetError)
     async def _preset(_: Request, exc: PresetError) -> JSONResponse:

@@ -81,6 +81,11 @@ def create_app() -> Celery:
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
+        # A worker outlives a Redis outage of any length: it reconnects instead of exiting
+        # after 100 tries. The messages it held unacknowledged stay in Redis's `unacked` set
+        # (redelivered only after the visibility timeout); the reaper (`app.reaper`) re-sends
+        # the jobs they carried, and their leases keep a job from running twice.
+        broker_connection_max_retries=None,
         # A send to a dead broker fails fast, so the API can answer 503 instead of hanging.
         broker_connection_timeout=3,
         task_publish_retry_policy={

@@ -7,8 +7,13 @@ between the two (start vs cancel, resume) are compare-and-set Lua scripts.
 Keys:
     cosmogan:job:<id>          the record (hash)
     cosmogan:job:<id>:events   progress and state events (stream, trimmed)
-    cosmogan:job:<id>:lock     held by the one live run of the job (TTL, renewed)
+    cosmogan:job:<id>:lock     the lease: held by the one live run of the job (TTL, renewed)
     cosmogan:jobs              every job id, scored by creation time (sorted set)
+
+A run owns its job through the lease: a token under the lock key with a short TTL that the
+run's heartbeat renews. A `running` job whose lease is gone has no live run (its process died,
+or was cut off from Redis for longer than the TTL and has not taken it back): it can be
+cancelled or resumed at once, and the reaper (`app.reaper`) puts it back in the queue.
 """
 
 from __future__ import annotations
@@ -33,6 +38,12 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 JOB_ID_RE = re.compile(r"^[a-f0-9]{32}$")
 EVENTS_MAXLEN = 2000
+
+# The lease: renewed every HEARTBEAT_S, lost LEASE_TTL_S after the last renewal. A job whose
+# heartbeat is older than STALE_AFTER_S is reported stalled.
+LEASE_TTL_S = 30.0
+HEARTBEAT_S = 5.0
+STALE_AFTER_S = 3 * HEARTBEAT_S
 
 # Fields stored JSON-encoded in the record; anything else is ignored on write.
 FIELDS = (
@@ -60,20 +71,43 @@ FIELDS = (
     "finished_at",
     "updated_at",
     "heartbeat_at",
+    "lease",
 )
 
-# Set state to ARGV[2] only if the current state is one of ARGV[3..]; returns the old state.
+# Set state to ARGV[2] if the current state is one of ARGV[4..], or if ARGV[3] is '1' and the
+# job is `running` without a lease (KEYS[2] absent: no live run). Returns the old state, or
+# '!' and the state that refused. One script, so no run can take the lease in between.
 _CAS_STATE = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return false end
-local want = cjson.decode(cur)
-for i = 3, #ARGV do
-  if want == ARGV[i] then
-    redis.call('HSET', KEYS[1], 'state', cjson.encode(ARGV[2]), 'updated_at', ARGV[1])
-    return want
-  end
+local have = cjson.decode(cur)
+local ok = ARGV[3] == '1' and have == 'running' and redis.call('EXISTS', KEYS[2]) == 0
+for i = 4, #ARGV do
+  if have == ARGV[i] then ok = true end
 end
-return '!' .. want
+if not ok then return '!' .. have end
+redis.call('HSET', KEYS[1], 'state', cjson.encode(ARGV[2]), 'updated_at', ARGV[1])
+return have
+"""
+
+# Renew the lease of token ARGV[1] for ARGV[2] ms while the job is `running`, taking it back
+# if it expired meanwhile (Redis was unreachable longer than the TTL) and no other run took
+# it. Returns 1 renewed, 2 taken back, 0 lost (the job moved on, or another run holds it).
+_RENEW = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur or cjson.decode(cur) ~= 'running' then return 0 end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[1], 'heartbeat_at', ARGV[3])
+if holder then return 1 end
+return 2
+"""
+
+# Delete the lock KEYS[1] only if it still holds token ARGV[1].
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 
@@ -123,6 +157,8 @@ class JobStore:
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
         self._cas = client.register_script(_CAS_STATE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
 
     @classmethod
     def from_url(cls, url: str) -> JobStore:
@@ -203,15 +239,54 @@ class JobStore:
         fields.setdefault("updated_at", time.time())
         self.r.hset(record_key(job_id), mapping=encode_fields(fields))
 
-    def transition(self, job_id: str, new: str, allowed_from: tuple[str, ...]) -> str:
-        """Atomically move to `new` from one of `allowed_from`; returns the previous state."""
-        res = self._cas(keys=[record_key(job_id)], args=[time.time(), new, *allowed_from])
+    def transition(
+        self, job_id: str, new: str, allowed_from: tuple[str, ...], if_no_lease: bool = False
+    ) -> str:
+        """Atomically move to `new` from one of `allowed_from`; returns the previous state.
+
+        With `if_no_lease`, a `running` job whose run holds no lease qualifies too.
+        """
+        res = self._cas(
+            keys=[record_key(job_id), lock_key(job_id)],
+            args=[time.time(), new, "1" if if_no_lease else "0", *allowed_from],
+        )
         if res is None:
             raise JobNotFound(f"no training job {job_id!r}")
         res = res.decode() if isinstance(res, bytes) else res
         if res.startswith("!"):
-            raise JobStateError(f"job {job_id} is {res[1:]}, not {' or '.join(allowed_from)}")
+            live = " with a live run" if if_no_lease and res[1:] == RUNNING else ""
+            raise JobStateError(f"job {job_id} is {res[1:]}{live}, not {' or '.join(allowed_from)}")
         return res
+
+    # -- the lease ---------------------------------------------------------------------------
+    def acquire_lease(self, job_id: str, token: str) -> bool:
+        return bool(self.r.set(lock_key(job_id), token, nx=True, px=int(LEASE_TTL_S * 1000)))
+
+    def renew_lease(self, job_id: str, token: str) -> int:
+        """1 renewed, 2 taken back after it expired, 0 lost (see `_RENEW`)."""
+        keys = [record_key(job_id), lock_key(job_id)]
+        return int(self._renew(keys=keys, args=[token, int(LEASE_TTL_S * 1000), time.time()]))
+
+    def release_lease(self, job_id: str, token: str) -> bool:
+        return bool(self._release(keys=[lock_key(job_id)], args=[token]))
+
+    def has_lease(self, job_id: str) -> bool:
+        return bool(self.r.exists(lock_key(job_id)))
+
+    def active(self, scan: int = 1000) -> list[tuple[str, str, bool]]:
+        """(job id, state, lease held) of the queued and running jobs among the newest `scan`."""
+        ids = [j.decode() for j in self.r.zrevrange(INDEX_KEY, 0, scan - 1)]
+        pipe = self.r.pipeline(transaction=False)
+        for jid in ids:
+            pipe.hget(record_key(jid), "state")
+            pipe.exists(lock_key(jid))
+        res = pipe.execute()
+        out = []
+        for jid, raw, held in zip(ids, res[::2], res[1::2], strict=True):
+            state = json.loads(raw) if raw is not None else None
+            if state in (QUEUED, RUNNING):
+                out.append((jid, state, bool(held)))
+        return out
 
     def event(self, job_id: str, payload: dict[str, Any]) -> str:
         payload = {"job_id": job_id, "time": time.time(), **payload}
@@ -224,13 +299,14 @@ class JobStore:
         return eid.decode() if isinstance(eid, bytes) else eid
 
     def request_cancel(self, job_id: str) -> dict[str, Any]:
-        """Cooperative cancel: a queued job is cancelled now, a running one at its next check."""
+        """Cooperative cancel: a queued job, or a running one without a live run, is cancelled
+        now; a live run sees the flag at its next check, checkpoints and ends as cancelled."""
         rec = self.get(job_id)
         if rec["state"] in TERMINAL:
             raise JobStateError(f"job {job_id} already {rec['state']}")
         self.update(job_id, cancel_requested=True)
         try:
-            self.transition(job_id, CANCELLED, (QUEUED,))
+            self.transition(job_id, CANCELLED, (QUEUED,), if_no_lease=True)
         except JobStateError:
             pass  # running: the run sees the flag, checkpoints and ends as cancelled
         else:
@@ -239,8 +315,9 @@ class JobStore:
         return self.get(job_id)
 
     def requeue_for_resume(self, job_id: str, **fields: Any) -> dict[str, Any]:
-        """A cancelled or failed job goes back to `queued`, keeping its run folder."""
-        self.transition(job_id, QUEUED, (CANCELLED, FAILED))
+        """A cancelled or failed job, or a running one whose run is gone (no lease), goes back
+        to `queued`, keeping its run folder."""
+        self.transition(job_id, QUEUED, (CANCELLED, FAILED), if_no_lease=True)
         self.update(
             job_id,
             cancel_requested=False,

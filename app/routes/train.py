@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import redis
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
@@ -18,25 +19,27 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.deps import ApiKey, CeleryDep, JobsDep, SettingsDep
 from app.errors import ApiError
-from app.schemas import JOB_ID_PATTERN, JobList, JobOut, TrainAccepted, TrainRequest
+from app.limits import StreamSlots, client_key
+from app.reaper import send_training
+from app.schemas import JOB_ID_PATTERN, ErrorOut, JobList, JobOut, TrainAccepted, TrainRequest
 from models.settings import Settings
 from training.presets import build_config, config_to_dict
-from worker.celery_app import TRAIN_TASK, TRAINING_QUEUE
 from worker.jobs import (
     FAILED,
     RUNNING,
+    STALE_AFTER_S,
     STATES,
     TERMINAL,
     JobStore,
     events_key,
     new_job_id,
+    record_key,
 )
 
 router = APIRouter(prefix="/train", tags=["training"])
 
 JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="A training job id.")]
 SAMPLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.png$")
-STALE_AFTER_S = 90.0  # a running job without a heartbeat for this long is reported stalled
 DEFAULT_DATA = {"nebula": "nebulae", "nebula-dcgan": "nebulae", "balrog": "balrog.parquet"}
 
 
@@ -61,11 +64,8 @@ def job_out(rec: dict[str, Any], settings: Settings) -> JobOut:
     sample_dir = settings.runs_dir / job_id / "samples"
     if sample_dir.is_dir():
         names.update(p.name for p in sample_dir.glob("*.png"))
-    stalled = (
-        rec.get("state") == RUNNING
-        and rec.get("heartbeat_at") is not None
-        and time.time() - rec["heartbeat_at"] > STALE_AFTER_S
-    )
+    beat = rec.get("heartbeat_at") or rec.get("started_at")
+    stalled = rec.get("state") == RUNNING and (beat is None or time.time() - beat > STALE_AFTER_S)
     fields = {k: v for k, v in rec.items() if k in JobOut.model_fields and v is not None}
     fields.update(
         samples=[f"/train/{job_id}/samples/{n}" for n in sorted(names)],
@@ -76,9 +76,8 @@ def job_out(rec: dict[str, Any], settings: Settings) -> JobOut:
 
 
 def _enqueue(celery: Any, jobs: JobStore, job_id: str) -> None:
-    attempt = f"{job_id}-{int(time.time() * 1000)}"
     try:
-        celery.send_task(TRAIN_TASK, args=[job_id], task_id=attempt, queue=TRAINING_QUEUE)
+        send_training(celery, job_id)
     except Exception as exc:
         jobs.update(job_id, state=FAILED, error=f"could not be queued: {exc}")
         raise ApiError(
@@ -177,21 +176,52 @@ async def _existing_job(job_id: JobId, jobs: JobsDep) -> dict[str, Any]:
     return await asyncio.to_thread(jobs.get, job_id)
 
 
+async def _stream_slot(request: Request) -> AsyncIterator[None]:
+    """A slot among the capped concurrent streams, held until the stream ends."""
+    slots: StreamSlots = request.app.state.streams
+    who = client_key(request)
+    refused = slots.acquire(who)
+    if refused:
+        raise ApiError(429, refused, headers={"Retry-After": "10"})
+    try:
+        yield
+    finally:
+        slots.release(who)
+
+
+STREAM_ID = r"^[0-9]{1,20}(-[0-9]{1,20})?$"
+STREAM_RETRY_S = 60.0  # a stream whose Redis stays unreachable this long ends
+
+
 @router.get(
     "/{job_id}/events",
     response_class=EventSourceResponse,
     summary="Live progress as server-sent events; the stream ends when the job ends",
+    responses={
+        429: {"model": ErrorOut, "description": "Too many concurrent event streams."},
+    },
 )
 async def job_events(
     job_id: JobId,
     request: Request,
     jobs: JobsDep,
     _exists: Annotated[dict[str, Any], Depends(_existing_job)],  # 404 before streaming
-    last_event_id: Annotated[str | None, Query(max_length=64)] = None,
+    _slot: Annotated[None, Depends(_stream_slot)],
+    last_event_id: Annotated[
+        str | None,
+        Query(
+            max_length=41,
+            pattern=STREAM_ID,
+            description="Resume after this event id (`<ms>-<seq>`); also `Last-Event-ID`.",
+        ),
+    ] = None,
 ) -> AsyncIterator[ServerSentEvent]:
-    client: aioredis.Redis = request.app.state.aredis
+    # its own connection pool, capped with the streams: streams never starve /readyz etc.
+    client: aioredis.Redis = request.app.state.stream_redis
     key = events_key(job_id)
     header_id = request.headers.get("last-event-id")
+    if last_event_id is None and header_id is not None and not re.match(STREAM_ID, header_id):
+        raise ApiError(422, f"Last-Event-ID {header_id[:64]!r} is not an event id")
     cursor = last_event_id or header_id
     if cursor is None:
         # events after this point are streamed; the snapshot below covers what came before
@@ -201,10 +231,21 @@ async def job_events(
         yield ServerSentEvent(event="snapshot", data=_snapshot(rec), id=cursor)
         if rec["state"] in TERMINAL:
             return
-    while True:
-        if await request.is_disconnected():
-            return
-        batch = await client.xread({key: cursor}, count=100, block=5000)
+    failing_since: float | None = None
+    while not await request.is_disconnected():
+        try:
+            batch = await client.xread({key: cursor}, count=100, block=5000)
+            # a finished job with nothing past the cursor (even a cursor in the future) ends
+            if not batch and await _ended(client, job_id, key, cursor):
+                return
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            # Redis restarting: keep the stream open a while, the client keeps its cursor
+            failing_since = failing_since or time.monotonic()
+            if time.monotonic() - failing_since > STREAM_RETRY_S:
+                return
+            await asyncio.sleep(1.0)
+            continue
+        failing_since = None
         for _stream, entries in batch or []:
             for eid, fields in entries:
                 cursor = eid.decode()
@@ -216,6 +257,13 @@ async def job_events(
                 # the end, unless this is history and the job was resumed after it
                 if ended and not await client.xread({key: cursor}, count=1):
                     return
+
+
+async def _ended(client: aioredis.Redis, job_id: str, key: str, cursor: str) -> bool:
+    raw = await client.hget(record_key(job_id), "state")
+    return raw is None or (
+        json.loads(raw) in TERMINAL and not await client.xread({key: cursor}, count=1)
+    )
 
 
 def _snapshot(rec: dict[str, Any]) -> dict[str, Any]:
