@@ -15,12 +15,12 @@ from fastapi import FastAPI
 from app import errors
 from app.limits import RateLimiter, RateLimitMiddleware, StreamSlots, method_label
 from app.metrics import REQUEST_LATENCY
-from app.reaper import Reaper, reap_forever, send_training
+from app.reaper import Reaper, reap_forever
 from app.results import ResultWaiter
 from app.routes import emulate, generate, health, models, train
 from models.settings import get_settings
 from worker.celery_app import app as celery_app
-from worker.celery_app import redis_url
+from worker.celery_app import redis_url, send_training
 from worker.jobs import JobStore
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.ready_lock = asyncio.Lock()
     app.state.ready_cache = None
     await app.state.waiter.start()
-    reaper = Reaper(app.state.jobs, lambda job_id: send_training(celery_app, job_id))
+    reaper = Reaper(app.state.jobs, lambda job_id: send_training(job_id, celery_app))
     reaping = asyncio.create_task(reap_forever(reaper))
     try:
         yield

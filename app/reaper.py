@@ -24,25 +24,18 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import redis
 from kombu.exceptions import OperationalError
 
-from worker.celery_app import TRAIN_TASK, TRAINING_QUEUE
-from worker.jobs import HEARTBEAT_S, QUEUED, RUNNING, JobStateError, JobStore
+from worker.celery_app import TRAINING_QUEUE
+from worker.jobs import HEARTBEAT_S, QUEUED, RUNNING, JobStore
 
 log = logging.getLogger(__name__)
 
 REAP_EVERY_S = 5.0
 REAP_GRACE_S = 2 * HEARTBEAT_S + 2.0  # a live run takes its lease back within a heartbeat
 ELECTION_KEY = "cosmogan:reaper"
-
-
-def send_training(celery: Any, job_id: str) -> None:
-    """One message for `job_id` on the training queue (a fresh task id per send)."""
-    attempt = f"{job_id}-{int(time.time() * 1000)}"
-    celery.send_task(TRAIN_TASK, args=[job_id], task_id=attempt, queue=TRAINING_QUEUE)
 
 
 class Reaper:
@@ -84,13 +77,8 @@ class Reaper:
             if since is None or now - since < REAP_GRACE_S:
                 continue
             if state == RUNNING:
-                try:
-                    self.store.transition(job_id, QUEUED, (), if_no_lease=True)
-                except JobStateError:
-                    continue  # a run took it back meanwhile
-                self.store.event(
-                    job_id, {"event": "state", "state": QUEUED, "reason": "lease expired"}
-                )
+                if not self.store.requeue_orphan(job_id, "lease expired"):
+                    continue
                 log.warning("job %s: its run holds no lease; re-queued", job_id)
             else:
                 log.warning("job %s: queued without a message; re-sent", job_id)

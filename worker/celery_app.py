@@ -14,8 +14,10 @@ that dies is replaced and its message redelivered).
 from __future__ import annotations
 
 import os
+import time
+from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 from models.settings import get_settings
 
@@ -110,3 +112,34 @@ def create_app() -> Celery:
 
 app = create_app()
 celery = app  # `celery -A worker.celery_app` finds either name
+
+
+def send_training(job_id: str, celery_app: Celery | None = None) -> None:
+    """One message for `job_id` on the training queue (a fresh task id per send)."""
+    attempt = f"{job_id}-{int(time.time() * 1000)}"
+    (celery_app or app).send_task(TRAIN_TASK, args=[job_id], task_id=attempt, queue=TRAINING_QUEUE)
+
+
+@signals.worker_ready.connect
+def _resend_jobs_of_dead_runs(sender: Any = None, **_: Any) -> None:
+    """A training worker that starts re-sends the jobs its killed predecessor was running
+    (their runs are gone: no need to wait for the leases to expire and the reaper)."""
+    queues = {q.name for q in app.amqp.queues.consume_from.values()}
+    if TRAINING_QUEUE not in queues:
+        return
+    import logging
+
+    import redis
+
+    from worker.jobs import JobStore
+    from worker.training_job import release_dead_leases
+
+    store = JobStore.from_url(redis_url())
+    try:
+        for job_id in release_dead_leases(store):
+            if store.requeue_orphan(job_id, "its worker died"):
+                send_training(job_id)
+    except redis.exceptions.RedisError as exc:
+        logging.getLogger(__name__).warning("could not check for dead runs: %s", exc)
+    finally:
+        store.r.close()

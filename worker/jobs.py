@@ -273,6 +273,15 @@ class JobStore:
     def has_lease(self, job_id: str) -> bool:
         return bool(self.r.exists(lock_key(job_id)))
 
+    def requeue_orphan(self, job_id: str, reason: str) -> bool:
+        """A `running` job without a lease back to `queued` (the caller sends it again)."""
+        try:
+            self.transition(job_id, QUEUED, (), if_no_lease=True)
+        except JobStateError:
+            return False  # a run took it back meanwhile, or it ended
+        self.event(job_id, {"event": "state", "state": QUEUED, "reason": reason})
+        return True
+
     def active(self, scan: int = 1000) -> list[tuple[str, str, bool]]:
         """(job id, state, lease held) of the queued and running jobs among the newest `scan`."""
         ids = [j.decode() for j in self.r.zrevrange(INDEX_KEY, 0, scan - 1)]

@@ -140,27 +140,64 @@ class _RedisGate:
 
 
 def _pid_alive(pid: int) -> bool:
+    """A live process (not a zombie: a killed worker's pool processes can linger as zombies
+    where nothing reaps orphans)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def _host_id() -> str:
+    """This machine and pid namespace: pids are comparable only between processes that
+    share both (containers on one host can share a hostname, never a pid namespace)."""
+    try:
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        ns = 0
+    return f"{socket.gethostname()}/{ns}"
+
+
+def _dead_local_lease(rec: dict[str, Any]) -> str | None:
+    """The token of the record's lease if it belongs to a dead process of this host."""
+    lease = rec.get("lease") or {}
+    pid = lease.get("pid")
+    if lease.get("host") != _host_id() or not isinstance(pid, int) or pid == os.getpid():
+        return None
+    return None if _pid_alive(pid) else str(lease.get("token"))
 
 
 def _take_stale_lease(store: JobStore, job_id: str, rec: dict[str, Any], token: str) -> bool:
     """Take over a lease left by a dead process on this machine (e.g. a `kill -9`d pool
     process whose message came straight back): no need to wait for it to expire."""
-    lease = rec.get("lease") or {}
-    if lease.get("host") != socket.gethostname() or not isinstance(lease.get("pid"), int):
+    dead = _dead_local_lease(rec)
+    if dead is None or not store.release_lease(job_id, dead):
         return False
-    if lease["pid"] == os.getpid() or _pid_alive(lease["pid"]):
-        return False
-    if not store.release_lease(job_id, str(lease.get("token"))):
-        return False
-    log.warning("job %s: its run (pid %d) died; taking over its lease", job_id, lease["pid"])
+    log.warning("job %s: its run (pid %s) died; taking over its lease", job_id, rec["lease"]["pid"])
     return store.acquire_lease(job_id, token)
+
+
+def release_dead_leases(store: JobStore) -> list[str]:
+    """At a worker's start: free the leases that dead runs of this host left behind (a
+    worker killed with its pool), so the reaper re-sends their jobs without waiting for
+    the leases to expire. Returns the job ids."""
+    freed = []
+    for job_id, state, leased in store.active():
+        if state != RUNNING or not leased:
+            continue
+        with contextlib.suppress(JobNotFound):
+            dead = _dead_local_lease(store.get(job_id))
+            if dead is not None and store.release_lease(job_id, dead):
+                log.warning("job %s: its run died with its worker; lease freed", job_id)
+                freed.append(job_id)
+    return freed
 
 
 def run_job(job_id: str, store: JobStore | None = None) -> dict[str, Any]:
@@ -201,7 +238,7 @@ def run_job(job_id: str, store: JobStore | None = None) -> dict[str, Any]:
             attempts=attempts,
             started_at=rec.get("started_at") or now,
             heartbeat_at=now,
-            lease={"host": socket.gethostname(), "pid": os.getpid(), "token": token},
+            lease={"host": _host_id(), "pid": os.getpid(), "token": token},
         )
         store.event(job_id, {"event": "state", "state": RUNNING, "attempt": attempts})
         if attempts > MAX_ATTEMPTS:

@@ -20,10 +20,10 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from app.deps import ApiKey, CeleryDep, JobsDep, SettingsDep
 from app.errors import ApiError
 from app.limits import StreamSlots, client_key
-from app.reaper import send_training
 from app.schemas import JOB_ID_PATTERN, ErrorOut, JobList, JobOut, TrainAccepted, TrainRequest
 from models.settings import Settings
 from training.presets import build_config, config_to_dict
+from worker.celery_app import send_training
 from worker.jobs import (
     FAILED,
     RUNNING,
@@ -77,7 +77,7 @@ def job_out(rec: dict[str, Any], settings: Settings) -> JobOut:
 
 def _enqueue(celery: Any, jobs: JobStore, job_id: str) -> None:
     try:
-        send_training(celery, job_id)
+        send_training(job_id, celery)
     except Exception as exc:
         jobs.update(job_id, state=FAILED, error=f"could not be queued: {exc}")
         raise ApiError(
