@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hmac
 import math
 import time
 from collections import OrderedDict
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
+
+from models.settings import get_settings
 
 # Methods the API answers; anything else is one "other" label in the metrics.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -18,11 +22,12 @@ def method_label(method: str) -> str:
 
 
 def client_key(request: Request) -> str:
-    """Who is asking: the API key if one is sent (so callers behind one proxy are told
-    apart), else the peer address."""
+    """Who is asking: the API key holder if the valid key is sent, else the peer address
+    (a made-up bearer token does not buy a caller a fresh quota)."""
     auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer ") and len(auth) > 7:
-        return "key:" + auth[7:].strip()[:128]
+    key = (get_settings().api_key or "").encode()
+    if auth[:7].lower() == "bearer " and hmac.compare_digest(auth[7:].strip().encode(), key):
+        return "key"
     return "ip:" + (request.client.host if request.client else "unknown")
 
 
@@ -107,3 +112,49 @@ class RateLimitMiddleware:
             headers={"Retry-After": str(math.ceil(wait))},
         )
         await response(scope, receive, send)
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the JSON body exceeds {limit} bytes")
+
+
+class JsonBodyLimitMiddleware:
+    """413 for JSON bodies over `limit` bytes (by Content-Length, or counted as they arrive
+    when chunked), before FastAPI parses them: the parse runs on the event loop, so an
+    unbounded body would stall every other request. CSV and Parquet bodies are bounded by
+    their route."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not _is_json(scope):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            from fastapi.responses import JSONResponse
+
+            response = JSONResponse({"detail": BodyTooLarge(self.limit).detail}, 413)
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise BodyTooLarge(self.limit)  # answered by the HTTPException handler
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _is_json(scope: dict) -> bool:
+    """FastAPI parses a body as JSON when its type says JSON or when it has no type."""
+    if scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+        return False
+    ctype = dict(scope.get("headers") or ()).get(b"content-type", b"").split(b";")[0].strip()
+    return not ctype or ctype.endswith(b"/json") or ctype.endswith(b"+json")

@@ -13,7 +13,13 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from app import errors
-from app.limits import RateLimiter, RateLimitMiddleware, StreamSlots, method_label
+from app.limits import (
+    JsonBodyLimitMiddleware,
+    RateLimiter,
+    RateLimitMiddleware,
+    StreamSlots,
+    method_label,
+)
 from app.metrics import REQUEST_LATENCY
 from app.reaper import Reaper, reap_forever
 from app.results import ResultWaiter
@@ -107,6 +113,7 @@ def create_app() -> FastAPI:
     for module in (train, generate, emulate, models, health):
         app.include_router(module.router)
     settings = get_settings()
+    app.add_middleware(JsonBodyLimitMiddleware, limit=settings.max_json_bytes)
     if settings.rate_limit_per_minute:
         limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
         app.add_middleware(RateLimitMiddleware, limiter=limiter)

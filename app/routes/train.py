@@ -193,6 +193,25 @@ STREAM_ID = r"^[0-9]{1,20}(-[0-9]{1,20})?$"
 STREAM_RETRY_S = 60.0  # a stream whose Redis stays unreachable this long ends
 
 
+def _event_cursor(
+    request: Request,
+    last_event_id: Annotated[
+        str | None,
+        Query(
+            max_length=41,
+            pattern=STREAM_ID,
+            description="Resume after this event id (`<ms>-<seq>`); also `Last-Event-ID`.",
+        ),
+    ] = None,
+) -> str | None:
+    """Where to resume: the query's id, else the `Last-Event-ID` header; checked before the
+    stream starts, so a bad one is a 422."""
+    header_id = request.headers.get("last-event-id")
+    if last_event_id is None and header_id is not None and not re.match(STREAM_ID, header_id):
+        raise ApiError(422, f"Last-Event-ID {header_id[:64]!r} is not an event id")
+    return last_event_id or header_id
+
+
 @router.get(
     "/{job_id}/events",
     response_class=EventSourceResponse,
@@ -207,22 +226,11 @@ async def job_events(
     jobs: JobsDep,
     _exists: Annotated[dict[str, Any], Depends(_existing_job)],  # 404 before streaming
     _slot: Annotated[None, Depends(_stream_slot)],
-    last_event_id: Annotated[
-        str | None,
-        Query(
-            max_length=41,
-            pattern=STREAM_ID,
-            description="Resume after this event id (`<ms>-<seq>`); also `Last-Event-ID`.",
-        ),
-    ] = None,
+    cursor: Annotated[str | None, Depends(_event_cursor)],
 ) -> AsyncIterator[ServerSentEvent]:
     # its own connection pool, capped with the streams: streams never starve /readyz etc.
     client: aioredis.Redis = request.app.state.stream_redis
     key = events_key(job_id)
-    header_id = request.headers.get("last-event-id")
-    if last_event_id is None and header_id is not None and not re.match(STREAM_ID, header_id):
-        raise ApiError(422, f"Last-Event-ID {header_id[:64]!r} is not an event id")
-    cursor = last_event_id or header_id
     if cursor is None:
         # events after this point are streamed; the snapshot below covers what came before
         newest = await client.xrevrange(key, count=1)

@@ -93,7 +93,13 @@ class FaultService:
 
 @pytest.fixture(scope="module")
 def fault_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultService]:
-    root = tmp_path_factory.mktemp("faults")
+    with running_service(tmp_path_factory.mktemp("faults")) as svc:
+        yield svc
+
+
+@contextlib.contextmanager
+def running_service(root: Path, **settings: str) -> Iterator[FaultService]:
+    """Redis, `cosmogan worker` and `cosmogan api` in `root`; `settings` are COSMOGAN_* vars."""
     home, logs = root / "home", root / "logs"
     logs.mkdir()
     (home / "redis").mkdir(parents=True)
@@ -107,6 +113,7 @@ def fault_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultSer
         "COSMOGAN_API_KEY": API_KEY,
         "COSMOGAN_DEVICE": "cpu",
         "PYTHONUNBUFFERED": "1",
+        **settings,
     }
     svc = FaultService(home, logs, f"http://127.0.0.1:{aport}", redis_url, rport, env, {})
     cli = [sys.executable, "-m", "launcher"]
