@@ -120,12 +120,16 @@ def send_training(job_id: str, celery_app: Celery | None = None) -> None:
     (celery_app or app).send_task(TRAIN_TASK, args=[job_id], task_id=attempt, queue=TRAINING_QUEUE)
 
 
+def _consumes_training() -> bool:
+    """Whether this worker process serves the training queue (`-Q`)."""
+    return TRAINING_QUEUE in {q.name for q in app.amqp.queues.consume_from.values()}
+
+
 @signals.worker_ready.connect
 def _resend_jobs_of_dead_runs(sender: Any = None, **_: Any) -> None:
     """A training worker that starts re-sends the jobs its killed predecessor was running
     (their runs are gone: no need to wait for the leases to expire and the reaper)."""
-    queues = {q.name for q in app.amqp.queues.consume_from.values()}
-    if TRAINING_QUEUE not in queues:
+    if not _consumes_training():
         return
     import logging
 
@@ -143,3 +147,26 @@ def _resend_jobs_of_dead_runs(sender: Any = None, **_: Any) -> None:
         logging.getLogger(__name__).warning("could not check for dead runs: %s", exc)
     finally:
         store.r.close()
+
+
+@signals.worker_process_init.connect
+def _report_devices(**_: Any) -> None:
+    """A training pool process tells the API which devices it has, so that a job asking for
+    one it lacks is refused at the door. In a thread: importing torch may take longer than
+    the pool allows a process to start."""
+    if not _consumes_training():
+        return
+
+    def report() -> None:
+        from worker.jobs import JobStore
+        from worker.training_job import report_devices
+
+        store = JobStore.from_url(redis_url())
+        try:
+            report_devices(store)
+        finally:
+            store.r.close()
+
+    import threading
+
+    threading.Thread(target=report, name="report-devices", daemon=True).start()

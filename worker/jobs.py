@@ -19,9 +19,11 @@ cancelled or resumed at once, and the reaper (`app.reaper`) puts it back in the 
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -128,6 +130,41 @@ def lock_key(job_id: str) -> str:
 
 
 INDEX_KEY = "cosmogan:jobs"
+DEVICES_KEY = "cosmogan:devices"  # hash: training host → {"cuda": GPUs it sees, "at": time}
+DEVICE_REPORT_MAX_AGE_S = 7 * 24 * 3600
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda)(:([0-9]{1,2}))?$")
+
+
+def check_data_path(data: str, root: Path, want: str) -> Path:
+    """`data` (relative to `root`, or absolute inside it) as a resolved path to an existing
+    `want` ("file" or "dir") strictly inside `root`; ValueError with a clear message if not.
+
+    The API checks what it accepts; the worker checks again what it reads from Redis.
+    """
+    if "\x00" in data:
+        raise ValueError("data contains a NUL byte")
+    raw = Path(data)
+    long = [p for p in raw.parts if len(os.fsencode(p)) > 255]
+    if long:
+        raise ValueError(f"data has a name longer than 255 bytes ({long[0][:32]}…)")
+    root = root.resolve()
+    try:
+        path = (raw if raw.is_absolute() else root / raw).resolve()
+        if not path.is_relative_to(root):
+            raise ValueError(f"data {data!r} is outside the data root")
+        if path == root:
+            raise ValueError("data must name a dataset inside the data root, not the root")
+        if not path.exists():
+            raise ValueError(f"dataset not found: {path.relative_to(root)} in the data root")
+        if want == "dir" and not path.is_dir():
+            raise ValueError(f"data {data!r} must be a folder of images")
+        if want == "file" and not path.is_file():
+            raise ValueError(f"data {data!r} must be a catalog file (.parquet, .csv, .fits)")
+    except OSError as exc:
+        raise ValueError(f"data {data!r} cannot be read: {exc.strerror or exc}") from None
+    except RuntimeError:  # Python 3.11's resolve() on a symlink loop
+        raise ValueError(f"data {data!r} cannot be read: a symlink loop") from None
+    return path
 
 
 class JobNotFound(LookupError):
@@ -281,6 +318,19 @@ class JobStore:
             return False  # a run took it back meanwhile, or it ended
         self.event(job_id, {"event": "state", "state": QUEUED, "reason": reason})
         return True
+
+    def report_devices(self, host: str, cuda: int) -> None:
+        """A training host says how many CUDA devices it sees (the API checks `device`)."""
+        self.r.hset(DEVICES_KEY, host, json.dumps({"cuda": cuda, "at": time.time()}))
+
+    def devices(self) -> dict[str, int]:
+        """CUDA devices per training host that reported in the last week."""
+        out = {}
+        for host, raw in self.r.hgetall(DEVICES_KEY).items():
+            rep = json.loads(raw)
+            if time.time() - rep.get("at", 0) < DEVICE_REPORT_MAX_AGE_S:
+                out[host.decode() if isinstance(host, bytes) else host] = int(rep["cuda"])
+        return out
 
     def active(self, scan: int = 1000) -> list[tuple[str, str, bool]]:
         """(job id, state, lease held) of the queued and running jobs among the newest `scan`."""

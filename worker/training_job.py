@@ -42,6 +42,7 @@ from worker.jobs import (
     JobNotFound,
     JobStateError,
     JobStore,
+    check_data_path,
     record_key,
 )
 
@@ -326,6 +327,8 @@ def _train(
 
     try:
         _limit_torch_threads()
+        report_devices(store)
+        _recheck_data(rec, settings.data_dir)
         config = config_from_dict(rec["config"])
         result = run_training(
             config,
@@ -407,6 +410,24 @@ def _jsonable(fields: dict[str, Any]) -> dict[str, Any]:
     import json
 
     return json.loads(json.dumps(fields, default=str))
+
+
+def _recheck_data(rec: dict[str, Any], data_dir: Path) -> None:
+    """The record came through Redis: its data path must still be a dataset in the data
+    root (whoever could write Redis must not point a run at other files)."""
+    if rec.get("data") is not None:
+        from training.presets import family
+
+        want = "dir" if family(rec["preset"]) == "image" else "file"
+        check_data_path(str(rec["data"]), data_dir, want)
+
+
+def report_devices(store: JobStore) -> None:
+    """Tell the API how many CUDA devices this training host sees (best effort)."""
+    import torch
+
+    with contextlib.suppress(redis.exceptions.RedisError):
+        store.report_devices(_host_id(), torch.cuda.device_count())
 
 
 def _limit_torch_threads() -> None:

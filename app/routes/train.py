@@ -7,7 +7,6 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Annotated, Any
 
 import redis
@@ -20,17 +19,27 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from app.deps import ApiKey, CeleryDep, JobsDep, SettingsDep
 from app.errors import ApiError
 from app.limits import StreamSlots, client_key
-from app.schemas import JOB_ID_PATTERN, ErrorOut, JobList, JobOut, TrainAccepted, TrainRequest
+from app.schemas import (
+    JOB_ID_PATTERN,
+    MAX_SEED,
+    ErrorOut,
+    JobList,
+    JobOut,
+    TrainAccepted,
+    TrainRequest,
+)
 from models.settings import Settings
-from training.presets import build_config, config_to_dict
+from training.presets import build_config, config_to_dict, family
 from worker.celery_app import send_training
 from worker.jobs import (
+    DEVICE_RE,
     FAILED,
     RUNNING,
     STALE_AFTER_S,
     STATES,
     TERMINAL,
     JobStore,
+    check_data_path,
     events_key,
     new_job_id,
     record_key,
@@ -44,18 +53,37 @@ DEFAULT_DATA = {"nebula": "nebulae", "nebula-dcgan": "nebulae", "balrog": "balro
 
 
 def resolve_data(preset: str, data: str | None, dry_run: bool, settings: Settings) -> str | None:
-    """The dataset path, checked to exist inside the data root (no escaping it)."""
+    """The dataset path, checked to exist inside the data root (no escaping it), and to be a
+    folder for an image preset or a catalog file for the emulator."""
     if data is None and dry_run:
         return None
-    root = settings.data_dir.resolve()
-    raw = Path(data) if data is not None else Path(DEFAULT_DATA.get(preset, preset))
-    path = (raw if raw.is_absolute() else root / raw).resolve()
-    if not path.is_relative_to(root):
-        raise ApiError(422, f"data {data!r} is outside the data root {root}")
-    if not path.exists():
+    raw = data if data is not None else DEFAULT_DATA.get(preset, preset)
+    want = "dir" if family(preset) == "image" else "file"
+    try:
+        return str(check_data_path(raw, settings.data_dir, want))
+    except ValueError as exc:
         hint = "" if data is not None else " (build it with `cosmogan data` or pass 'data')"
-        raise ApiError(422, f"dataset not found: {path}{hint}")
-    return str(path)
+        raise ApiError(422, f"{exc}{hint}") from None
+
+
+def check_runnable(config: Any, jobs: JobStore) -> None:
+    """Refuse a job that could only fail: a seed torch cannot take, a device that no
+    training worker has (as they report it; with no report yet the worker checks)."""
+    if not 0 <= config.seed <= MAX_SEED:
+        raise ApiError(422, f"overrides.seed must be between 0 and {MAX_SEED}")
+    m = DEVICE_RE.match(str(config.device))
+    if not m or (m.group(2) and m.group(1) != "cuda"):
+        raise ApiError(422, "overrides.device must be auto, cpu, cuda or cuda:N")
+    if m.group(1) == "cuda":
+        reports = jobs.devices()
+        need = int(m.group(3) or 0) + 1
+        if reports and max(reports.values()) < need:
+            have = max(reports.values())
+            raise ApiError(
+                422,
+                f"no training worker has device {config.device!r}: "
+                f"the most CUDA devices a worker reports is {have}",
+            )
 
 
 def job_out(rec: dict[str, Any], settings: Settings) -> JobOut:
@@ -111,6 +139,7 @@ def create_job(
         jobs.requeue_for_resume(job_id, activate=body.activate or bool(rec.get("activate")))
     else:
         config = build_config(body.preset, body.overrides)
+        check_runnable(config, jobs)
         data = resolve_data(body.preset, body.data, config.dry_run, settings)
         job_id = new_job_id()
         jobs.create(

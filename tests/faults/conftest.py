@@ -22,6 +22,7 @@ import pytest
 from launcher.supervisor import free_port, redis_command, wait_for_redis
 from models.columns import DETECTED, INPUTS, OBSERVED, SPLIT
 from tests.integration.conftest import _spawn, _stop, session_pids, wait_ready
+from worker.jobs import JobStore
 
 API_KEY = "faults-key-0123456789"
 # A balrog job of tiny networks that runs for some seconds on 2 cores and checkpoints often.
@@ -78,6 +79,9 @@ class FaultService:
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=30)
+
+    def store(self) -> JobStore:
+        return JobStore.from_url(self.redis_url)
 
     def kill_redis(self) -> None:
         """`kill -9` of the Redis server: no shutdown save, only what the AOF already has."""

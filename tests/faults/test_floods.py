@@ -11,6 +11,8 @@ import httpx
 import pytest
 
 from tests.faults.conftest import SLOW_BALROG, FaultService, poll, running_service
+from training.presets import build_config, config_to_dict
+from worker.jobs import JobStore, new_job_id
 
 TOTAL_STREAMS, PER_CLIENT = 6, 4
 
@@ -129,3 +131,46 @@ def test_json_bodies_over_the_limit_are_refused_before_parsing(svc: FaultService
         r = client.post("/train", content=chunks(), headers=svc.auth)
         assert r.status_code == 413, r.text
         assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"data": "mini\x00.parquet"}, "NUL"),
+        ({"data": "x" * 300}, "255"),
+        ({"data": "."}, "not the root"),
+        ({"data": "../../etc/passwd"}, "outside the data root"),
+        ({"data": "missing.parquet"}, "not found"),
+        ({"data": "tiny-dir"}, "catalog file"),
+        ({"overrides": {"seed": 2**63}}, "seed"),
+        ({"overrides": {"device": "cuda:7"}}, "no training worker has device"),
+        ({"overrides": {"device": "tpu"}}, "auto, cpu, cuda or cuda:N"),
+        ({"overrides": {"device": "cpu:1"}}, "auto, cpu, cuda or cuda:N"),
+    ],
+)
+def test_jobs_that_could_only_fail_are_refused_at_the_door(
+    svc: FaultService, body: dict, message: str
+) -> None:
+    (svc.home / "data" / "tiny-dir").mkdir(exist_ok=True)
+    with svc.client() as client:
+        # the training worker reports its devices when it starts (this host: no GPU)
+        poll_devices = time.monotonic() + 30
+        while not svc.store().devices():
+            assert time.monotonic() < poll_devices
+            time.sleep(0.2)
+        r = client.post("/train", json={"preset": "balrog", **body}, headers=svc.auth)
+        assert r.status_code == 422, r.text
+        assert message in r.json()["detail"], r.json()
+
+
+def test_the_worker_rechecks_the_data_path_it_reads_from_redis(svc: FaultService) -> None:
+    """A record written straight into Redis (no API checks) pointing outside the data root:
+    the reaper sends it (it has no message), the worker refuses it with a message."""
+    store = JobStore.from_url(svc.redis_url)
+    job_id = new_job_id()
+    config = config_to_dict(build_config("balrog", {"max_steps": 1}))
+    store.create(job_id, {"preset": "balrog", "data": "/etc/passwd", "config": config})
+    store.r.close()
+    with svc.client() as client:
+        rec = poll(client, job_id, lambda r: r["state"] not in ("queued", "running"), 60)
+    assert rec["state"] == "failed" and "outside the data root" in rec["error"], rec
