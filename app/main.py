@@ -12,7 +12,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
-from app import errors
+from app import errors, openapi
 from app.limits import (
     JsonBodyLimitMiddleware,
     RateLimiter,
@@ -118,6 +118,7 @@ def create_app() -> FastAPI:
         limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
         app.add_middleware(RateLimitMiddleware, limiter=limiter)
     app.add_middleware(LatencyMiddleware)
+    openapi.install(app)
     return app
 
 
