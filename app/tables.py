@@ -167,8 +167,13 @@ class Catalog:
 def _numbers(col: Any) -> np.ndarray | None:
     """A column as float64 when it holds only numbers (no text, nulls or booleans)."""
     if isinstance(col, list):
-        arr = np.array(col)
-        return arr.astype(np.float64) if arr.dtype.kind in "fi" else None
+        # bool is an int subclass; lists, dicts and text leave it to the full validation
+        if not all(type(v) in (int, float) for v in col):
+            return None
+        try:
+            return np.array(col, dtype=np.float64)
+        except OverflowError:  # an integer beyond float64
+            return None
     t = col.type
     if col.null_count or not (pa.types.is_floating(t) or pa.types.is_integer(t)):
         return None
@@ -186,9 +191,9 @@ def _check_names(names: Sequence[str]) -> None:
         raise TableError(422, f"duplicate column names: {', '.join(map(repr, dupes[:10]))}")
 
 
-def _check_rows(n: int, max_rows: int) -> None:
+def _check_rows(n: int, max_rows: int, too_many: int = 413) -> None:
     if n > max_rows:
-        raise TableError(413, f"{n} rows is more than the {max_rows} allowed per request")
+        raise TableError(too_many, f"{n} rows is more than the {max_rows} allowed per request")
     if n == 0:
         raise TableError(422, "the catalog has no rows")
 
@@ -197,7 +202,8 @@ def from_rows(rows: Any, max_rows: int) -> Catalog:
     """A catalog from the `rows` of a JSON body: a non-empty list of objects."""
     if not isinstance(rows, list) or not rows:
         raise TableError(422, "rows: must be a non-empty list of objects")
-    _check_rows(len(rows), max_rows)
+    # the schema of a JSON body states the row limit (maxItems), so too many is a 422 there
+    _check_rows(len(rows), max_rows, too_many=422)
     bad = next((i for i, r in enumerate(rows) if type(r) is not dict), None)
     if bad is not None:
         raise TableError(

@@ -5,6 +5,11 @@ this supervisor, which then stops the children in order — API, workers, Redis 
 polite signal to each group leader, then SIGKILL to the whole group after a timeout, so no
 pool process or server is left behind.
 
+A child that dies is restarted with the same command (the embedded Redis on the same port
+and data folder, so it reloads its append-only file), after what is left of its process
+group is killed: an orphaned pool process must not go on running a job the new worker will
+resume. A child that keeps dying (MAX_RESTARTS within RESTART_WINDOW_S) stops everything.
+
 This module only spawns processes: it never imports torch or FastAPI, and takes the worker
 policy (queues, prefetch, torch threads) from `worker.celery_app`.
 """
@@ -32,6 +37,9 @@ log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 20.0
 POLL_S = 0.5
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 @dataclass
@@ -39,6 +47,10 @@ class Child:
     name: str
     proc: subprocess.Popen
     stop_signal: int = signal.SIGTERM
+    cmd: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    output: IO[bytes] | None = None
+    restarts: list[float] = field(default_factory=list)  # monotonic times of recent restarts
 
 
 @dataclass
@@ -58,19 +70,30 @@ class Supervisor:
     ) -> Child:
         """Start `cmd`; its output goes to `output` (default: this process's stdout/stderr)."""
         log.info("starting %s: %s", name, " ".join(cmd))
-        proc = subprocess.Popen(
-            cmd,
-            env=env,
-            start_new_session=True,
-            stdout=output,
-            stderr=subprocess.STDOUT if output is not None else None,
-        )
-        child = Child(name, proc, stop_signal)
+        child = Child(name, _spawn(cmd, env, output), stop_signal, cmd, env, output)
         self.children.append(child)
         return child
 
+    def restart(self, child: Child) -> bool:
+        """Start a dead child again; False when it died too often to go on."""
+        now = time.monotonic()
+        child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW_S]
+        if len(child.restarts) >= MAX_RESTARTS:
+            log.error(
+                "%s died %d times in %.0fs; giving up", child.name, MAX_RESTARTS, RESTART_WINDOW_S
+            )
+            return False
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.proc.pid, signal.SIGKILL)  # its orphans (pool processes) go too
+        time.sleep(RESTART_BACKOFF_S[min(len(child.restarts), len(RESTART_BACKOFF_S) - 1)])
+        child.restarts.append(now)
+        log.warning("restarting %s", child.name)
+        child.proc = _spawn(child.cmd, child.env, child.output)
+        return True
+
     def wait(self) -> int:
-        """Run until SIGINT/SIGTERM (exit 0) or until a child dies (exit 1); then stop all."""
+        """Run until SIGINT/SIGTERM (exit 0), restarting children that die; a child that
+        keeps dying ends the run (exit 1). Then stop all."""
         stop = threading.Event()
         received: list[int] = []
 
@@ -83,9 +106,9 @@ class Supervisor:
         try:
             while not stop.wait(POLL_S):
                 dead = [c for c in self.children if c.proc.poll() is not None]
-                if dead:
-                    for c in dead:
-                        log.error("%s exited with code %s; stopping", c.name, c.proc.returncode)
+                for c in dead:
+                    log.error("%s exited with code %s", c.name, c.proc.returncode)
+                if not all(self.restart(c) for c in dead):
                     code = 1
                     break
             if received:
@@ -118,6 +141,16 @@ class Supervisor:
             proc.wait(5)
         except subprocess.TimeoutExpired:
             log.error("%s (pid %d) did not exit", child.name, proc.pid)
+
+
+def _spawn(cmd: list[str], env: dict[str, str], output: IO[bytes] | None) -> subprocess.Popen:
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        start_new_session=True,
+        stdout=output,
+        stderr=subprocess.STDOUT if output is not None else None,
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,6 +44,21 @@ class Settings(BaseSettings):
         "which requests are refused with 503 and Retry-After.",
     )
 
+    # what anonymous callers can hold
+    max_event_streams: int = Field(
+        default=64, ge=1, description="Concurrent server-sent-event streams in all."
+    )
+    max_event_streams_per_client: int = Field(
+        default=4, ge=1, description="Concurrent event streams per API key or address."
+    )
+    rate_limit_per_minute: int | None = Field(
+        default=None, ge=1, description="Requests a minute per API key or address; unset: off."
+    )
+    rate_limit_burst: int = Field(default=30, ge=1, description="Requests allowed at once.")
+    max_json_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="Largest JSON request body."
+    )
+
     # long jobs: the broker must not redeliver a training job that is still running
     visibility_timeout_s: int = Field(default=7 * 24 * 3600, ge=3600)
 

@@ -118,7 +118,7 @@ def test_emulate_errors_before_any_worker(client: TestClient) -> None:
     problems = r.json()["problems"]
     assert {(p["row"], p["column"]) for p in problems} >= {(1, "sky_sigma_z"), (2, "true_mag_i")}
     r = client.post("/emulate", json={"rows": [ROW] * 11})
-    assert r.status_code == 413 and "10 allowed" in r.json()["detail"]
+    assert r.status_code == 422 and "10 allowed" in r.json()["detail"]
     r = client.post("/emulate", json={"rows": [ROW], "samples": 0})
     assert r.status_code == 422 and "samples" in r.json()["detail"]
     r = client.post("/emulate", json={"rows": [ROW], "surprise": 1})

@@ -71,22 +71,25 @@ def client(home, monkeypatch, tmp_path):
 
 
 def test_note_and_delete_over_http(client: TestClient) -> None:
-    assert client.patch("/models/balrog/v2", json={"note": "x"}).status_code == 401
-    assert client.delete("/models/balrog/v2").status_code == 401
+    assert client.patch("/models/balrog/versions/v2", json={"note": "x"}).status_code == 401
+    assert client.delete("/models/balrog/versions/v2").status_code == 401
 
-    r = client.patch("/models/balrog/v2", json={"note": "candidate"}, headers=AUTH)
+    r = client.patch("/models/balrog/versions/v2", json={"note": "candidate"}, headers=AUTH)
     assert r.status_code == 200 and r.json()["meta"]["note"] == "candidate"
     listed = client.get("/models").json()["models"]["balrog"]["versions"]
     assert {v["version"]: v.get("note") for v in listed} == {"v1": None, "v2": "candidate"}
-    r = client.patch("/models/balrog/v2", json={"note": "x" * 501}, headers=AUTH)
+    r = client.patch("/models/balrog/versions/v2", json={"note": "x" * 501}, headers=AUTH)
     assert r.status_code == 422 and "note" in r.json()["detail"]
-    assert client.patch("/models/balrog/v9", json={"note": "x"}, headers=AUTH).status_code == 404
+    assert (
+        client.patch("/models/balrog/versions/v9", json={"note": "x"}, headers=AUTH).status_code
+        == 404
+    )
 
-    r = client.delete("/models/balrog/v1", headers=AUTH)
+    r = client.delete("/models/balrog/versions/v1", headers=AUTH)
     assert r.status_code == 409 and "active" in r.json()["detail"]
-    r = client.delete("/models/balrog/v2", headers=AUTH)
+    r = client.delete("/models/balrog/versions/v2", headers=AUTH)
     assert r.status_code == 200 and r.json() == {"name": "balrog", "deleted": "v2"}
     assert [v["version"] for v in client.get("/models").json()["models"]["balrog"]["versions"]] == [
         "v1"
     ]
-    assert client.delete("/models/balrog/v2", headers=AUTH).status_code == 404
+    assert client.delete("/models/balrog/versions/v2", headers=AUTH).status_code == 404

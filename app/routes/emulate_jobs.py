@@ -65,7 +65,8 @@ def _out(rec: dict[str, Any]) -> EmulateJobOut:
         "requestBody": {
             "required": True,
             "content": {
-                m: {"schema": {"type": "string", "format": "binary"}} for m in MEDIA.values()
+                m: {"schema": {"type": "string", "format": "binary", "minLength": 1}}
+                for m in MEDIA.values()
             },
         }
     },

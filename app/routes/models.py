@@ -30,7 +30,9 @@ ACTIVATE_DOC = (
 NOTE_DOC = (
     "The note is shown beside the version in `GET /models` and on the web page; an empty "
     "note removes it."
-    + authed_json_example("PATCH", "/models/nebula/default", '{"note": "shipped CPU recipe"}')
+    + authed_json_example(
+        "PATCH", "/models/nebula/versions/default", '{"note": "shipped CPU recipe"}'
+    )
 )
 
 
@@ -57,7 +59,7 @@ async def activate(name: ModelName, body: ActivateRequest, registry: RegistryDep
 
 
 @router.patch(
-    "/{name}/{version}",
+    "/{name}/versions/{version}",
     dependencies=[ApiKey],
     summary="Set a version's note (a tag, what it is for)",
     description=NOTE_DOC,
@@ -70,13 +72,13 @@ async def patch_version(
 
 
 @router.delete(
-    "/{name}/{version}",
+    "/{name}/versions/{version}",
     dependencies=[ApiKey],
     responses={409: {"description": "The version is the active one."}},
     summary="Delete a version and its weights (not the active one)",
     description="`409` for the active version: activate another first. The shipped "
     "`default` version is registered again at the next start of the service."
-    + example(f"curl -X DELETE {BASE}/models/nebula/$VERSION {AUTH}"),
+    + example(f"curl -X DELETE {BASE}/models/nebula/versions/$VERSION {AUTH}"),
 )
 async def delete_version(
     name: ModelName, version: Version, registry: RegistryDep

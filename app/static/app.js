@@ -723,7 +723,7 @@ async function editNote(name, v) {
   const note = prompt(`Note for ${name}@${v.version}`, v.note || "");
   if (note === null) return;
   try {
-    await api("PATCH", `/models/${encodeURIComponent(name)}/${encodeURIComponent(v.version)}`, { json: { note }, auth: true });
+    await api("PATCH", `/models/${encodeURIComponent(name)}/versions/${encodeURIComponent(v.version)}`, { json: { note }, auth: true });
     renderModels();
   } catch (e) { toast(e.message, true); }
 }
@@ -731,7 +731,7 @@ async function editNote(name, v) {
 async function deleteVersion(name, version) {
   if (!confirm(`Delete ${name}@${version}? Its weights are removed from the registry.`)) return;
   try {
-    await api("DELETE", `/models/${encodeURIComponent(name)}/${encodeURIComponent(version)}`, { auth: true });
+    await api("DELETE", `/models/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}`, { auth: true });
     toast(`${name}@${version} deleted`);
     renderModels();
     refreshVersionPickers();

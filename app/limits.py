@@ -1,0 +1,160 @@
+"""Bounds on what anonymous callers can hold: stream slots, request rates, metric labels."""
+
+from __future__ import annotations
+
+import hmac
+import math
+import time
+from collections import OrderedDict
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+from models.settings import get_settings
+
+# Methods the API answers; anything else is one "other" label in the metrics.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "other"
+
+
+def client_key(request: Request) -> str:
+    """Who is asking: the API key holder if the valid key is sent, else the peer address
+    (a made-up bearer token does not buy a caller a fresh quota)."""
+    auth = request.headers.get("authorization", "")
+    key = (get_settings().api_key or "").encode()
+    if auth[:7].lower() == "bearer " and hmac.compare_digest(auth[7:].strip().encode(), key):
+        return "key"
+    return "ip:" + (request.client.host if request.client else "unknown")
+
+
+class StreamSlots:
+    """Concurrent server-sent-event streams, capped per client and in all."""
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total, self.per_client = total, per_client
+        self.held: dict[str, int] = {}
+
+    @property
+    def open(self) -> int:
+        return sum(self.held.values())
+
+    def acquire(self, who: str) -> str | None:
+        """None when a slot was taken, else why not."""
+        if self.open >= self.total:
+            return f"the server already streams {self.total} event streams; retry later"
+        if self.held.get(who, 0) >= self.per_client:
+            return f"at most {self.per_client} concurrent event streams per client"
+        self.held[who] = self.held.get(who, 0) + 1
+        return None
+
+    def release(self, who: str) -> None:
+        left = self.held.get(who, 0) - 1
+        if left > 0:
+            self.held[who] = left
+        else:
+            self.held.pop(who, None)
+
+
+class RateLimiter:
+    """Token buckets per client: `per_minute` requests a minute, bursts up to `burst`.
+
+    Buckets of idle clients are dropped (oldest first) beyond `max_clients`, so the table
+    stays bounded whatever the number of addresses.
+    """
+
+    def __init__(self, per_minute: int, burst: int, max_clients: int = 10_000) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = float(burst)
+        self.max_clients = max_clients
+        self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, who: str, now: float | None = None) -> float:
+        """0 when allowed, else seconds until the next request would be."""
+        now = time.monotonic() if now is None else now
+        tokens, last = self.buckets.pop(who, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        wait = 0.0
+        if tokens >= 1.0:
+            tokens -= 1.0
+        else:
+            wait = (1.0 - tokens) / self.rate
+        self.buckets[who] = (tokens, now)
+        while len(self.buckets) > self.max_clients:
+            self.buckets.popitem(last=False)
+        return wait
+
+
+class RateLimitMiddleware:
+    """429 with `Retry-After` once a client exceeds its rate; health probes are exempt."""
+
+    EXEMPT = ("/healthz", "/readyz", "/metrics")
+
+    def __init__(self, app: Any, limiter: RateLimiter) -> None:
+        self.app, self.limiter = app, limiter
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") in self.EXEMPT:
+            await self.app(scope, receive, send)
+            return
+        wait = self.limiter.take(client_key(Request(scope)))
+        if not wait:
+            await self.app(scope, receive, send)
+            return
+        from fastapi.responses import JSONResponse
+
+        response = JSONResponse(
+            {"detail": f"too many requests; retry in {math.ceil(wait)}s"},
+            status_code=429,
+            headers={"Retry-After": str(math.ceil(wait))},
+        )
+        await response(scope, receive, send)
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the JSON body exceeds {limit} bytes")
+
+
+class JsonBodyLimitMiddleware:
+    """413 for JSON bodies over `limit` bytes (by Content-Length, or counted as they arrive
+    when chunked), before FastAPI parses them: the parse runs on the event loop, so an
+    unbounded body would stall every other request. CSV and Parquet bodies are bounded by
+    their route."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not _is_json(scope):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            from fastapi.responses import JSONResponse
+
+            response = JSONResponse({"detail": BodyTooLarge(self.limit).detail}, 413)
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise BodyTooLarge(self.limit)  # answered by the HTTPException handler
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _is_json(scope: dict) -> bool:
+    """FastAPI parses a body as JSON when its type says JSON or when it has no type."""
+    if scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+        return False
+    ctype = dict(scope.get("headers") or ()).get(b"content-type", b"").split(b";")[0].strip()
+    return not ctype or ctype.endswith(b"/json") or ctype.endswith(b"+json")
