@@ -131,9 +131,16 @@ class EmulateOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    samples: int | None = Field(default=None, ge=1, description="Realizations per row (1).")
+    # strict: JSON `true` is not the number 1
+    samples: int | None = Field(
+        default=None, ge=1, strict=True, description="Realizations per row (1)."
+    )
     seed: int | None = Field(
-        default=None, ge=0, le=MAX_SEED, description="For reproducible output; random if unset."
+        default=None,
+        ge=0,
+        le=MAX_SEED,
+        strict=True,
+        description="For reproducible output; random if unset.",
     )
     model: str | None = Field(
         default=None, pattern=NAME_PATTERN, description=f"Default {DEFAULT_EMULATOR_MODEL!r}."
