@@ -21,12 +21,17 @@ def method_label(method: str) -> str:
     return method if method in KNOWN_METHODS else "other"
 
 
+def holds_api_key(request: Request, api_key: str | None) -> bool:
+    """Whether `Authorization: Bearer` carries `api_key` (constant-time comparison)."""
+    auth = request.headers.get("authorization", "")
+    sent = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    return bool(sent) and hmac.compare_digest(sent.encode(), (api_key or "").encode())
+
+
 def client_key(request: Request) -> str:
     """Who is asking: the API key holder if the valid key is sent, else the peer address
     (a made-up bearer token does not buy a caller a fresh quota)."""
-    auth = request.headers.get("authorization", "")
-    key = (get_settings().api_key or "").encode()
-    if auth[:7].lower() == "bearer " and hmac.compare_digest(auth[7:].strip().encode(), key):
+    if holds_api_key(request, get_settings().api_key):
         return "key"
     return "ip:" + (request.client.host if request.client else "unknown")
 

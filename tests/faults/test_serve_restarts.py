@@ -1,24 +1,41 @@
-"""`cosmogan serve` restarts its embedded Redis (same port, same data) and its workers."""
+"""`cosmogan serve` restarts its embedded Redis (same port, same data, its password) and its
+workers."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
+import pytest
+import redis
 
 from launcher.supervisor import free_port
 from tests.faults.conftest import SLOW_BALROG, poll, write_catalog
-from tests.integration.test_serve import (
-    descendants,
-    kill_family,
-    start_serve,
-    stop_serve,
-    wait_ready,
-)
+from tests.integration.test_serve import descendants, kill_family, stop_serve, wait_ready
+
+REDIS_PASSWORD = 'p@ss:w/rd "quoted" 0123456789'
+
+
+def start_serve(home: Path, port: int, log: Path) -> subprocess.Popen:
+    """`cosmogan serve` whose embedded Redis needs a password."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COSMOGAN_")}
+    env.update(
+        COSMOGAN_HOME=str(home),
+        COSMOGAN_DEVICE="cpu",
+        COSMOGAN_REDIS_PASSWORD=REDIS_PASSWORD,
+        PYTHONUNBUFFERED="1",
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "launcher", "serve", "--port", str(port)],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def child_pid(proc: subprocess.Popen, needle: str) -> int:
@@ -50,6 +67,12 @@ def test_serve_restarts_a_killed_redis_and_worker(tmp_path: Path) -> None:
             job_id = r.json()["job_id"]
             rec = poll(client, job_id, lambda r: r["state"] == "running" and r["step"] >= 25, 60)
             redis_pid = child_pid(proc, "redis-server")
+            # the password is required, and is on no command line (redis-server's title
+            # shows its address)
+            title = Path(f"/proc/{redis_pid}/cmdline").read_bytes().split(b"\0")[0]
+            assert b"p@ss" not in title
+            with pytest.raises(redis.exceptions.AuthenticationError):
+                redis.Redis(port=int(title.rsplit(b":", 1)[1])).ping()
             os.kill(redis_pid, signal.SIGKILL)
             killed = time.monotonic()
             # the supervisor restarts it: same port, the job record reloaded from the AOF
@@ -70,4 +93,5 @@ def test_serve_restarts_a_killed_redis_and_worker(tmp_path: Path) -> None:
         kill_family(proc)
     text = log.read_text()
     assert "restarting redis" in text and "restarting worker[inference]" in text, text[-3000:]
+    assert "p@ss" not in text  # nor in the logs
     print(f"embedded Redis kill -9: job progressing again {took:.1f}s later")
