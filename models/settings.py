@@ -98,7 +98,9 @@ class Settings(BaseSettings):
     )
     rate_limit_burst: int = Field(default=30, ge=1, description="Requests allowed at once.")
     max_json_bytes: int = Field(
-        default=8 * 1024 * 1024, ge=1024, description="Largest JSON request body."
+        default=256 * 1024,
+        ge=1024,
+        description="Largest JSON body FastAPI parses (POST /emulate bounds its own).",
     )
 
     # long jobs: the broker must not redeliver a training job that is still running

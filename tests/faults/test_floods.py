@@ -127,10 +127,12 @@ def test_metrics_labels_stay_bounded_under_made_up_methods(svc: FaultService) ->
 
 
 def test_json_bodies_over_the_limit_are_refused_before_parsing(svc: FaultService) -> None:
-    big = b'{"rows": [' + b'{"a": 1},' * 10_000 + b'{"a": 1}], "seed": 1}'
+    big = b'{"preset": "balrog", "junk": [' + b"1," * 40_000 + b"1]}"
     with svc.client() as client:
-        r = client.post("/emulate", content=big, headers={"content-type": "application/json"})
+        r = client.post("/train", content=big, headers={"content-type": "application/json"})
         assert r.status_code == 413 and "65536" in r.json()["detail"]
+        r = client.post("/models/balrog/activate", content=big, headers=svc.auth)  # no type
+        assert r.status_code == 413
 
         def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
             for i in range(0, len(big), 8192):
