@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,26 +15,15 @@ import redis
 
 from launcher.supervisor import free_port
 from tests.faults.conftest import SLOW_BALROG, poll, write_catalog
-from tests.integration.test_serve import descendants, kill_family, stop_serve, wait_ready
+from tests.integration.test_serve import (
+    descendants,
+    kill_family,
+    start_serve,
+    stop_serve,
+    wait_ready,
+)
 
 REDIS_PASSWORD = 'p@ss:w/rd "quoted" 0123456789'
-
-
-def start_serve(home: Path, port: int, log: Path) -> subprocess.Popen:
-    """`cosmogan serve` whose embedded Redis needs a password."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COSMOGAN_")}
-    env.update(
-        COSMOGAN_HOME=str(home),
-        COSMOGAN_DEVICE="cpu",
-        COSMOGAN_REDIS_PASSWORD=REDIS_PASSWORD,
-        PYTHONUNBUFFERED="1",
-    )
-    return subprocess.Popen(
-        [sys.executable, "-m", "launcher", "serve", "--port", str(port)],
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
 
 
 def child_pid(proc: subprocess.Popen, needle: str) -> int:
@@ -58,7 +46,7 @@ def test_serve_restarts_a_killed_redis_and_worker(tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
     auth = {"Authorization": "Bearer dev"}
     body = {"preset": "balrog", "data": "mini.parquet", "overrides": SLOW_BALROG}
-    proc = start_serve(home, port, log)
+    proc = start_serve(home, port, log, COSMOGAN_REDIS_PASSWORD=REDIS_PASSWORD)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             wait_ready(client, proc, log)
