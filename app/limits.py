@@ -21,12 +21,17 @@ def method_label(method: str) -> str:
     return method if method in KNOWN_METHODS else "other"
 
 
+def holds_api_key(request: Request, api_key: str | None) -> bool:
+    """Whether `Authorization: Bearer` carries `api_key` (constant-time comparison)."""
+    auth = request.headers.get("authorization", "")
+    sent = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    return bool(sent) and hmac.compare_digest(sent.encode(), (api_key or "").encode())
+
+
 def client_key(request: Request) -> str:
     """Who is asking: the API key holder if the valid key is sent, else the peer address
     (a made-up bearer token does not buy a caller a fresh quota)."""
-    auth = request.headers.get("authorization", "")
-    key = (get_settings().api_key or "").encode()
-    if auth[:7].lower() == "bearer " and hmac.compare_digest(auth[7:].strip().encode(), key):
+    if holds_api_key(request, get_settings().api_key):
         return "key"
     return "ip:" + (request.client.host if request.client else "unknown")
 
@@ -121,15 +126,15 @@ class BodyTooLarge(HTTPException):
 
 class JsonBodyLimitMiddleware:
     """413 for JSON bodies over `limit` bytes (by Content-Length, or counted as they arrive
-    when chunked), before FastAPI parses them: the parse runs on the event loop, so an
-    unbounded body would stall every other request. CSV and Parquet bodies are bounded by
-    their route."""
+    when chunked), before FastAPI parses them: the parse runs on the event loop, so a big
+    body would stall every other request. The routes in `exempt` read and bound their
+    bodies themselves (POST /emulate: JSON, CSV or Parquet catalogs)."""
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: Any, limit: int, exempt: tuple[str, ...] = ("/emulate",)) -> None:
+        self.app, self.limit, self.exempt = app, limit, exempt
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not _is_json(scope):
+        if scope["type"] != "http" or scope.get("path") in self.exempt or not _is_json(scope):
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or ()).get(b"content-length", b"")

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+from urllib.parse import quote
 
 from models.registry import Registry, RegistryError
 from models.settings import get_settings
@@ -181,10 +182,23 @@ def redis_server_executable() -> str:
     )
 
 
-def redis_command(port: int, data_dir: Path) -> list[str]:
-    """An embedded Redis on loopback, persisting to `data_dir` (append-only file + snapshots)."""
+def redis_command(port: int, data_dir: Path, password: str | None = None) -> list[str]:
+    """An embedded Redis on loopback, persisting to `data_dir` (append-only file + snapshots).
+
+    A password goes into a config file only this user can read, not onto the command line
+    (where `ps` would show it).
+    """
+    config: list[str] = []
+    if password:
+        conf = data_dir / "redis-auth.conf"
+        conf.touch(mode=0o600)
+        conf.chmod(0o600)
+        quoted = password.replace("\\", "\\\\").replace('"', '\\"')
+        conf.write_text(f'requirepass "{quoted}"\n')
+        config = [str(conf)]
     return [
         redis_server_executable(),
+        *config,
         "--bind",
         "127.0.0.1",
         "--port",
@@ -285,6 +299,13 @@ def _start_workers(sup: Supervisor, queues: list[str], concurrency: int, env: di
         sup.children[-1].stop_signal = stop
 
 
+def warn_if_exposed(host: str) -> None:
+    warning = get_settings().exposure_warning(host)
+    if warning:
+        bar = "!" * 78
+        log.warning("\n%s\n%s\n%s", bar, warning, bar)
+
+
 def _parse_queues(queues: str | list[str]) -> list[str]:
     items = queues.split(",") if isinstance(queues, str) else list(queues)
     items = [q.strip() for q in items if q.strip()]
@@ -318,11 +339,18 @@ def serve(
             data_dir = settings.home.resolve() / "redis"
             data_dir.mkdir(parents=True, exist_ok=True)
             rport = free_port()
-            redis = sup.start("redis", redis_command(rport, data_dir), env)
-            url = f"redis://127.0.0.1:{rport}/0"
+            password = settings.redis_password and settings.redis_password.get_secret_value()
+            redis = sup.start("redis", redis_command(rport, data_dir, password), env)
+            auth = f":{quote(password, safe='')}@" if password else ""
+            url = f"redis://{auth}127.0.0.1:{rport}/0"
             wait_for_redis(url, proc=redis.proc)
             env["COSMOGAN_REDIS_URL"] = url
-            log.info("embedded Redis on %s (data in %s)", url, data_dir)
+            log.info(
+                "embedded Redis on 127.0.0.1:%d%s (data in %s)",
+                rport,
+                " with a password" if password else "",
+                data_dir,
+            )
         else:
             wait_for_redis(settings.redis_url)
         _start_workers(sup, list(QUEUES), concurrency, env)
@@ -331,6 +359,7 @@ def serve(
     except BaseException:
         sup.stop_all()
         raise
+    warn_if_exposed(host)
     log.info("cosmogan is serving on http://%s:%d (Ctrl-C stops it)", host, port)
     return sup.wait()
 
@@ -342,6 +371,7 @@ def run_api(host: str | None = None, port: int | None = None, workers: int | Non
     settings = get_settings()
     ensure_default_models()
     port = port or settings.port
+    warn_if_exposed(host or settings.host)
     os.environ.update(api_env({}, settings.home, port))  # before prometheus_client is imported
     uvicorn.run("app.main:app", host=host or settings.host, port=port, workers=api_workers(workers))
     return 0

@@ -94,14 +94,15 @@ return have
 
 # Renew the lease of token ARGV[1] for ARGV[2] ms while the job is `running`, taking it back
 # if it expired meanwhile (Redis was unreachable longer than the TTL) and no other run took
-# it. Returns 1 renewed, 2 taken back, 0 lost (the job moved on, or another run holds it).
+# it; the heartbeat time ARGV[3] is written only if ARGV[4] is '1' (the training loop is
+# alive). Returns 1 renewed, 2 taken back, 0 lost (the job moved on, or another run has it).
 _RENEW = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur or cjson.decode(cur) ~= 'running' then return 0 end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-redis.call('HSET', KEYS[1], 'heartbeat_at', ARGV[3])
+if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'heartbeat_at', ARGV[3]) end
 if holder then return 1 end
 return 2
 """
@@ -299,10 +300,12 @@ class JobStore:
     def acquire_lease(self, job_id: str, token: str) -> bool:
         return bool(self.r.set(lock_key(job_id), token, nx=True, px=int(LEASE_TTL_S * 1000)))
 
-    def renew_lease(self, job_id: str, token: str) -> int:
-        """1 renewed, 2 taken back after it expired, 0 lost (see `_RENEW`)."""
+    def renew_lease(self, job_id: str, token: str, beat: bool = True) -> int:
+        """1 renewed, 2 taken back after it expired, 0 lost (see `_RENEW`); `beat`: also
+        write the heartbeat time (the run is making progress)."""
         keys = [record_key(job_id), lock_key(job_id)]
-        return int(self._renew(keys=keys, args=[token, int(LEASE_TTL_S * 1000), time.time()]))
+        args = [token, int(LEASE_TTL_S * 1000), time.time(), "1" if beat else "0"]
+        return int(self._renew(keys=keys, args=args))
 
     def release_lease(self, job_id: str, token: str) -> bool:
         return bool(self._release(keys=[lock_key(job_id)], args=[token]))

@@ -53,6 +53,7 @@ LOCK_TTL_S = LEASE_TTL_S  # the task retries a refused delivery after half of it
 STOP_CHECK_S = 1.0  # how often `should_stop` reads the cancel flag from Redis
 REDIS_BACKOFF_S = 2.0  # after a failed Redis call, progress writes pause this long
 FINISH_WAIT_S = 120.0  # how long a finished run waits for Redis to record its final state
+LOOP_SILENT_S = 120.0  # a training loop silent this long (no step, no stop check) is stalled
 PROGRESS_EVERY_S = 0.5  # step events are written at most this often
 MAX_ATTEMPTS = 3  # deliveries that crash before a job is marked failed
 
@@ -82,7 +83,9 @@ class _Heartbeat(threading.Thread):
     """Renews the job's lease and heartbeat; notices when the lease is lost for good.
 
     A Redis error is transient: the thread keeps trying every beat (redis-py reconnects), and
-    takes the lease back if it expired meanwhile and no other run took it.
+    takes the lease back if it expired meanwhile and no other run took it. The lease is
+    renewed as long as the process lives (no second run may start), but the heartbeat time
+    only while the training loop shows life (`touch`), so a hung loop is reported stalled.
     """
 
     def __init__(self, store: JobStore, job_id: str, token: str) -> None:
@@ -90,12 +93,17 @@ class _Heartbeat(threading.Thread):
         self.store, self.job_id, self.token = store, job_id, token
         self.stopped = threading.Event()
         self.lost = threading.Event()
+        self.loop_seen = time.monotonic()
+
+    def touch(self) -> None:
+        self.loop_seen = time.monotonic()
 
     def run(self) -> None:
         failing = False
         while not self.stopped.wait(HEARTBEAT_S):
+            alive = time.monotonic() - self.loop_seen < LOOP_SILENT_S
             try:
-                renewed = self.store.renew_lease(self.job_id, self.token)
+                renewed = self.store.renew_lease(self.job_id, self.token, beat=alive)
             except redis.exceptions.RedisError as exc:
                 if not failing:
                     log.warning("job %s: heartbeat failed (retrying): %s", self.job_id, exc)
@@ -303,6 +311,7 @@ def _train(
 
     def should_stop() -> bool:
         nonlocal last_check, stop_now
+        heartbeat.touch()
         if heartbeat.lost.is_set() or _shutdown.is_set():
             return True
         now = time.monotonic()

@@ -7,6 +7,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any
 
 import redis
@@ -16,7 +17,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from app.deps import ApiKey, CeleryDep, JobsDep, SettingsDep
+from app.deps import ApiKey, Authenticated, CeleryDep, JobsDep, SettingsDep
 from app.errors import ApiError
 from app.limits import StreamSlots, client_key
 from app.schemas import (
@@ -86,7 +87,24 @@ def check_runnable(config: Any, jobs: JobStore) -> None:
             )
 
 
-def job_out(rec: dict[str, Any], settings: Settings) -> JobOut:
+HIDDEN_ERROR = "hidden from anonymous callers: send the API key to see it"
+
+
+def public_fields(fields: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """What anonymous callers see of a job or event: no server paths, no error texts."""
+    out = dict(fields)
+    if out.get("data"):
+        path, root = Path(str(out["data"])), settings.data_dir.resolve()
+        out["data"] = str(path.relative_to(root)) if path.is_relative_to(root) else path.name
+    if out.get("error"):
+        out["error"] = HIDDEN_ERROR
+    return out
+
+
+def job_out(rec: dict[str, Any], settings: Settings, full: bool = True) -> JobOut:
+    """The API view of a record; `full` for callers with the API key."""
+    if not full:
+        rec = public_fields(rec, settings)
     job_id = rec["job_id"]
     names = set(rec.get("samples") or [])
     sample_dir = settings.runs_dir / job_id / "samples"
@@ -163,15 +181,17 @@ def create_job(
 def list_jobs(
     jobs: JobsDep,
     settings: SettingsDep,
+    full: Authenticated,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     state: Annotated[str | None, Query(pattern="^(" + "|".join(STATES) + ")$")] = None,
 ) -> JobList:
-    return JobList(jobs=[job_out(r, settings) for r in jobs.list(limit=limit, state=state)])
+    recs = jobs.list(limit=limit, state=state)
+    return JobList(jobs=[job_out(r, settings, full) for r in recs])
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="One job's state and progress")
-def get_job(job_id: JobId, jobs: JobsDep, settings: SettingsDep) -> JobOut:
-    return job_out(jobs.get(job_id), settings)
+def get_job(job_id: JobId, jobs: JobsDep, settings: SettingsDep, full: Authenticated) -> JobOut:
+    return job_out(jobs.get(job_id), settings, full)
 
 
 @router.delete(
@@ -256,7 +276,12 @@ async def job_events(
     _exists: Annotated[dict[str, Any], Depends(_existing_job)],  # 404 before streaming
     _slot: Annotated[None, Depends(_stream_slot)],
     cursor: Annotated[str | None, Depends(_event_cursor)],
+    settings: SettingsDep,
+    full: Authenticated,
 ) -> AsyncIterator[ServerSentEvent]:
+    def shown(data: dict[str, Any]) -> dict[str, Any]:
+        return data if full else public_fields(data, settings)
+
     # its own connection pool, capped with the streams: streams never starve /readyz etc.
     client: aioredis.Redis = request.app.state.stream_redis
     key = events_key(job_id)
@@ -265,7 +290,7 @@ async def job_events(
         newest = await client.xrevrange(key, count=1)
         cursor = newest[0][0].decode() if newest else "0-0"
         rec = await asyncio.to_thread(jobs.get, job_id)
-        yield ServerSentEvent(event="snapshot", data=_snapshot(rec), id=cursor)
+        yield ServerSentEvent(event="snapshot", data=shown(_snapshot(rec)), id=cursor)
         if rec["state"] in TERMINAL:
             return
     failing_since: float | None = None
@@ -288,7 +313,7 @@ async def job_events(
                 cursor = eid.decode()
                 payload = json.loads(fields[b"data"])
                 yield ServerSentEvent(
-                    event=payload.get("event", "progress"), data=payload, id=cursor
+                    event=payload.get("event", "progress"), data=shown(payload), id=cursor
                 )
                 ended = payload.get("event") == "state" and payload.get("state") in TERMINAL
                 # the end, unless this is history and the job was resumed after it

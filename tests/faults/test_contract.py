@@ -3,6 +3,7 @@ operation (examples, coverage, fuzzing with positive and negative data, stateful
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -48,6 +49,7 @@ def schemathesis(svc: FaultService, *selection: str, budget_s: int = BUDGET_S) -
     # run from the service's folder: Schemathesis keeps a cache of its findings in its cwd
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=budget_s + 120, cwd=svc.home)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    print(*re.findall(r"\d+ generated.*", proc.stdout))
     return proc.stdout
 
 

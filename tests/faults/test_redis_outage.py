@@ -33,6 +33,14 @@ def outage(svc: FaultService, client, job_id: str, seconds: float) -> tuple[dict
     return rec, time.monotonic()
 
 
+def cancel(svc: FaultService, client, job_id: str) -> dict:
+    """DELETE the job; it must end `cancelled` (not succeeded or failed) within a minute."""
+    assert client.delete(f"/train/{job_id}", headers=svc.auth).status_code == 202
+    rec = poll(client, job_id, lambda r: r["state"] in TERMINAL, 60)
+    assert rec["state"] == "cancelled", rec
+    return rec
+
+
 def state_events(client, job_id: str) -> list[dict]:
     events = sse_events(client, f"/train/{job_id}/events?last_event_id=0-0", timeout=30)
     return [e for e in events if e["event"] == "state"]
@@ -54,9 +62,7 @@ def test_redis_killed_mid_job_the_run_goes_on(fault_service: FaultService) -> No
         took = time.monotonic() - back
         assert rec["attempts"] == 1 and not rec["stalled"], rec
         poll(client, job_id, lambda r: time.time() - r["heartbeat_at"] < 6, 15)
-        assert client.delete(f"/train/{job_id}", headers=svc.auth).status_code == 202
-        rec = poll(client, job_id, lambda r: r["state"] in TERMINAL, 60)
-        assert rec["state"] == "cancelled", rec
+        cancel(svc, client, job_id)
         states = [e["state"] for e in state_events(client, job_id)]
     assert states == ["queued", "running", "cancelled"], states  # one run, never re-queued
     print(f"redis kill -9 at step {before['step']}: progress again {took:.1f}s after restart")
@@ -109,8 +115,7 @@ def test_requests_during_an_outage_get_503_and_cancel_works_after_it(
         r = client.post("/train", json={"preset": "balrog", "resume": job_id}, headers=svc.auth)
         assert r.status_code == 202, r.text
         rec = poll(client, job_id, lambda r: r["state"] == "running" and r["step"] > stopped_at, 60)
-        assert client.delete(f"/train/{job_id}", headers=svc.auth).status_code == 202
-        poll(client, job_id, lambda r: r["state"] == "cancelled", 60)
+        cancel(svc, client, job_id)
     print(f"cancel after the outage took effect in {took:.1f}s")
 
 
@@ -143,9 +148,7 @@ def test_training_process_killed_resumes_from_its_checkpoint(fault_service: Faul
         took = time.monotonic() - killed
         assert not rec["stalled"]
         assert training_pid(svc, job_id) != pid
-        assert client.delete(f"/train/{job_id}", headers=svc.auth).status_code == 202
-        rec = poll(client, job_id, lambda r: r["state"] in TERMINAL, 60)
-        assert rec["state"] == "cancelled"
+        cancel(svc, client, job_id)
         events = sse_events(client, f"/train/{job_id}/events?last_event_id=0-0", timeout=30)
     second = max(i for i, e in enumerate(events) if e.get("state") == "running")
     steps = [e["step"] for e in events[second:] if e["event"] == "progress" and "step" in e]
@@ -169,8 +172,7 @@ def test_stalled_turns_true_when_the_run_stops_moving(fault_service: FaultServic
         finally:
             os.kill(pid, signal.SIGCONT)
         poll(client, job_id, lambda r: not r["stalled"], 30)
-        assert client.delete(f"/train/{job_id}", headers=svc.auth).status_code == 202
-        assert poll(client, job_id, lambda r: r["state"] in TERMINAL, 60)["state"] == "cancelled"
+        cancel(svc, client, job_id)
     print(f"stalled reported {took:.1f}s after the run stopped")
 
 
@@ -193,8 +195,7 @@ def test_training_worker_killed_whole_the_reaper_resends_the_job(
             75,
         )
         took = time.monotonic() - killed
-        assert client.delete(f"/train/{job_id}", headers=svc.auth).status_code == 202
-        assert poll(client, job_id, lambda r: r["state"] in TERMINAL, 60)["state"] == "cancelled"
+        cancel(svc, client, job_id)
         states = [e["state"] for e in state_events(client, job_id)]
     assert states == ["queued", "running", "queued", "running", "cancelled"], states
     print(f"training worker kill -9 at step {killed_at}: running again after {took:.1f}s")

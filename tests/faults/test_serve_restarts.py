@@ -1,4 +1,5 @@
-"""`cosmogan serve` restarts its embedded Redis (same port, same data) and its workers."""
+"""`cosmogan serve` restarts its embedded Redis (same port, same data, its password) and its
+workers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
+import redis
 
 from launcher.supervisor import free_port
 from tests.faults.conftest import SLOW_BALROG, poll, write_catalog
@@ -19,6 +22,8 @@ from tests.integration.test_serve import (
     stop_serve,
     wait_ready,
 )
+
+REDIS_PASSWORD = 'p@ss:w/rd "quoted" 0123456789'
 
 
 def child_pid(proc: subprocess.Popen, needle: str) -> int:
@@ -41,7 +46,7 @@ def test_serve_restarts_a_killed_redis_and_worker(tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
     auth = {"Authorization": "Bearer dev"}
     body = {"preset": "balrog", "data": "mini.parquet", "overrides": SLOW_BALROG}
-    proc = start_serve(home, port, log)
+    proc = start_serve(home, port, log, COSMOGAN_REDIS_PASSWORD=REDIS_PASSWORD)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             wait_ready(client, proc, log)
@@ -50,6 +55,12 @@ def test_serve_restarts_a_killed_redis_and_worker(tmp_path: Path) -> None:
             job_id = r.json()["job_id"]
             rec = poll(client, job_id, lambda r: r["state"] == "running" and r["step"] >= 25, 60)
             redis_pid = child_pid(proc, "redis-server")
+            # the password is required, and is on no command line (redis-server's title
+            # shows its address)
+            title = Path(f"/proc/{redis_pid}/cmdline").read_bytes().split(b"\0")[0]
+            assert b"p@ss" not in title
+            with pytest.raises(redis.exceptions.AuthenticationError):
+                redis.Redis(port=int(title.rsplit(b":", 1)[1])).ping()
             os.kill(redis_pid, signal.SIGKILL)
             killed = time.monotonic()
             # the supervisor restarts it: same port, the job record reloaded from the AOF
@@ -70,4 +81,5 @@ def test_serve_restarts_a_killed_redis_and_worker(tmp_path: Path) -> None:
         kill_family(proc)
     text = log.read_text()
     assert "restarting redis" in text and "restarting worker[inference]" in text, text[-3000:]
+    assert "p@ss" not in text  # nor in the logs
     print(f"embedded Redis kill -9: job progressing again {took:.1f}s later")

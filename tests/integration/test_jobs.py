@@ -51,6 +51,9 @@ def test_the_lease_is_renewed_taken_back_or_lost(store: JobStore) -> None:
     store.transition(job_id, "running", ("queued",))
     assert store.acquire_lease(job_id, "a") and not store.acquire_lease(job_id, "b")
     assert store.renew_lease(job_id, "a") == 1
+    beat = store.field(job_id, "heartbeat_at")
+    assert store.renew_lease(job_id, "a", beat=False) == 1  # a silent loop: lease only
+    assert store.field(job_id, "heartbeat_at") == beat
     assert not store.release_lease(job_id, "b") and store.has_lease(job_id)
     store.r.delete(lock_key(job_id))  # expired while Redis was unreachable
     assert store.renew_lease(job_id, "a") == 2 and store.has_lease(job_id)  # taken back
