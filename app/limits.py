@@ -36,32 +36,62 @@ def client_key(request: Request) -> str:
     return "ip:" + (request.client.host if request.client else "unknown")
 
 
+# Take a stream slot: KEYS[1] all streams, KEYS[2] this client's (sorted sets of tokens
+# scored by expiry). ARGV: now, expiry, token, total cap, per-client cap, key TTL (ms).
+# Returns 0 taken, 1 all slots in use, 2 this client's in use. Expired slots (a crashed API
+# process never released them) are dropped first.
+_TAKE_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 1 end
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then return 2 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+return 0
+"""
+SLOTS_KEY = "cosmogan:streams"
+
+
 class StreamSlots:
-    """Concurrent server-sent-event streams, capped per client and in all."""
+    """Concurrent server-sent-event streams, capped per client and in all, across every API
+    process (the slots live in Redis). A slot expires SLOT_TTL_S after its last refresh, so
+    the streams of a process that died free their slots by themselves."""
 
-    def __init__(self, total: int, per_client: int) -> None:
-        self.total, self.per_client = total, per_client
-        self.held: dict[str, int] = {}
+    SLOT_TTL_S = 30.0
 
-    @property
-    def open(self) -> int:
-        return sum(self.held.values())
+    def __init__(self, client: Any, total: int, per_client: int) -> None:
+        self.r, self.total, self.per_client = client, total, per_client
+        self._take = client.register_script(_TAKE_SLOT)
 
-    def acquire(self, who: str) -> str | None:
+    def _keys(self, who: str) -> list[str]:
+        return [SLOTS_KEY, f"{SLOTS_KEY}:{who[:200]}"]
+
+    async def acquire(self, who: str, token: str) -> str | None:
         """None when a slot was taken, else why not."""
-        if self.open >= self.total:
+        now = time.time()
+        ttl_ms = int(self.SLOT_TTL_S * 2000)
+        args = [now, now + self.SLOT_TTL_S, token, self.total, self.per_client, ttl_ms]
+        refused = int(await self._take(keys=self._keys(who), args=args))
+        if refused == 1:
             return f"the server already streams {self.total} event streams; retry later"
-        if self.held.get(who, 0) >= self.per_client:
+        if refused == 2:
             return f"at most {self.per_client} concurrent event streams per client"
-        self.held[who] = self.held.get(who, 0) + 1
         return None
 
-    def release(self, who: str) -> None:
-        left = self.held.get(who, 0) - 1
-        if left > 0:
-            self.held[who] = left
-        else:
-            self.held.pop(who, None)
+    async def refresh(self, who: str, token: str) -> None:
+        expiry = time.time() + self.SLOT_TTL_S
+        pipe = self.r.pipeline(transaction=False)
+        for key in self._keys(who):
+            pipe.zadd(key, {token: expiry}, xx=True)
+        await pipe.execute()
+
+    async def release(self, who: str, token: str) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for key in self._keys(who):
+            pipe.zrem(key, token)
+        await pipe.execute()
 
 
 class RateLimiter:

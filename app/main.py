@@ -9,8 +9,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from app import errors, openapi
 from app.limits import (
@@ -32,26 +35,32 @@ from worker.jobs import JobStore
 log = logging.getLogger(__name__)
 
 
+# After a Redis restart every pooled connection is dead: a command that meets one reconnects
+# and tries again instead of failing the request.
+REDIS_OPTIONS: dict[str, Any] = {
+    "socket_connect_timeout": 3,
+    "socket_timeout": 30,
+    "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+    "retry_on_error": [redis.exceptions.ConnectionError],
+}
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     url = redis_url()
     app.state.celery = celery_app
     app.state.jobs = JobStore.from_url(url)
     # XREAD blocks for 5 s at most (see the events route): reads may take a little longer
-    app.state.aredis = aioredis.from_url(url, socket_connect_timeout=3, socket_timeout=30)
+    app.state.aredis = aioredis.from_url(url, **REDIS_OPTIONS)
     # Event streams block on XREAD: they get their own pool, one connection per allowed
     # stream, so open streams can never take the connections /readyz or /generate need.
     settings = get_settings()
     app.state.streams = StreamSlots(
-        settings.max_event_streams, settings.max_event_streams_per_client
+        app.state.aredis, settings.max_event_streams, settings.max_event_streams_per_client
     )
     app.state.stream_redis = aioredis.Redis(
         connection_pool=aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=settings.max_event_streams + 1,
-            timeout=5,
-            socket_connect_timeout=3,
-            socket_timeout=30,
+            url, max_connections=settings.max_event_streams + 1, timeout=5, **REDIS_OPTIONS
         )
     )
     # the result subscription idles for long stretches: no read timeout, periodic health checks

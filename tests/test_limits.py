@@ -1,11 +1,11 @@
-"""Rate limits, stream slots and metric labels, without a service."""
+"""Rate limits and metric labels, without a service."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.limits import RateLimiter, RateLimitMiddleware, StreamSlots, method_label
+from app.limits import RateLimiter, RateLimitMiddleware, method_label
 
 
 def test_token_bucket_allows_bursts_then_the_rate() -> None:
@@ -21,16 +21,6 @@ def test_the_bucket_table_stays_bounded() -> None:
     for i in range(1000):
         limiter.take(f"ip:{i}", now=0.0)
     assert len(limiter.buckets) == 100
-
-
-def test_stream_slots() -> None:
-    slots = StreamSlots(total=3, per_client=2)
-    assert slots.acquire("a") is None and slots.acquire("a") is None
-    assert "per client" in slots.acquire("a")
-    assert slots.acquire("b") is None
-    assert "already streams" in slots.acquire("c")
-    slots.release("a")
-    assert slots.acquire("c") is None and slots.open == 3
 
 
 def test_unknown_methods_share_one_label() -> None:

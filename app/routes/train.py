@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -225,17 +226,19 @@ async def _existing_job(job_id: JobId, jobs: JobsDep) -> dict[str, Any]:
     return await asyncio.to_thread(jobs.get, job_id)
 
 
-async def _stream_slot(request: Request) -> AsyncIterator[None]:
-    """A slot among the capped concurrent streams, held until the stream ends."""
+async def _stream_slot(request: Request) -> AsyncIterator[tuple[str, str]]:
+    """A slot among the capped concurrent streams, held until the stream ends; the stream
+    refreshes it (`StreamSlots.refresh`) as it goes."""
     slots: StreamSlots = request.app.state.streams
-    who = client_key(request)
-    refused = slots.acquire(who)
+    who, token = client_key(request), new_job_id()
+    refused = await slots.acquire(who, token)
     if refused:
         raise ApiError(429, refused, headers={"Retry-After": "10"})
     try:
-        yield
+        yield who, token
     finally:
-        slots.release(who)
+        with contextlib.suppress(redis.exceptions.RedisError):
+            await slots.release(who, token)
 
 
 STREAM_ID = r"^[0-9]{1,20}(-[0-9]{1,20})?$"
@@ -274,7 +277,7 @@ async def job_events(
     request: Request,
     jobs: JobsDep,
     _exists: Annotated[dict[str, Any], Depends(_existing_job)],  # 404 before streaming
-    _slot: Annotated[None, Depends(_stream_slot)],
+    slot: Annotated[tuple[str, str], Depends(_stream_slot)],
     cursor: Annotated[str | None, Depends(_event_cursor)],
     settings: SettingsDep,
     full: Authenticated,
@@ -296,6 +299,7 @@ async def job_events(
     failing_since: float | None = None
     while not await request.is_disconnected():
         try:
+            await request.app.state.streams.refresh(*slot)
             batch = await client.xread({key: cursor}, count=100, block=5000)
             # a finished job with nothing past the cursor (even a cursor in the future) ends
             if not batch and await _ended(client, job_id, key, cursor):

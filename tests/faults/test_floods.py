@@ -194,3 +194,33 @@ def test_the_worker_rechecks_the_data_path_it_reads_from_redis(svc: FaultService
         assert "outside" not in str(events) and "/etc" not in str(events)
         events = sse_events(full, f"/train/{job_id}/events")
         assert "outside the data root" in events[0]["error"]
+
+
+def test_stream_slots_are_shared_by_api_processes_and_expire(svc: FaultService) -> None:
+    """Two StreamSlots (as in two API processes) on one Redis share the caps; the slots of
+    a process that died without releasing them expire."""
+    import redis.asyncio as aioredis
+
+    from app.limits import StreamSlots
+
+    async def scenario() -> None:
+        client = aioredis.from_url(svc.redis_url)
+        a, b = StreamSlots(client, 3, 2), StreamSlots(client, 3, 2)
+        a.SLOT_TTL_S = b.SLOT_TTL_S = 1.0
+        try:
+            assert await a.acquire("ip:x", "1") is None and await b.acquire("ip:x", "2") is None
+            assert "per client" in await b.acquire("ip:x", "3")
+            assert await b.acquire("ip:y", "4") is None
+            assert "already streams" in await a.acquire("ip:z", "5")
+            await a.release("ip:x", "1")
+            assert await b.acquire("ip:z", "5") is None
+            await asyncio.sleep(0.6)
+            await b.refresh("ip:z", "5")
+            await asyncio.sleep(0.6)  # "2" and "4" expired (their process "died"), "5" not
+            assert await a.acquire("ip:x", "6") is None and await a.acquire("ip:y", "7") is None
+            assert "already streams" in await a.acquire("ip:w", "8")
+        finally:
+            await client.delete("cosmogan:streams", *[f"cosmogan:streams:ip:{c}" for c in "xyzw"])
+            await client.aclose()
+
+    asyncio.run(scenario())
