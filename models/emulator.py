@@ -10,13 +10,18 @@ the inference service coalesces many requests into one forward pass).
 
 The detection model is a separate MLP classifier `P(detected | true mags, conditions)`, whose
 logit is recalibrated with Platt scaling (`a · logit + b`, fitted on the validation split).
+
+The generated target has `out_dim` columns: the observed − true magnitude offsets in r, i, z,
+then (when `out_dim` is 6) the natural log of the magnitude errors `magerr_{r,i,z}`, so that
+errors and magnitudes are drawn jointly. Checkpoints from before the errors have 3.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -32,6 +37,7 @@ class EmulatorConfig:
     embed: int = 64  # width of each branch's output; the trunk sees 3 × embed
     slope: float = 0.2  # LeakyReLU negative slope
     det_hidden: int = 128  # width of the detection classifier's two hidden layers
+    out_dim: int = 3  # generated columns: 3 offsets, or 3 offsets + 3 ln(magerr)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,8 +52,13 @@ class EmulatorConfig:
 class EmulatorScalers:
     """Standardization fitted on the train split, kept in the checkpoint as plain lists.
 
-    Inputs are z-scored per column. The generator's target is the observed − true magnitude
-    offset per band, z-scored with the offsets' train-split mean and standard deviation.
+    Inputs are z-scored per column; with `log_conditions` the observing conditions are
+    z-scored in their logarithm, so that the expected S/N of a galaxy, ``ln S/N = −0.4 ln 10 ·
+    mag − ln sky_sigma − ln psf_fwhm + const`` for a sky-dominated point source, is a linear
+    function of the network's inputs. The target (offsets, then ln magerr when there are 6
+    columns) is z-scored with its train-split mean and standard deviation. `input_min` and
+    `input_max` are the training ranges of the raw inputs, for the out-of-domain flag (empty
+    in checkpoints from before the flag).
     """
 
     true_mean: tuple[float, ...]
@@ -56,27 +67,63 @@ class EmulatorScalers:
     cond_std: tuple[float, ...]
     delta_mean: tuple[float, ...]
     delta_std: tuple[float, ...]
+    log_conditions: bool = False
+    input_min: tuple[float, ...] = ()
+    input_max: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: [float(v) for v in getattr(self, k)] for k in self.__dataclass_fields__}
+        out: dict[str, Any] = {}
+        for k in self.__dataclass_fields__:
+            v = getattr(self, k)
+            out[k] = bool(v) if isinstance(v, bool) else [float(x) for x in v]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EmulatorScalers:
-        return cls(**{k: tuple(float(v) for v in data[k]) for k in cls.__dataclass_fields__})
+        out: dict[str, Any] = {}
+        for k, f in cls.__dataclass_fields__.items():
+            if k not in data and f.default is not MISSING:
+                continue  # an older checkpoint: the field's default
+            out[k] = bool(data[k]) if k == "log_conditions" else tuple(float(v) for v in data[k])
+        return cls(**out)
+
+    @property
+    def out_dim(self) -> int:
+        return len(self.delta_mean)
 
     def split_inputs(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Raw inputs (B, 9) in `columns.INPUTS` order → standardized (cond (B, 6), true (B, 3))."""
         true = (x[:, :3] - _t(self.true_mean, x)) / _t(self.true_std, x)  # (B, 3)
-        cond = (x[:, 3:] - _t(self.cond_mean, x)) / _t(self.cond_std, x)  # (B, 6)
+        raw_cond = torch.log(x[:, 3:]) if self.log_conditions else x[:, 3:]
+        cond = (raw_cond - _t(self.cond_mean, x)) / _t(self.cond_std, x)  # (B, 6)
         return cond, true
 
-    def target(self, observed: Tensor, true_raw: Tensor) -> Tensor:
-        """Observed magnitudes (B, 3) → the generator's standardized offsets (B, 3)."""
-        return (observed - true_raw - _t(self.delta_mean, observed)) / _t(self.delta_std, observed)
+    def target(self, observed: Tensor, true_raw: Tensor, magerr: Tensor | None = None) -> Tensor:
+        """Observed magnitudes (B, 3) [and errors (B, 3)] → standardized targets (B, out_dim)."""
+        raw = observed - true_raw
+        if self.out_dim == 6:
+            if magerr is None:
+                raise ValueError("this model emulates magnitude errors: pass magerr")
+            raw = torch.cat([raw, torch.log(magerr)], dim=1)
+        return (raw - _t(self.delta_mean, raw)) / _t(self.delta_std, raw)
 
     def observed(self, target: Tensor, true_raw: Tensor) -> Tensor:
-        """Inverse of `target`: standardized offsets (B, 3) → observed magnitudes (B, 3)."""
-        return true_raw + target * _t(self.delta_std, target) + _t(self.delta_mean, target)
+        """Inverse of `target`: standardized (B, out_dim) → magnitudes (B, 3) [, errors (B, 3)]."""
+        raw = target * _t(self.delta_std, target) + _t(self.delta_mean, target)
+        mags = true_raw + raw[:, :3]
+        return torch.cat([mags, torch.exp(raw[:, 3:])], dim=1) if self.out_dim == 6 else mags
+
+    def observed_numpy(self, target: np.ndarray, true_raw: np.ndarray) -> np.ndarray:
+        """`observed` for float64 arrays (the sampler's output precision)."""
+        raw = target * np.asarray(self.delta_std) + np.asarray(self.delta_mean)
+        mags = true_raw + raw[:, :3]
+        return np.concatenate([mags, np.exp(raw[:, 3:])], axis=1) if self.out_dim == 6 else mags
+
+    def out_of_domain(self, x: np.ndarray) -> np.ndarray:
+        """(N,) bool: rows with an input outside the training range (all False if unknown)."""
+        if not self.input_min:
+            return np.zeros(len(x), dtype=bool)
+        return ((x < np.asarray(self.input_min)) | (x > np.asarray(self.input_max))).any(axis=1)
 
 
 def _t(values: tuple[float, ...], like: Tensor) -> Tensor:
@@ -133,12 +180,12 @@ class Generator(nn.Module):
         self.noise = Branch(cfg.noise_dim, cfg.hidden, cfg.embed, cfg.slope)
         self.cond = Branch(cfg.cond_dim, cfg.hidden, cfg.embed, cfg.slope)
         self.true = Branch(cfg.mag_dim, cfg.hidden, cfg.embed, cfg.slope)
-        self.trunk = Trunk(3 * cfg.embed, cfg.hidden, cfg.mag_dim, cfg.slope)
+        self.trunk = Trunk(3 * cfg.embed, cfg.hidden, cfg.out_dim, cfg.slope)
 
     def forward(self, z: Tensor, cond: Tensor, true: Tensor) -> Tensor:
         # z (B, 8), cond (B, 6), true (B, 3)
         h = torch.cat([self.noise(z), self.cond(cond), self.true(true)], dim=1)  # (B, 192)
-        return self.trunk(h)  # (B, 3)
+        return self.trunk(h)  # (B, out_dim)
 
 
 class Critic(nn.Module):
@@ -147,13 +194,13 @@ class Critic(nn.Module):
     def __init__(self, cfg: EmulatorConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.obs = Branch(cfg.mag_dim, cfg.hidden, cfg.embed, cfg.slope)
+        self.obs = Branch(cfg.out_dim, cfg.hidden, cfg.embed, cfg.slope)
         self.cond = Branch(cfg.cond_dim, cfg.hidden, cfg.embed, cfg.slope)
         self.true = Branch(cfg.mag_dim, cfg.hidden, cfg.embed, cfg.slope)
         self.trunk = Trunk(3 * cfg.embed, cfg.hidden, 1, cfg.slope)
 
     def forward(self, obs: Tensor, cond: Tensor, true: Tensor) -> Tensor:
-        # obs (B, 3), cond (B, 6), true (B, 3)
+        # obs (B, out_dim), cond (B, 6), true (B, 3)
         h = torch.cat([self.obs(obs), self.cond(cond), self.true(true)], dim=1)  # (B, 192)
         return self.trunk(h).squeeze(1)  # (B,)
 
@@ -165,7 +212,8 @@ class Detector(nn.Module):
     training row; `calibrated_prob` applies the Platt scaling fitted on the validation split.
     """
 
-    def __init__(self, cfg: EmulatorConfig) -> None:
+    def __init__(self, cfg: Any) -> None:
+        # cfg: any network config with mag_dim, cond_dim, det_hidden and slope
         super().__init__()
         self.cfg = cfg
         self.net = nn.Sequential(

@@ -4,23 +4,29 @@ Randomness is counter-based by row: the draws for rows `[b·BLOCK_ROWS, (b+1)·B
 come from a CPU `torch.Generator` seeded with `(seed, b)`. A row's result therefore depends
 only on the seed and its position, never on the device, the other rows of the batch or the
 chunk size a file is streamed with.
+
+Two model kinds are served the same way: the cWGAN-GP generator (`cwgan-gp`) and the
+conditional normalizing flow (`cflow`); both map (noise, conditions, true magnitudes) to the
+standardized observed − true offsets (and log magnitude errors, when the model has them).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from models.columns import INPUTS
 from models.device import resolve_device
 from models.emulator import Detector, EmulatorConfig, EmulatorScalers, Generator
+from models.flow import FlowConfig, OffsetFlow
 from models.kinds import EMULATOR_KINDS
 
 log = logging.getLogger(__name__)
@@ -40,12 +46,32 @@ def random_seed() -> int:
     return int.from_bytes(os.urandom(8), "little") >> 1
 
 
+@dataclass
+class EmulatedRows:
+    """One realization per row: what the emulator says a survey would measure."""
+
+    mags: np.ndarray  # (M, 3) float64 mag_{r,i,z}, NaN where not detected
+    magerr: np.ndarray | None  # (M, 3) float64 magerr_{r,i,z}, NaN where not detected; None
+    # when the model does not emulate errors (checkpoints from before them)
+    detected: np.ndarray  # (M,) bool
+    out_of_domain: np.ndarray  # (M,) bool: an input outside the training ranges
+
+
+def build_offset_model(kind: str, config: dict[str, Any]) -> tuple[nn.Module, Detector]:
+    """The (untrained) offset network and detection classifier of an emulator checkpoint kind."""
+    if kind == "cflow":
+        flow_cfg = FlowConfig.from_dict(config)
+        return OffsetFlow(flow_cfg), Detector(flow_cfg)
+    gan_cfg = EmulatorConfig.from_dict(config)
+    return Generator(gan_cfg), Detector(gan_cfg)
+
+
 class Emulator:
-    """A trained emulator: calibrated detection classifier + EMA generator + scalers."""
+    """A trained emulator: calibrated detection classifier + EMA generator (or flow) + scalers."""
 
     def __init__(
         self,
-        generator: Generator,
+        generator: nn.Module,
         detector: Detector,
         scalers: EmulatorScalers,
         device: torch.device,
@@ -70,13 +96,12 @@ class Emulator:
         if ckpt.kind not in EMULATOR_KINDS:
             raise CheckpointError(f"{name} holds a {ckpt.kind!r} model, not an emulator")
         dev = resolve_device(device)
-        cfg = EmulatorConfig.from_dict(ckpt.config)
-        generator = Generator(cfg)
+        generator, detector = build_offset_model(ckpt.kind, ckpt.config)
         generator.load_state_dict(ckpt.ema)
-        detector = Detector(cfg)
         detector.load_state_dict(ckpt.extra["detector"])
         scalers = EmulatorScalers.from_dict(ckpt.preprocessing)
         meta = {
+            "kind": ckpt.kind,
             "step": ckpt.step,
             "epoch": ckpt.epoch,
             **{k: ckpt.extra.get(k) for k in ("preset", "calibration", "metrics")},
@@ -86,6 +111,11 @@ class Emulator:
     @property
     def noise_dim(self) -> int:
         return self.generator.cfg.noise_dim
+
+    @property
+    def emulates_errors(self) -> bool:
+        """Whether the model draws `magerr_{r,i,z}` along with the magnitudes."""
+        return self.scalers.out_dim == 6
 
     # ---- randomness ----------------------------------------------------------------------
     def draws(
@@ -126,16 +156,13 @@ class Emulator:
         return torch.cat(out).numpy() if out else np.zeros(0)
 
     @torch.no_grad()
-    def sample_with(
-        self, x: np.ndarray, noise: Tensor, uniforms: Tensor
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def sample_outputs(self, x: np.ndarray, noise: Tensor, uniforms: Tensor) -> EmulatedRows:
         """One realization per row of `x` (M, 9) with the given draws.
 
         `noise` (M, noise_dim) and `uniforms` (M,) come from `draws`; a row is detected when
         its uniform is below its calibrated detection probability, and only detected rows
-        get magnitudes. Rows never interact, so callers may concatenate the inputs and draws
-        of many requests and run them in one pass. Returns magnitudes (M, 3) float64 (NaN
-        where not detected) and detected (M,) bool.
+        get magnitudes (and errors). Rows never interact, so callers may concatenate the
+        inputs and draws of many requests and run them in one pass.
         """
         x = _check_inputs(x)
         if noise.shape != (len(x), self.noise_dim) or uniforms.shape != (len(x),):
@@ -143,7 +170,7 @@ class Emulator:
                 f"draws do not match {len(x)} rows: noise {tuple(noise.shape)}, "
                 f"uniforms {tuple(uniforms.shape)}"
             )
-        mags = np.full((len(x), 3), np.nan)
+        out = np.full((len(x), self.scalers.out_dim), np.nan)
         detected = np.zeros(len(x), dtype=bool)
         for i in range(0, len(x), FORWARD_ROWS):
             sl = slice(i, i + FORWARD_ROWS)
@@ -156,13 +183,34 @@ class Emulator:
                 continue
             keep = torch.from_numpy(det).to(self.device)
             z = noise[sl][torch.from_numpy(det)].to(self.device)  # (d, noise_dim)
-            target = self.generator(z, cond[keep], true[keep]).double().cpu().numpy()  # (d, 3)
-            s = self.scalers
+            target = self.generator(z, cond[keep], true[keep]).double().cpu().numpy()  # (d, D)
             true_raw = x[sl][det, :3].astype(np.float64)
-            mags[np.flatnonzero(det) + i] = (
-                true_raw + target * np.asarray(s.delta_std) + np.asarray(s.delta_mean)
-            )
-        return mags, detected
+            out[np.flatnonzero(det) + i] = self.scalers.observed_numpy(target, true_raw)
+        return EmulatedRows(
+            mags=out[:, :3],
+            magerr=out[:, 3:] if self.emulates_errors else None,
+            detected=detected,
+            out_of_domain=self.scalers.out_of_domain(x),
+        )
+
+    def sample_with(
+        self, x: np.ndarray, noise: Tensor, uniforms: Tensor
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`sample_outputs` reduced to magnitudes (M, 3) float64 and detected (M,) bool."""
+        rows = self.sample_outputs(x, noise, uniforms)
+        return rows.mags, rows.detected
+
+    def emulate(self, x: np.ndarray, samples: int = 1, seed: int | None = None) -> EmulatedRows:
+        """`samples` realizations per row of raw inputs `x` (N, 9), all outputs.
+
+        Realization k of row i is at index i·samples + k (the draws of `sample`).
+        """
+        x = _check_inputs(x)
+        if samples < 1:
+            raise ValueError(f"samples must be at least 1, got {samples}")
+        seed = random_seed() if seed is None else seed
+        noise, uniforms = self.draws(len(x), samples, seed)
+        return self.sample_outputs(np.repeat(x, samples, axis=0), noise, uniforms)
 
     def sample(
         self, x: np.ndarray, samples: int = 1, seed: int | None = None
@@ -172,12 +220,8 @@ class Emulator:
         Returns magnitudes (N·samples, 3) float64 with NaN where not detected and detected
         (N·samples,) bool; realization k of row i is at index i·samples + k.
         """
-        x = _check_inputs(x)
-        if samples < 1:
-            raise ValueError(f"samples must be at least 1, got {samples}")
-        seed = random_seed() if seed is None else seed
-        noise, uniforms = self.draws(len(x), samples, seed)
-        return self.sample_with(np.repeat(x, samples, axis=0), noise, uniforms)
+        rows = self.emulate(x, samples, seed)
+        return rows.mags, rows.detected
 
 
 def _check_inputs(x: np.ndarray) -> np.ndarray:
@@ -192,4 +236,4 @@ def _check_inputs(x: np.ndarray) -> np.ndarray:
     return x
 
 
-__all__ = ["BLOCK_ROWS", "Emulator", "random_seed"]
+__all__ = ["BLOCK_ROWS", "EmulatedRows", "Emulator", "build_offset_model", "random_seed"]

@@ -17,6 +17,7 @@ FAMILY_OF_KIND: dict[str, Family] = {
     "wgan-gp-128": IMAGE,  # WGAN-GP generator, 128×128 RGB
     "dcgan-64": IMAGE,  # DCGAN generator, 64×64 RGB
     "cwgan-gp": EMULATOR,  # conditional WGAN-GP + detection classifier
+    "cflow": EMULATOR,  # conditional normalizing flow + detection classifier
 }
 KINDS = tuple(FAMILY_OF_KIND)
 IMAGE_KINDS = tuple(k for k, f in FAMILY_OF_KIND.items() if f == IMAGE)

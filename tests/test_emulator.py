@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from models.columns import DETECTED, INPUTS, OBSERVED
+from models.columns import DETECTED, INPUTS, MAGERR, OBSERVED
 from models.emulator import Critic, Detector, EmulatorConfig, Generator
 from models.emulator_sampler import BLOCK_ROWS, Emulator
 from training.data.catalog import CatalogError
@@ -143,7 +143,8 @@ def test_emulate_file_streams_the_same_as_one_chunk(dry_model, inputs, tmp_path)
     assert many["chunks"] == 6 and one["chunks"] == 1 and many["output_rows"] == 1400
     a, b = pd.read_parquet(tmp_path / "one.parquet"), pd.read_parquet(tmp_path / "many.parquet")
     pd.testing.assert_frame_equal(a, b)
-    assert list(a.columns[-4:]) == [*OBSERVED, DETECTED] and "realization" in a.columns
+    assert list(a.columns[-8:]) == [*OBSERVED, *MAGERR, DETECTED, "out_of_domain"]
+    assert "realization" in a.columns
     assert a["name"].iloc[2] == "g1" and a["realization"].tolist()[:4] == [0, 1, 0, 1]
     assert a.loc[~a[DETECTED], "mag_r"].isna().all()
     different = emulate_file(dry_model, src, tmp_path / "d.parquet", samples=2, seed=5)

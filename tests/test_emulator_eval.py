@@ -1,47 +1,111 @@
-"""Emulator evaluation: the metrics, the Gaussian baseline and the full report with plots."""
+"""Emulator evaluation: figures, the floor, the two-sample classifier, baselines, report, plots."""
 
 from __future__ import annotations
 
+import json
+import logging
+from dataclasses import replace
+
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
-from training.emulator_eval import GaussianBaseline, evaluate_emulator, model_metrics
-from training.emulator_gan import Split, load_emulator_catalog, train_emulator_gan
+from training.data import balrog
+from training.emulator_baselines import GaussianBaseline
+from training.emulator_c2st import auc, classifier_auc
+from training.emulator_data import Split, load_emulator_catalog
+from training.emulator_eval import evaluate_emulator, load_test
+from training.emulator_flow import train_emulator_flow
+from training.emulator_gan import train_emulator_gan
+from training.emulator_metrics import Bins, Output, figures, ks_statistic
+from training.emulator_plots import write_plots
 from training.evaluate import evaluate
-from training.presets import build_config
-
-from .test_emulator_gan import make_analytic_catalog
+from training.presets import FlowTrainConfig, build_config
 
 torch.set_num_threads(1)
 
+ROWS = 6000
+
 
 @pytest.fixture(scope="module")
-def catalog(tmp_path_factory):
-    return make_analytic_catalog(tmp_path_factory.mktemp("ev") / "c.parquet", 8000, seed=2)
+def draws(tmp_path_factory):
+    """Two analytic mini-Balrog draws of the same 6,000 objects (the second: the floor)."""
+    from models.settings import get_settings
+
+    home = tmp_path_factory.mktemp("home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("COSMOGAN_HOME", str(home))
+    get_settings.cache_clear()
+    kw = dict(rows=ROWS, simulator="analytic", seed=3, workers=1)
+    a = balrog.build_catalog(home / "a.parquet", **kw)["path"]
+    b = balrog.build_catalog(home / "b.parquet", draw_seed=4, **kw)["path"]
+    yield a, b
+    mp.undo()
+    get_settings.cache_clear()
 
 
-def _edges():
-    return [np.arange(17.0, 29.0, 1.0)] * 3
+def _sim_output(s: Split) -> Output:
+    return Output(s.observed.astype(np.float64), s.detected, s.magerr.astype(np.float64))
 
 
-def test_metrics_of_the_simulation_itself_are_zero_and_grow_with_a_shift(catalog):
-    test = load_emulator_catalog(catalog)["test"]
-    same = model_metrics(test, test.observed.astype(np.float64), test.detected, _edges())
-    assert same["ks_mean"] == 0 and same["w1_mean"] == 0 and same["completeness_mae"] == 0
-    shifted = model_metrics(test, test.observed + 0.3, test.detected, _edges())
-    assert shifted["w1_mean"] == pytest.approx(0.3, abs=1e-4)
-    assert shifted["ks_mean"] > 0.05 and shifted["ks_condition_bins_mean"] > 0.05
-    assert shifted["ks_colour_mean"] < 1e-9  # a common shift leaves the colours alone
-    missed = test.detected & (np.arange(len(test)) % 2 == 0)
-    fewer = model_metrics(test, test.observed.astype(np.float64), missed, _edges())
-    assert fewer["completeness_mae"] > 0.1
-    i_band = fewer["completeness"]["i"]
-    assert len(i_band["abs_error"]) == len(i_band["edges"]) - 1
+def test_ks_statistic_matches_scipy():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=500), rng.normal(0.1, 1.0, 700)
+    assert ks_statistic(a, b) == pytest.approx(stats.ks_2samp(a, b).statistic)
 
 
-def test_gaussian_baseline_recovers_offset_scatter_and_completeness():
+def test_figures_are_zero_for_the_simulation_itself_and_see_shifts_and_missed_objects(draws):
+    test, _ = load_test(draws[0], "all", 0, None)
+    bins = Bins.from_inputs(test.x.astype(np.float64))
+    same = figures(test, _sim_output(test), bins)
+    assert same["ks_i"] == 0 and same["w1_i"] == 0 and same["completeness_mae"] == 0
+    assert same["ks_magerr_i"] == 0 and same["ks_cond_bins_mean"] == 0
+    shifted = _sim_output(test)
+    shifted.mags = shifted.mags + 0.3
+    f = figures(test, shifted, bins)
+    assert f["w1_i"] == pytest.approx(0.3, abs=1e-4) and f["ks_mag_bins_mean"] > 0.1
+    assert f["ks_r-i"] < 1e-9  # a common shift leaves the colours alone
+    missed = _sim_output(test)
+    missed.detected = test.detected & (np.arange(len(test)) % 2 == 0)
+    assert figures(test, missed, bins)["completeness_mae"] > 0.05
+
+
+def test_second_draw_is_near_the_floor_and_the_classifier_sees_a_joint_error(draws):
+    test, floor = load_test(draws[0], "all", 0, draws[1])
+    assert floor is not None
+    bins = Bins.from_inputs(test.x.astype(np.float64))
+    f = figures(test, floor, bins)
+    n = test.detected.sum()
+    assert 0 < f["ks_i"] < 3 * np.sqrt(2 / n)  # two draws: sampling noise only
+    same = classifier_auc(test, floor, seed=0)
+    assert abs(same["auc"] - 0.5) < 4 * same["auc_sd"] + 0.02
+    # swap the r and i noise of every object: each band's distribution is nearly kept,
+    # the r−i relation to the inputs is not
+    swapped = _sim_output(test)
+    off = swapped.mags - test.x[:, :3]
+    swapped.mags = test.x[:, :3] + off[:, [1, 0, 2]]
+    assert classifier_auc(test, swapped, seed=0)["auc"] > same["auc"] + 0.05
+
+
+def test_floor_must_be_a_draw_of_the_same_objects(draws, tmp_path):
+    import pandas as pd
+
+    other = pd.read_parquet(draws[1])
+    other.loc[0, "true_mag_i"] += 0.5
+    path = tmp_path / "other.parquet"
+    other.to_parquet(path)
+    with pytest.raises(ValueError, match="not a draw of the objects"):
+        load_test(draws[0], "all", 0, path)
+
+
+def test_auc_by_ranks():
+    assert auc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == 1.0
+    assert auc(np.array([0.5, 0.5, 0.5, 0.5]), np.array([0, 1, 0, 1])) == 0.5
+
+
+def test_gaussian_baseline_recovers_offset_scatter_completeness_and_errors():
     rng = np.random.default_rng(0)
     n = 40_000
     true = rng.uniform(20.0, 24.0, (n, 3))
@@ -49,58 +113,77 @@ def test_gaussian_baseline_recovers_offset_scatter_and_completeness():
     sigma = 0.05 * (true - 19.0)  # scatter grows with magnitude
     observed = (true + 0.1 + sigma * rng.standard_normal((n, 3))).astype(np.float32)
     detected = rng.random(n) < np.where(true[:, 1] < 22.0, 0.9, 0.3)
-    model = GaussianBaseline(Split(x, observed, detected))
+    observed[~detected] = np.nan
+    magerr = np.where(detected[:, None], sigma, np.nan).astype(np.float32)
+    model = GaussianBaseline(Split(x, observed, detected, magerr))
     probe = np.repeat(np.array([[20.6, 20.6, 20.6] + [1.0] * 6, [23.6] * 3 + [1.0] * 6]), 20_000, 0)
-    mags, det = model.sample(probe, seed=1)
+    out = model.sample(probe, seed=1)
+    mags, det = out.mags, out.detected
     bright, faint = slice(0, 20_000), slice(20_000, None)
     assert np.nanmean(mags[bright] - probe[bright, :3]) == pytest.approx(0.1, abs=0.01)
     assert np.nanstd(mags[faint, 0] - probe[faint, 0]) == pytest.approx(0.05 * 4.6, rel=0.1)
     assert det[bright].mean() == pytest.approx(0.9, abs=0.02)
     assert det[faint].mean() == pytest.approx(0.3, abs=0.02)
     assert np.isnan(mags[~det]).all()
+    assert np.nanmedian(out.magerr[faint, 0]) == pytest.approx(0.05 * 4.6, rel=0.1)
 
 
-def test_report_scores_ours_and_both_baselines_and_draws_the_plots(catalog, tmp_path):
+def test_report_puts_every_model_beside_floor_and_noise_and_plots_never_lose_it(draws, tmp_path):
     cfg = {"max_steps": 20, "detector_epochs": 2, "device": "cpu", "checkpoint_every": 100}
-    ours = train_emulator_gan(build_config("balrog", cfg), catalog, tmp_path / "run")
-    seed_variant = train_emulator_gan(
-        build_config("balrog", {**cfg, "mse_weight": 1.0}), catalog, tmp_path / "run-mse"
+    gan = train_emulator_gan(build_config("balrog", cfg), draws[0], tmp_path / "run")
+    train_emulator_gan(
+        build_config("balrog", {**cfg, "mse_weight": 1.0}), draws[0], tmp_path / "run-mse"
     )
+    flow_cfg = {"epochs": 2, "hidden": 16, "transforms": 2, "detector_epochs": 2, "device": "cpu"}
+    flow = train_emulator_flow(replace(FlowTrainConfig(), **flow_cfg), draws[0], tmp_path / "flow")
     report = evaluate_emulator(
-        ours["model"], data=catalog, out_dir=tmp_path / "plots", timing_rows=5000
+        flow["model"],
+        data=draws[0],
+        floor_data=draws[1],
+        train_data=draws[0],
+        compare_checkpoints={"gan": gan["model"]},
+        baseline_checkpoint=tmp_path / "run-mse" / "model.pt",
+        out_dir=tmp_path / "plots",
+        bootstrap=3,
+        timing_rows=1000,
     )
-    assert report["baseline_seed_mse"]["available"]  # found in the sibling `<run>-mse/`
-    assert report["baseline_seed_mse"]["checkpoint"] == str(
-        (tmp_path / "run-mse" / "model.pt").resolve()
+    assert report["split"] == "all" and report["rows"] == ROWS
+    assert set(report["models"]) == {"ours", "gan", "seed_mse", "gaussian", "floor"}
+    assert report["kind"] == "cflow"
+    assert report["noise"]["ours"]["ks_i"] > 0
+    # the floor is its own yardstick
+    assert "floor" not in report["vs_floor"]
+    assert report["vs_floor"]["gaussian"]["ks_i"] == pytest.approx(
+        report["figures"]["gaussian"]["ks_i"] / report["figures"]["floor"]["ks_i"]
     )
-    assert set(report["models"]) == {"ours", "seed_mse", "gaussian"}
-    for key in ("ks_mean", "w1_mean", "completeness_mae", "ks_condition_bins_mean"):
-        row = report["summary"][key]
-        values = {k: v for k, v in row.items() if k != "winner"}
-        assert set(values) == {"ours", "seed_mse", "gaussian"}
-        best = min(values.values())
-        assert row["winner"].split(" = ") == [k for k, v in values.items() if v == best]
-    assert report["seconds_per_object"] > 0  # speed is measured by `python -m bench`
-    # the detector beats the best constant guess (Brier = p(1 − p) ≈ 0.2 here)
-    p = report["simulated_detected_fraction"]
-    assert report["detector_test"]["brier"] < 0.5 * p * (1 - p)
-    assert 0 < report["models"]["ours"]["ks_r"] <= 1
-    assert report["rows"] == (pd.read_parquet(catalog)["split"] == "test").sum()
+    assert "ks_magerr_i" in report["figures"]["ours"]
+    assert "ks_magerr_i" in report["figures"]["gan"]  # both families draw the errors
+    verdicts = report["vs_gaussian"]["ours"]
+    assert {v["verdict"] for v in verdicts.values()} <= {"better", "worse", "tie"}
+    assert set(report["goals"]["ours"]) >= {"better_than_gaussian", "within_floor_goal"}
+    assert 0.4 < report["classifier_auc"]["floor"]["auc"] < 0.6
+    on_disk = json.loads((tmp_path / "plots" / "report.json").read_text())
+    assert on_disk["figures"]["floor"]["ks_i"] == report["figures"]["floor"]["ks_i"]
     for path in report["plots"].values():
         with open(path, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    # `cosmogan evaluate` dispatches emulator checkpoints here; an explicit baseline works too
-    again = evaluate(
-        seed_variant["model"], data=catalog, seed=0, device="cpu"
-    )  # no out_dir: no plots
-    assert "plots" not in again and again["baseline_seed_mse"]["available"] is False
-    explicit = evaluate_emulator(
-        ours["model"],
-        data=catalog,
-        baseline_checkpoint=seed_variant["model"],
-        device="cpu",
-        timing_rows=100,
-    )
-    assert explicit["summary"]["ks_mean"]["seed_mse"] == pytest.approx(
-        report["summary"]["ks_mean"]["seed_mse"]
-    )
+    # `cosmogan evaluate` dispatches every emulator kind here; the test split by default
+    again = evaluate(gan["model"], data=draws[0], device="cpu", bootstrap=0)
+    assert again["split"] == "test" and "floor" not in again["models"]
+
+
+def test_a_failing_plot_is_a_warning(draws, tmp_path, caplog):
+    test = load_emulator_catalog(draws[0])["test"]
+    bins = Bins.from_inputs(test.x.astype(np.float64))
+    with caplog.at_level(logging.WARNING):
+        written = write_plots(test, {"sim": _sim_output(test)}, bins, {}, tmp_path)
+    assert "floor_ratios" not in written and "colour_colour" in written
+    assert "plot floor_ratios failed" in caplog.text
+
+
+def test_small_catalog_plots_do_not_crash(draws, tmp_path):
+    # a few hundred objects give equal density quantiles: the contour levels must still work
+    test = load_emulator_catalog(draws[0])["test"].head(300)
+    bins = Bins.from_inputs(test.x.astype(np.float64))
+    written = write_plots(test, {"sim": _sim_output(test)}, bins, {"vs_floor": {}}, tmp_path)
+    assert "colour_colour" in written

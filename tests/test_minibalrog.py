@@ -36,12 +36,31 @@ def _stats(sim: str, arr: np.ndarray, seed: int = 3) -> tuple[float, float, floa
 def test_output_columns_and_nan_exactly_when_undetected(sim):
     arr = _inputs(60, 24.5)
     out = minibalrog.simulate(arr, simulator=sim, seed=1)
-    assert list(out.columns) == [*columns.OBSERVED, columns.DETECTED]
+    assert list(out.columns) == [*columns.OBSERVED, *columns.MAGERR, columns.DETECTED]
     assert len(out) == 60 and out[columns.DETECTED].dtype == bool
     det = out[columns.DETECTED].to_numpy()
     assert 0 < det.sum() < 60  # near the limit: some of each
-    mags = out[list(columns.OBSERVED)].to_numpy()
-    assert np.isfinite(mags[det]).all() and np.isnan(mags[~det]).all()
+    for names in (columns.OBSERVED, columns.MAGERR):
+        values = out[list(names)].to_numpy()
+        assert np.isfinite(values[det]).all() and np.isnan(values[~det]).all()
+    assert (out.loc[det, list(columns.MAGERR)].to_numpy() > 0).all()
+
+
+@pytest.mark.parametrize("sim", SIMULATORS)
+def test_magnitude_errors_describe_the_scatter(sim):
+    # bright enough to be complete: the pulls (obs − true) / magerr have unit scatter
+    n = N_OBJ[sim]
+    arr = _inputs(n, 22.5)
+    out = minibalrog.simulate(arr, simulator=sim, seed=4)
+    det = out[columns.DETECTED].to_numpy()
+    assert det.mean() > 0.95
+    for j, b in enumerate(columns.BANDS):
+        pull = (out[f"mag_{b}"].to_numpy() - arr[:, j])[det] / out[f"magerr_{b}"].to_numpy()[det]
+        q16, q84 = np.percentile(pull, [16, 84])
+        assert 0.75 < (q84 - q16) / 2 < 1.3, (b, (q84 - q16) / 2)
+    # fainter objects have larger errors
+    faint = minibalrog.simulate(_inputs(n, 23.5), simulator=sim, seed=4)
+    assert np.nanmedian(faint["magerr_i"]) > 2 * np.nanmedian(out["magerr_i"])
 
 
 @pytest.mark.parametrize("sim", SIMULATORS)
@@ -139,7 +158,7 @@ def test_build_catalog_resumes_finished_chunks(home):
     # an interrupted build: one chunk on disk, the rest missing
     out = home / "resumed.parquet"
     parts = home / "resumed.parquet.parts"
-    manifest = {"rows": 300, "simulator": "analytic", "seed": 4, "chunk_rows": 100}
+    manifest = {"rows": 300, "simulator": "analytic", "seed": 4, "draw_seed": 4, "chunk_rows": 100}
     balrog._prepare_parts(parts, manifest)
     inputs = balrog.sample_inputs(300, 4)[list(columns.INPUTS)].to_numpy()
     balrog._simulate_chunk(
@@ -150,6 +169,18 @@ def test_build_catalog_resumes_finished_chunks(home):
     )
     assert summary["chunks_reused"] == 1 and summary["simulated_rows"] == 200
     pd.testing.assert_frame_equal(pd.read_parquet(fresh), pd.read_parquet(out))
+
+
+def test_two_draws_share_the_objects_not_the_noise(home):
+    kw = dict(rows=400, simulator="analytic", seed=6, workers=1)
+    a = pd.read_parquet(balrog.build_catalog(home / "a.parquet", **kw)["path"])
+    b = pd.read_parquet(balrog.build_catalog(home / "b.parquet", draw_seed=7, **kw)["path"])
+    same = [*columns.INPUTS, columns.SPLIT, "truth_id"]
+    pd.testing.assert_frame_equal(a[same], b[same])
+    both = a[columns.DETECTED] & b[columns.DETECTED]
+    assert both.sum() > 20
+    assert (a.loc[both, "mag_i"] != b.loc[both, "mag_i"]).all()
+    assert a.loc[both, "mag_i"].corr(b.loc[both, "mag_i"]) > 0.9  # the same galaxies
 
 
 def test_build_catalog_discards_chunks_of_another_build(home):

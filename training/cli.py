@@ -38,6 +38,7 @@ def _cmd_data_balrog(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         chunk_rows=args.chunk_rows,
+        draw_seed=args.draw_seed,
     )
     print(json.dumps(summary, indent=2))
     return 0
@@ -222,6 +223,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate
 
     path = _resolve_model(args.model, args.checkpoint, "nebula")
+    compare = {}
+    for item in args.compare:
+        name, sep, ref = item.partition("=")
+        if not sep:
+            raise PresetError(f"--compare expects NAME=CHECKPOINT, got {item!r}")
+        compare[name] = ref
     report = evaluate(
         path,
         data=args.data,
@@ -229,6 +236,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         baseline=args.baseline_checkpoint,
+        floor_data=args.floor_data,
+        train_data=args.train_data,
+        split=args.split,
+        compare=compare,
+        bootstrap=args.bootstrap,
     )
     print(json.dumps(report, indent=2))
     return 0
@@ -260,7 +272,14 @@ def add_commands(sub: Any) -> None:
         default="galsim",
         help="galsim: draw and measure each galaxy; analytic: a fast noise model for tests",
     )
-    bal.add_argument("--seed", type=int, default=0, help="random seed of the catalog")
+    bal.add_argument("--seed", type=int, default=0, help="fixes the objects and conditions")
+    bal.add_argument(
+        "--draw-seed",
+        type=int,
+        default=None,
+        help="the simulator's noise and shapes (default: --seed); another value gives an "
+        "independent draw of the same objects",
+    )
     bal.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     bal.add_argument(
         "--chunk-rows", type=int, default=2000, help="rows per resumable chunk written to disk"
@@ -321,6 +340,26 @@ def add_commands(sub: Any) -> None:
         help="emulator: the seed-variant (MSE) model to compare with "
         "(default: a sibling run folder named <run>-mse, if any)",
     )
+    ev.add_argument(
+        "--floor-data",
+        help="emulator: a second simulator draw of the same objects (--draw-seed): the floor",
+    )
+    ev.add_argument(
+        "--train-data", help="emulator: catalog whose train split fits the Gaussian baseline"
+    )
+    ev.add_argument(
+        "--split",
+        choices=["train", "val", "test", "all"],
+        help="emulator: rows of --data to score (default: all with --floor-data, else test)",
+    )
+    ev.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=CHECKPOINT",
+        help="emulator: another model to score side by side (repeatable)",
+    )
+    ev.add_argument("--bootstrap", type=int, default=20, help="emulator: resamples for noise")
     ev.add_argument("--seed", type=int, default=0, help="seed of the generated samples")
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     ev.set_defaults(func=_cmd_evaluate)

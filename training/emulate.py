@@ -29,6 +29,9 @@ def emulate_file(
 ) -> dict[str, Any]:
     """Stream a catalog through the emulator: input rows (× samples) + observed columns.
 
+    Observed columns: `mag_{r,i,z}`, `magerr_{r,i,z}` (models that emulate errors),
+    `detected` and `out_of_domain` (an input outside the model's training ranges).
+
     The input is read `chunk_rows` rows at a time and each chunk is written as soon as it is
     emulated, so memory stays bounded for any catalog size; the output appears only when
     complete. Draws depend on (seed, row position), so the chunk size does not change the
@@ -54,15 +57,25 @@ def emulate_file(
     if emulator is None:
         emulator = Emulator.load(checkpoint, device=device)
     t0 = time.perf_counter()
-    rows = detected = chunks = 0
+    rows = detected = chunks = outside = 0
     with CatalogWriter(output) as writer:
         for chunk in iter_catalog(input, chunk_rows):
             x = validate_inputs(chunk, row_offset=rows)  # (n, 9); CatalogError names bad rows
             noise, uniforms = emulator.draws(len(x), samples, seed, start=rows)
-            mags, det = emulator.sample_with(np.repeat(x, samples, axis=0), noise, uniforms)
-            writer.write(with_emulated(chunk, mags, det, samples))
+            out = emulator.sample_outputs(np.repeat(x, samples, axis=0), noise, uniforms)
+            writer.write(
+                with_emulated(
+                    chunk,
+                    out.mags,
+                    out.detected,
+                    samples,
+                    magerr=out.magerr,
+                    out_of_domain=out.out_of_domain,
+                )
+            )
             rows += len(chunk)
-            detected += int(det.sum())
+            detected += int(out.detected.sum())
+            outside += int(out.out_of_domain[::samples].sum())
             chunks += 1
             if progress is not None:
                 progress(rows)
@@ -76,6 +89,7 @@ def emulate_file(
         "samples": samples,
         "output_rows": rows * samples,
         "detected_fraction": detected / max(rows * samples, 1),
+        "out_of_domain_rows": outside,
         "seed": seed,
         "chunks": chunks,
         "seconds": round(seconds, 3),

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from models.checkpoint import load_checkpoint
+from models.kinds import EMULATOR, family_of
 
 
 def evaluate(
@@ -16,10 +17,15 @@ def evaluate(
     seed: int = 0,
     device: str = "auto",
     baseline: str | Path | None = None,
+    floor_data: str | Path | None = None,
+    train_data: str | Path | None = None,
+    split: str | None = None,
+    compare: dict[str, str | Path] | None = None,
+    bootstrap: int = 20,
 ) -> dict[str, Any]:
     """Quality figures for an image generator or an emulator, as plain JSON."""
     kind = load_checkpoint(checkpoint).kind
-    if kind == "cwgan-gp":
+    if family_of(kind) == EMULATOR:
         from training.emulator_eval import evaluate_emulator
 
         return evaluate_emulator(
@@ -29,6 +35,11 @@ def evaluate(
             seed=seed,
             device=device,
             baseline_checkpoint=baseline,
+            compare_checkpoints=compare,
+            floor_data=floor_data,
+            train_data=train_data,
+            split=split,
+            bootstrap=bootstrap,
         )
     from training.metrics import evaluate_image_generator
 

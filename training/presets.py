@@ -62,6 +62,8 @@ class EmulatorTrainConfig:
     epochs: int = 200
     ema_decay: float = 0.999
     mse_weight: float = 0.0  # the seed's MSE pull to the mean; >0 only for the baseline
+    emulate_errors: bool = True  # also generate magerr_{r,i,z} when the catalog has them
+    log_conditions: bool = True  # standardize ln(sky sigma), ln(PSF FWHM): S/N is linear
     detector_epochs: int = 20
     detector_batch_size: int = 1024  # the detection classifier sees every training row
     detector_lr: float = 1e-3
@@ -75,7 +77,40 @@ class EmulatorTrainConfig:
     deterministic: bool = True  # CUDA: deterministic kernels, so a resumed run is bit-exact
 
 
-PRESETS: dict[str, ImageTrainConfig | EmulatorTrainConfig] = {
+@dataclass(frozen=True)
+class FlowTrainConfig:
+    """One flow-emulator run (`balrog-flow` = conditional spline flow + detection classifier).
+
+    Trained by maximum likelihood with a cosine learning-rate schedule; the weights served
+    are those of the epoch with the lowest validation negative log-likelihood, and the run
+    stops early after `patience` epochs without a better one.
+    """
+
+    preset: str = "balrog-flow"
+    kind: str = "cflow"
+    hidden: int = 128
+    transforms: int = 5
+    bins: int = 8
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    epochs: int = 100  # one epoch = one pass over the detected training objects
+    patience: int = 30  # epochs without a better validation likelihood before stopping
+    emulate_errors: bool = True  # also draw magerr_{r,i,z} when the catalog has them
+    log_conditions: bool = True  # standardize ln(sky sigma), ln(PSF FWHM): S/N is linear
+    detector_epochs: int = 20
+    detector_batch_size: int = 1024
+    detector_lr: float = 1e-3
+    log_every: int = 50
+    checkpoint_every: int = 500
+    seed: int = 0
+    device: str = "auto"
+    dry_run: bool = False
+    max_steps: int | None = None
+    max_rows: int | None = None
+
+
+PRESETS: dict[str, ImageTrainConfig | EmulatorTrainConfig | FlowTrainConfig] = {
     "nebula": ImageTrainConfig(),
     "nebula-dcgan": ImageTrainConfig(
         preset="nebula-dcgan",
@@ -101,6 +136,7 @@ PRESETS: dict[str, ImageTrainConfig | EmulatorTrainConfig] = {
         max_steps=2500,
     ),
     "balrog": EmulatorTrainConfig(),
+    "balrog-flow": FlowTrainConfig(),
 }
 
 # The dataset a preset trains on when none is given, under the settings' data folder (what
@@ -141,6 +177,9 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "detector_batch_size": (1, 65_536),
     "detector_lr": (1e-7, 1.0),
     "log_every": (1, 10**9),
+    "transforms": (1, 32),
+    "bins": (2, 64),
+    "patience": (1, 10**6),
 }
 
 
@@ -187,7 +226,14 @@ def config_from_dict(data: dict[str, Any]) -> Any:
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
-    if isinstance(default, bool) or key in {"augment", "diffaugment", "dry_run", "deterministic"}:
+    if isinstance(default, bool) or key in {
+        "augment",
+        "diffaugment",
+        "dry_run",
+        "deterministic",
+        "emulate_errors",
+        "log_conditions",
+    }:
         if not isinstance(value, bool):
             raise PresetError(f"override {key!r} must be true or false, got {value!r}")
         return value

@@ -9,14 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.kinds import EMULATOR, IMAGE, family_of
+from training.emulator_flow import train_emulator_flow
 from training.emulator_gan import train_emulator_gan
 from training.image_gan import train_image_gan
-from training.presets import EmulatorTrainConfig, ImageTrainConfig
+from training.presets import EmulatorTrainConfig, FlowTrainConfig, ImageTrainConfig
 from training.progress import ProgressFn, StopFn, TrainResult
 
 
 def run_training(
-    config: ImageTrainConfig | EmulatorTrainConfig,
+    config: ImageTrainConfig | EmulatorTrainConfig | FlowTrainConfig,
     data: str | Path | None,
     out_dir: str | Path,
     *,
@@ -32,6 +33,10 @@ def run_training(
         )
     if family == EMULATOR and isinstance(config, EmulatorTrainConfig):
         return train_emulator_gan(
+            config, data, out_dir, resume=resume, progress=progress, should_stop=should_stop
+        )
+    if family == EMULATOR and isinstance(config, FlowTrainConfig):
+        return train_emulator_flow(
             config, data, out_dir, resume=resume, progress=progress, should_stop=should_stop
         )
     raise ValueError(f"no training loop for {type(config).__name__} of kind {config.kind!r}")

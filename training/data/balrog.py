@@ -25,10 +25,14 @@ Observing conditions (per object and band, `draw_conditions`)
 
 Catalog (`build_catalog`)
 -------------------------
-Inputs (`columns.INPUTS`), the simulator's `mag_{r,i,z}` (NaN when not detected) and
-`detected`, `split` (80/10/10 train/val/test, fixed by the seed) and `truth_id` (row of the
-Buzzard table). Simulated in chunks over processes; each finished chunk is saved under
-`<out>.parts/`, so an interrupted build resumes where it stopped.
+Inputs (`columns.INPUTS`), the simulator's `mag_{r,i,z}` and `magerr_{r,i,z}` (NaN when not
+detected) and `detected`, `split` (80/10/10 train/val/test, fixed by the seed) and `truth_id`
+(row of the Buzzard table). `seed` fixes the objects and their conditions, `draw_seed`
+(default: `seed`) the simulator's randomness (galaxy shapes, positions, noise): two builds
+with one `seed` and two `draw_seed`s are two independent simulator draws of the same
+objects, whose differences are the floor any emulator is measured against. Simulated in
+chunks over processes; each finished chunk is saved under `<out>.parts/`, so an interrupted
+build resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -216,6 +220,7 @@ def build_catalog(
     seed: int = 0,
     workers: int | None = None,
     chunk_rows: int = 2000,
+    draw_seed: int | None = None,
 ) -> dict:
     """Build the mini-Balrog catalog at `out` (Parquet), resumably; returns a summary."""
     from tqdm import tqdm
@@ -234,6 +239,7 @@ def build_catalog(
     if workers is not None and workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     workers = workers or os.cpu_count() or 1
+    draw_seed = seed if draw_seed is None else draw_seed
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
@@ -241,7 +247,13 @@ def build_catalog(
     arr = inputs[list(columns.INPUTS)].to_numpy(np.float64)
     row_ids = np.arange(rows, dtype=np.int64)
     parts = out.with_name(out.name + ".parts")
-    manifest = {"rows": rows, "simulator": simulator, "seed": seed, "chunk_rows": chunk_rows}
+    manifest = {
+        "rows": rows,
+        "simulator": simulator,
+        "seed": seed,
+        "draw_seed": draw_seed,
+        "chunk_rows": chunk_rows,
+    }
     _prepare_parts(parts, manifest)
 
     n_chunks = math.ceil(rows / chunk_rows)
@@ -257,12 +269,18 @@ def build_catalog(
     try:
         if workers == 1 or len(todo) <= 1:
             for k, s in todo:
-                bar.update(_simulate_chunk(simulator, arr[s], row_ids[s], seed, str(part_paths[k])))
+                part = str(part_paths[k])
+                bar.update(_simulate_chunk(simulator, arr[s], row_ids[s], draw_seed, part))
         else:
             with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
                 futures = [
                     pool.submit(
-                        _simulate_chunk, simulator, arr[s], row_ids[s], seed, str(part_paths[k])
+                        _simulate_chunk,
+                        simulator,
+                        arr[s],
+                        row_ids[s],
+                        draw_seed,
+                        str(part_paths[k]),
                     )
                     for k, s in todo
                 ]
@@ -279,7 +297,7 @@ def build_catalog(
     if not np.array_equal(observed["row_id"].to_numpy(), row_ids):
         raise RuntimeError(f"chunks in {parts} do not cover rows 0..{rows - 1}; delete it")
     catalog = inputs[list(columns.INPUTS)].copy()
-    for name in columns.OBSERVED:
+    for name in (*columns.OBSERVED, *columns.MAGERR):
         catalog[name] = observed[name].to_numpy(np.float64)
     catalog[columns.DETECTED] = observed[columns.DETECTED].to_numpy(bool)
     catalog[columns.SPLIT] = assign_split(rows, seed)
@@ -288,6 +306,7 @@ def build_catalog(
     meta = {
         "simulator": simulator,
         "seed": seed,
+        "draw_seed": draw_seed,
         "rows": rows,
         "truth": "Buzzard DES mock (pzflow galaxy-data)",
         "units": "mag AB; sky_sigma per 0.263 arcsec pixel at ZP 30; psf_fwhm arcsec",
@@ -305,6 +324,7 @@ def build_catalog(
         "rows": rows,
         "simulator": simulator,
         "seed": seed,
+        "draw_seed": draw_seed,
         "workers": workers,
         "detected_fraction": round(float(catalog[columns.DETECTED].mean()), 4),
         "seconds": round(seconds, 2),

@@ -240,22 +240,39 @@ def rows_to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------------------
 # reading
+OUT_OF_DOMAIN = "out_of_domain"  # an input outside the ranges the model was trained on
+
+
 def with_emulated(
-    df: pd.DataFrame, mags: np.ndarray, detected: np.ndarray, samples: int
+    df: pd.DataFrame,
+    mags: np.ndarray,
+    detected: np.ndarray,
+    samples: int,
+    *,
+    magerr: np.ndarray | None = None,
+    out_of_domain: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The input rows, each repeated `samples` times, with `mag_r/i/z` and `detected`.
 
     `mags` (N·samples, 3) and `detected` (N·samples,) are in the emulator's order: row i,
-    realization k at i·samples + k. A `realization` column is added when samples > 1; any
-    observed-magnitude columns already in `df` are replaced.
+    realization k at i·samples + k; so are `magerr` (N·samples, 3), written as
+    `magerr_r/i/z` when the model emulates errors, and `out_of_domain` (N·samples,) bool. A
+    `realization` column is added when samples > 1; any observed columns already in `df`
+    are replaced.
     """
-    out = df.drop(columns=[c for c in (*columns.OBSERVED, columns.DETECTED) if c in df.columns])
+    replaced = (*columns.OBSERVED, *columns.MAGERR, columns.DETECTED, OUT_OF_DOMAIN)
+    out = df.drop(columns=[c for c in replaced if c in df.columns])
     out = out.iloc[np.repeat(np.arange(len(out)), samples)].reset_index(drop=True)
     if samples > 1:
         out["realization"] = np.tile(np.arange(samples), len(df))
     for j, name in enumerate(columns.OBSERVED):
         out[name] = mags[:, j]
+    if magerr is not None:
+        for j, name in enumerate(columns.MAGERR):
+            out[name] = magerr[:, j]
     out[columns.DETECTED] = np.asarray(detected, dtype=bool)
+    if out_of_domain is not None:
+        out[OUT_OF_DOMAIN] = np.asarray(out_of_domain, dtype=bool)
     return out
 
 

@@ -1,7 +1,8 @@
 """mini-Balrog: inject galaxies into DECam-like stamps with GalSim and measure them back.
 
 Both simulators take the nine emulator inputs (`columns.INPUTS`) and return the observed
-magnitudes `mag_{r,i,z}` (NaN when not detected) and `detected`.
+magnitudes `mag_{r,i,z}`, their measured 1σ errors `magerr_{r,i,z}` (both NaN when not
+detected) and `detected`.
 
 Units (shared with `training.data.balrog`)
 ------------------------------------------
@@ -30,7 +31,9 @@ S/N is at least `DETECTION_SN`. Fluxes are then forced in each band with the det
 Gaussian weight (a linear amplitude fit, like multi-band model fitting with a shared shape).
 A Gaussian model of an exponential-disk-times-Moffat profile misses light in the wings,
 so measured magnitudes are biased faint, more so for large galaxies and in bad seeing.
-A non-positive forced flux in any band also counts as a non-detection.
+A non-positive forced flux in any band also counts as a non-detection. The reported error is
+that of the linear fit given the known sky RMS, ``sigma_F = sky_sigma / sqrt(sum(w**2))`` for
+the unit-flux weight ``w``, and ``magerr = 2.5 / ln 10 * sigma_F / F`` with the measured flux.
 
 Analytic model (`simulate_analytic`)
 ------------------------------------
@@ -38,7 +41,8 @@ The LSST/`photerr` error model (Ivezić et al. 2019; Graham et al. 2020) in its 
 form: the flux error of a matched-filter measurement is ``sigma_F = sky_sigma * sqrt(A)``,
 with the noise-equivalent area ``A = 4 pi (sigma_psf**2 + sigma_gal**2) / pixel**2`` of the
 Gaussian-equivalent PSF and galaxy; the observed flux is Gaussian about the true flux (no
-bias), and detection uses the same coadd S/N threshold. It runs in milliseconds and serves
+bias), and detection uses the same coadd S/N threshold; ``magerr = 2.5 / ln 10 * sigma_F / F``
+with the observed flux. It runs in milliseconds and serves
 tests and quick runs.
 
 Every random number of an object is derived from ``(seed, row_id)`` by a counter-based hash,
@@ -155,11 +159,19 @@ def _row_ids(n: int, row_ids: np.ndarray | None) -> np.ndarray:
     return row_ids
 
 
-def _result(fluxes: np.ndarray, detected: np.ndarray) -> pd.DataFrame:
+MAGERR_PER_FLUX_RATIO = 2.5 / math.log(10.0)  # d mag / d ln flux
+
+
+def _result(fluxes: np.ndarray, flux_errors: np.ndarray, detected: np.ndarray) -> pd.DataFrame:
     detected = detected & np.all(fluxes > 0, axis=1)
     mags = mag_from_flux(fluxes)
     mags[~detected] = np.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        errs = MAGERR_PER_FLUX_RATIO * flux_errors / fluxes
+    errs[~detected] = np.nan
     out = pd.DataFrame({name: mags[:, k] for k, name in enumerate(columns.OBSERVED)})
+    for k, name in enumerate(columns.MAGERR):
+        out[name] = errs[:, k]
     out[columns.DETECTED] = detected
     return out
 
@@ -186,7 +198,7 @@ def simulate_analytic(
     # detection on the inverse-variance coadd, as in `simulate_galsim`
     w = 1.0 / sky**2
     sn_det = (fluxes * w).sum(1) / (np.sqrt(area.mean(1)) * np.sqrt(w.sum(1)))
-    return _result(fluxes, sn_det >= DETECTION_SN)
+    return _result(fluxes, sigma_f, sn_det >= DETECTION_SN)
 
 
 def _measure_one(
@@ -195,8 +207,8 @@ def _measure_one(
     fwhm: np.ndarray,
     shape: tuple[float, float, float, float, float],
     noise_seeds: np.ndarray,
-) -> tuple[np.ndarray, bool]:
-    """Draw one galaxy in r, i, z, detect it on the coadd and force its fluxes."""
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Draw one galaxy in r, i, z, detect it on the coadd and force its fluxes (and errors)."""
     import galsim
 
     hlr, g1, g2, dx, dy = shape
@@ -217,7 +229,7 @@ def _measure_one(
     true_center = galsim.PositionD(
         (STAMP_SIZE + 1) / 2.0 + dx, (STAMP_SIZE + 1) / 2.0 + dy
     )  # GalSim's 1-based pixel centre of the injected galaxy
-    fails = np.full(3, np.nan), False
+    fails = np.full(3, np.nan), np.full(3, np.nan), False
     res = galsim.hsm.FindAdaptiveMom(
         galsim.Image(coadd.astype(np.float32), scale=PIXEL_SCALE),
         strict=False,
@@ -244,8 +256,9 @@ def _measure_one(
     y = ys - res.moments_centroid.y
     q = (m22 * x * x - 2.0 * m12 * x * y + m11 * y * y) / det
     profile = np.exp(-0.5 * q) / (2.0 * np.pi * math.sqrt(det))  # unit-flux Gaussian
-    fluxes = np.tensordot(stack, profile, axes=([1, 2], [0, 1])) / float((profile**2).sum())
-    return fluxes, True
+    norm = float((profile**2).sum())
+    fluxes = np.tensordot(stack, profile, axes=([1, 2], [0, 1])) / norm
+    return fluxes, sky / math.sqrt(norm), True
 
 
 def simulate_galsim(
@@ -258,12 +271,13 @@ def simulate_galsim(
     # GalSim seeds must be positive 32-bit-ish integers; 0 would mean "seed from the clock"
     noise_seeds = (_row_hashes(seed, ids)[:, list(_S_NOISE)] >> _U64(34)).astype(np.int64) + 1
     fluxes = np.full((len(arr), 3), np.nan)
+    errors = np.full((len(arr), 3), np.nan)
     detected = np.zeros(len(arr), dtype=bool)
     for n in range(len(arr)):
-        fluxes[n], detected[n] = _measure_one(
+        fluxes[n], errors[n], detected[n] = _measure_one(
             arr[n, 0:3], arr[n, 3:6], arr[n, 6:9], tuple(shapes[n]), noise_seeds[n]
         )
-    return _result(np.where(detected[:, None], fluxes, np.nan), detected)
+    return _result(np.where(detected[:, None], fluxes, np.nan), errors, detected)
 
 
 def simulate(

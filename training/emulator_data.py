@@ -1,0 +1,169 @@
+"""Emulator catalogs as arrays: the one split rule, dry-run rows and the scalers fitted on them.
+
+Real catalogs carry detected objects whose flux is non-positive in one band (no magnitude
+there). Such rows count as detected for the detection classifier; the magnitude model learns
+from the rows measured in every band, and the evaluation compares each band on the rows
+measured in it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.columns import DETECTED, MAGERR, OBSERVED, SPLIT
+from models.emulator import EmulatorScalers
+
+SPLITS = ("train", "val", "test")
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+
+
+@dataclass
+class Split:
+    """Rows of an emulator catalog as arrays."""
+
+    x: np.ndarray  # (N, 9) float32, columns.INPUTS order
+    observed: np.ndarray  # (N, 3) float32, NaN where not detected (or not measured)
+    detected: np.ndarray  # (N,) bool
+    magerr: np.ndarray | None = None  # (N, 3) float32 or None when the catalog has none
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def take(self, rows: np.ndarray | slice) -> Split:
+        """The rows selected by a boolean mask, index array or slice."""
+        err = None if self.magerr is None else self.magerr[rows]
+        return Split(self.x[rows], self.observed[rows], self.detected[rows], err)
+
+    def head(self, n: int) -> Split:
+        return self.take(slice(0, n))
+
+    @property
+    def has_errors(self) -> bool:
+        """Whether every detected, fully measured row has finite positive errors."""
+        if self.magerr is None:
+            return False
+        ok = self.detected & np.isfinite(self.observed).all(axis=1)
+        err = self.magerr[ok]
+        return bool(ok.any() and np.isfinite(err).all() and (err > 0).all())
+
+    def only_detected(self) -> Split:
+        """Detected rows measured in every band (what the magnitude model learns from)."""
+        return self.take(self.detected & np.isfinite(self.observed).all(axis=1))
+
+
+def target_tensors(
+    scalers: EmulatorScalers, s: Split, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(cond (N, 6), true (N, 3), target (N, D)) standardized, of the rows the model learns."""
+    det = s.only_detected()
+    x = torch.from_numpy(det.x).to(device)
+    cond, true = scalers.split_inputs(x)
+    obs = torch.from_numpy(det.observed).to(device)
+    magerr = None
+    if scalers.out_dim == 6 and det.magerr is not None:
+        magerr = torch.from_numpy(det.magerr).to(device)
+    return cond, true, scalers.target(obs, x[:, :3], magerr)
+
+
+def split_labels(rows: int, seed: int) -> np.ndarray:
+    """The split rule for catalogs without a `split` column: 80/10/10 drawn from `seed`."""
+    u = np.random.default_rng(seed).random(rows)
+    train, val, _ = SPLIT_FRACTIONS
+    return np.where(u < train, "train", np.where(u < train + val, "val", "test"))
+
+
+def read_rows(path: str | Path) -> tuple[Split, np.ndarray | None]:
+    """All rows of a catalog with observations, and its `split` labels (None if it has none)."""
+    from training.data.catalog import read_catalog, validate_inputs
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"emulator catalog not found: {path}")
+    df = read_catalog(path)
+    x = validate_inputs(df)  # (N, 9) float32; raises CatalogError naming the bad rows
+    missing = [c for c in (*OBSERVED, DETECTED) if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path} has no column(s) {missing}: it cannot train an emulator")
+    observed = df[list(OBSERVED)].to_numpy(dtype=np.float32, na_value=np.nan, copy=True)
+    detected = df[DETECTED].to_numpy(dtype=bool)
+    observed[~detected] = np.nan
+    magerr = None
+    if all(c in df.columns for c in MAGERR):
+        magerr = df[list(MAGERR)].to_numpy(dtype=np.float32, na_value=np.nan, copy=True)
+        magerr[~detected] = np.nan
+    labels = df[SPLIT].astype(str).to_numpy() if SPLIT in df.columns else None
+    return Split(x, observed, detected, magerr), labels
+
+
+def load_emulator_catalog(path: str | Path, *, seed: int = 0) -> dict[str, Split]:
+    """Read a catalog into train/val/test (its `split` column, or `split_labels(seed)`)."""
+    rows, labels = read_rows(path)
+    if labels is None:
+        labels = split_labels(len(rows), seed)
+    return {s: rows.take(labels == s) for s in SPLITS}
+
+
+def fake_catalog(rows: int = 3000, seed: int = 0) -> dict[str, Split]:
+    """Generated rows with the catalog's shape, for dry runs (not a physical model)."""
+    rng = np.random.default_rng(seed)
+    true = rng.uniform(18.0, 25.0, (rows, 3))
+    sky = rng.uniform(0.5, 2.0, (rows, 3))
+    psf = rng.uniform(0.8, 1.5, (rows, 3))
+    sigma = 0.02 * 10 ** (0.4 * (true - 20.0)) * sky * psf
+    observed = true + sigma * rng.standard_normal((rows, 3))
+    detected = rng.random(rows) < 1.0 / (1.0 + np.exp(2.0 * (true[:, 1] - 24.0)))
+    observed[~detected] = np.nan
+    magerr = np.where(detected[:, None], sigma, np.nan)
+    x = np.concatenate([true, sky, psf], axis=1).astype(np.float32)
+    whole = Split(x, observed.astype(np.float32), detected, magerr.astype(np.float32))
+    labels = split_labels(rows, seed)
+    return {s: whole.take(labels == s) for s in SPLITS}
+
+
+def fit_scalers(
+    train: Split, *, log_conditions: bool = True, with_errors: bool = True
+) -> EmulatorScalers:
+    """Train-split standardization of inputs (all rows) and targets (detected rows).
+
+    The target gets the log magnitude errors as 3 more columns when `with_errors` and the
+    catalog has them; the training ranges of the inputs are kept for the out-of-domain flag.
+    """
+    det = train.only_detected()
+    if len(det) < 2:
+        raise ValueError("the training split has fewer than 2 detected objects")
+    target = det.observed.astype(np.float64) - det.x[:, :3]
+    if with_errors and train.has_errors and det.magerr is not None:
+        target = np.concatenate([target, np.log(det.magerr.astype(np.float64))], axis=1)
+
+    def std(a: np.ndarray) -> list[float]:
+        return np.maximum(a.std(axis=0), 1e-6).tolist()  # a constant column must not give 0
+
+    x = train.x.astype(np.float64)
+    cond = np.log(x[:, 3:]) if log_conditions else x[:, 3:]
+    return EmulatorScalers(
+        true_mean=tuple(x[:, :3].mean(axis=0)),
+        true_std=tuple(std(x[:, :3])),
+        cond_mean=tuple(cond.mean(axis=0)),
+        cond_std=tuple(std(cond)),
+        delta_mean=tuple(target.mean(axis=0)),
+        delta_std=tuple(std(target)),
+        log_conditions=log_conditions,
+        input_min=tuple(x.min(axis=0)),
+        input_max=tuple(x.max(axis=0)),
+    )
+
+
+__all__ = [
+    "SPLITS",
+    "Split",
+    "fake_catalog",
+    "fit_scalers",
+    "load_emulator_catalog",
+    "read_rows",
+    "split_labels",
+    "target_tensors",
+]

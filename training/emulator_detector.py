@@ -1,0 +1,126 @@
+"""The emulator's detection classifier: training on every row, Platt calibration, its report."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.emulator import Detector, EmulatorScalers
+from training.emulator_data import Split
+from training.progress import StopFn
+from training.scaffold import Reporter
+
+log = logging.getLogger(__name__)
+
+
+def calibration_report(prob: np.ndarray, label: np.ndarray, bins: int = 15) -> dict[str, float]:
+    """Expected calibration error (equal-width bins) and Brier score of `prob` against `label`."""
+    prob = np.asarray(prob, dtype=np.float64)
+    label = np.asarray(label, dtype=np.float64)
+    which = np.minimum((prob * bins).astype(int), bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            ece += m.mean() * abs(prob[m].mean() - label[m].mean())
+    return {"ece": float(ece), "brier": float(np.mean((prob - label) ** 2))}
+
+
+def fit_platt(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Platt scaling `sigmoid(a · logit + b)`: minimize the validation BCE over (a, b)."""
+    ab = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    z = logits.detach().double().cpu()
+    y = labels.double().cpu()
+    opt = torch.optim.LBFGS([ab], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(ab[0] * z + ab[1], y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    a, b = (float(v) for v in ab.detach())
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return 1.0, 0.0
+    return a, b
+
+
+def train_detector(
+    detector: Detector,
+    scalers: EmulatorScalers,
+    train: Split,
+    val: Split,
+    config: Any,
+    device: torch.device,
+    *,
+    report: Reporter,
+    step: int,
+    stop: StopFn,
+) -> dict[str, Any] | None:
+    """Fit `detector` with BCE on every training row, then Platt-scale it on `val`.
+
+    `config` is the run's (`detector_epochs`, `detector_batch_size`, `detector_lr`, `seed`,
+    `dry_run`); each epoch is reported as a "step" event at generator step `step`, and
+    `stop()` is asked after each (the detector restarts from scratch on resume: it takes
+    seconds). Returns the calibration figures, or None when stopped.
+    """
+    epochs = 1 if config.dry_run else config.detector_epochs
+    lr, batch_size, seed = config.detector_lr, config.detector_batch_size, config.seed
+
+    def standardized(s: Split) -> tuple[torch.Tensor, torch.Tensor]:
+        return scalers.split_inputs(torch.from_numpy(s.x).to(device))
+
+    cond, true = standardized(train)
+    label = torch.from_numpy(train.detected.astype(np.float32)).to(device)
+    opt = torch.optim.Adam(detector.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed + 1)
+    bs = min(batch_size, len(train))
+    detector.train()
+    bce = float("nan")
+    for epoch in range(epochs):
+        order = torch.randperm(len(train), generator=g).to(device)
+        total = 0.0
+        for i in range(0, len(train), bs):
+            idx = order[i : i + bs]
+            loss = F.binary_cross_entropy_with_logits(detector(cond[idx], true[idx]), label[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        bce = total / len(train)
+        report(
+            "step", step, losses={"detector_bce": bce}, eta_s=None,
+            metrics={"detector_epoch": epoch + 1},
+        )  # fmt: skip
+        if stop():
+            return None
+    detector.eval()
+
+    calibration: dict[str, Any] = {"train_bce": bce}
+    if len(val) and 0 < val.detected.sum() < len(val):
+        with torch.no_grad():
+            logits = detector(*standardized(val))
+        raw = calibration_report(torch.sigmoid(logits).cpu().numpy(), val.detected)
+        a, b = fit_platt(logits, torch.from_numpy(val.detected.astype(np.float32)))
+        cal = calibration_report(torch.sigmoid(a * logits.double().cpu() + b).numpy(), val.detected)
+        calibration.update(
+            platt_a=a,
+            platt_b=b,
+            val_ece_raw=raw["ece"],
+            val_brier_raw=raw["brier"],
+            val_ece=cal["ece"],
+            val_brier=cal["brier"],
+        )
+        detector.platt_a.fill_(a)
+        detector.platt_b.fill_(b)
+    log.info("detector trained: %s", calibration)
+    return calibration
+
+
+__all__ = ["calibration_report", "fit_platt", "train_detector"]
