@@ -25,9 +25,11 @@ from models import columns
 from training.data.catalog import (
     ALIASES,
     CatalogError,
+    fits_provenance,
     range_checks,
     resolve_names,
     validate_inputs,
+    with_provenance,
 )
 
 JSON, CSV, PARQUET, FITS = (
@@ -61,7 +63,7 @@ RESPONSE_TYPES = {
 MAX_BODY_BYTES = 64 * 2**20
 MAX_DECODED_BYTES = 256 * 2**20  # what a table body may decode to, checked before decoding
 MAX_COLUMNS = 1000
-REALIZATION = "realization"
+REALIZATION = columns.REALIZATION
 
 
 class TableError(ValueError):
@@ -354,8 +356,8 @@ def parse_json(data: bytes) -> dict[str, Any]:
 
 
 def _replaced(samples: int) -> set[str]:
-    """Input columns the output replaces: observed magnitudes, detection (any alias)."""
-    replaced = set(columns.OBSERVED) | {columns.DETECTED}
+    """Input columns the output replaces: emulated columns (any alias) and realization."""
+    replaced = {*columns.OBSERVED, *columns.MAGERR, columns.DETECTED, columns.OUT_OF_DOMAIN}
     return replaced | {REALIZATION} if samples > 1 else replaced
 
 
@@ -364,13 +366,9 @@ def _is_replaced(name: str, replaced: set[str]) -> bool:
     return key in replaced or ALIASES.get(key, ("",))[0] in replaced
 
 
-def emulated_columns(
-    cat: Catalog, mags: np.ndarray, detected: np.ndarray, samples: int
-) -> dict[str, Any]:
-    """The output columns: the input ones (each row `samples` times), then the emulated ones.
-
-    Input columns that hold observed magnitudes or detection flags (any alias) are replaced.
-    """
+def emulated_columns(cat: Catalog, emulated: dict[str, Any], samples: int) -> dict[str, Any]:
+    """The output columns: the input ones (each row `samples` times), then the emulated ones
+    (`models.columns.emulated`). Input columns that hold emulated quantities are replaced."""
     replaced = _replaced(samples)
     out: dict[str, Any] = {
         name: _repeat(col, samples)
@@ -379,14 +377,12 @@ def emulated_columns(
     }
     if samples > 1:
         out[REALIZATION] = np.tile(np.arange(samples, dtype=np.int64), cat.rows)
-    for j, name in enumerate(columns.OBSERVED):
-        out[name] = mags[:, j]
-    out[columns.DETECTED] = np.asarray(detected, dtype=bool)
+    out.update(emulated)
     return out
 
 
 def emulated_records(
-    cat: Catalog, mags: np.ndarray, detected: np.ndarray, samples: int
+    cat: Catalog, emulated: dict[str, Any], samples: int
 ) -> list[dict[str, Any]] | None:
     """The JSON output rows built on the request's own row objects (no columns → dicts
     round trip), or None when the rows did not all have the same keys. Consumes `cat`."""
@@ -394,8 +390,8 @@ def emulated_records(
         return None
     replaced = _replaced(samples)
     drop = [k for k in cat.records[0] if _is_replaced(k, replaced)]
-    added = [*([REALIZATION] if samples > 1 else []), *columns.OBSERVED, columns.DETECTED]
-    values = [*(_pylist(mags[:, j]) for j in range(3)), np.asarray(detected, bool).tolist()]
+    added = [*([REALIZATION] if samples > 1 else []), *emulated]
+    values = [_pylist(col) if col.dtype.kind == "f" else col.tolist() for col in emulated.values()]
     if samples > 1:
         values.insert(0, np.tile(np.arange(samples), cat.rows).tolist())
     base = cat.records
@@ -424,6 +420,7 @@ def encode(out: dict[str, Any], media: str, meta: dict[str, Any]) -> bytes:
         rows = [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
         return encode_json(rows, meta)
     table = _arrow_table(out)
+    table = table.cast(with_provenance(table.schema, meta))
     buf = io.BytesIO()
     if media == CSV:
         import pyarrow.csv as pacsv
@@ -436,7 +433,7 @@ def encode(out: dict[str, Any], media: str, meta: dict[str, Any]) -> bytes:
         pq.write_table(table, buf, compression="snappy", use_dictionary=False,
                        write_statistics=False)  # fmt: skip
     else:
-        _write_fits(table, buf)
+        _write_fits(table, buf, meta)
     return buf.getvalue()
 
 
@@ -474,7 +471,7 @@ def _arrow_table(out: dict[str, Any]) -> pa.Table:
     return pa.table(arrays)
 
 
-def _write_fits(table: pa.Table, buf: io.BytesIO) -> None:
+def _write_fits(table: pa.Table, buf: io.BytesIO, meta: dict[str, Any]) -> None:
     from astropy.table import Table
 
     cols = {}
@@ -491,4 +488,6 @@ def _write_fits(table: pa.Table, buf: io.BytesIO) -> None:
         else:
             raise TableError(422, f"column {name!r} ({t}) cannot be written to FITS")
         cols[name] = arr
-    Table(cols).write(buf, format="fits")
+    fits = Table(cols)
+    fits_provenance(fits, meta)
+    fits.write(buf, format="fits")

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from app import tables
+from models import columns
 from models.columns import INPUTS
 
 ROW = dict(zip(INPUTS, [22.1, 21.7, 21.5, 5.0, 6.0, 8.0, 1.0, 0.9, 0.95], strict=True))
@@ -58,7 +59,9 @@ def test_aliases_validate_and_keep_their_names() -> None:
     del row["sky_sigma_z"]
     cat = tables.from_rows([row], max_rows=10)
     np.testing.assert_allclose(cat.inputs()[0][[0, 5]], [22.1, 8.0], rtol=1e-6)
-    out = tables.emulated_columns(cat, np.full((1, 3), np.nan), np.zeros(1, bool), 1)
+    out = tables.emulated_columns(
+        cat, columns.emulated(np.full((1, 3), np.nan), np.zeros(1, bool)), 1
+    )
     assert "BDF_MAG_DERED_CALIB_R" in out and "SKYVAR_WMEAN_Z" in out
 
 
@@ -101,7 +104,9 @@ def test_encoded_responses_read_back(media: str) -> None:
     cat = tables.from_rows([{**ROW, "id": i, "name": f"g{i}"} for i in range(3)], 10)
     mags = np.array([[20.0, 21.0, 22.0], [np.nan] * 3, [1.0, 2.0, 3.0]]).repeat(2, axis=0)
     det = np.array([1, 0, 1]).repeat(2).astype(bool)
-    body = tables.encode(tables.emulated_columns(cat, mags, det, 2), media, {"seed": 1})
+    body = tables.encode(
+        tables.emulated_columns(cat, columns.emulated(mags, det), 2), media, {"seed": 1}
+    )
     if media == tables.JSON:
         doc = orjson.loads(body)
         assert doc["seed"] == 1 and len(doc["rows"]) == 6
@@ -128,12 +133,16 @@ def test_json_rows_built_on_the_request_rows_match_the_columnar_encoding(samples
     mags[1] = np.nan
     det = ~np.isnan(mags[:, 0])
     cat = tables.from_rows(orjson.loads(orjson.dumps(sent)), 10)
-    columnar = tables.encode(tables.emulated_columns(cat, mags, det, samples), tables.JSON, {})
-    fast = tables.encode_json(tables.emulated_records(cat, mags, det, samples), {})
+    columnar = tables.encode(
+        tables.emulated_columns(cat, columns.emulated(mags, det), samples), tables.JSON, {}
+    )
+    fast = tables.encode_json(
+        tables.emulated_records(cat, columns.emulated(mags, det), samples), {}
+    )
     assert fast == columnar
     assert orjson.loads(fast)["rows"][0]["meta"] == {"a": [0]}
     uneven = tables.from_rows([ROW, {**ROW, "id": 1}], 10)
-    assert tables.emulated_records(uneven, mags[:2], det[:2], 1) is None
+    assert tables.emulated_records(uneven, columns.emulated(mags[:2], det[:2]), 1) is None
 
 
 def test_json_columns_of_nested_values_are_a_clear_error() -> None:

@@ -58,7 +58,8 @@ def emulate_file(
         emulator = Emulator.load(checkpoint, device=device)
     t0 = time.perf_counter()
     rows = detected = chunks = outside = 0
-    with CatalogWriter(output) as writer:
+    meta = {"checkpoint": str(checkpoint), "seed": seed, "samples": samples}
+    with CatalogWriter(output, meta=meta) as writer:
         for chunk in iter_catalog(input, chunk_rows):
             x = validate_inputs(chunk, row_offset=rows)  # (n, 9); CatalogError names bad rows
             noise, uniforms = emulator.draws(len(x), samples, seed, start=rows)

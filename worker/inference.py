@@ -243,8 +243,9 @@ class Engine:
         """Each request `{model, version, x, samples, seed}` → arrays as bytes.
 
         `x` is the (N, 9) float64 input as bytes (`worker.payload.to_bytes`). The result
-        holds `mags` (float64, (N·samples, 3), NaN where not detected) and `detected`
-        (uint8, (N·samples,)) as bytes the same way, in the emulator's row order.
+        holds `mags` (float64, (N·samples, 3), NaN where not detected), `detected` and
+        `out_of_domain` (uint8, (N·samples,)) and, for models that emulate them, `magerr`
+        (float64, (N·samples, 3)) as bytes the same way, in the emulator's row order.
         """
         from worker.payload import from_bytes, to_bytes
 
@@ -265,14 +266,17 @@ class Engine:
                     [int(requests[i]["samples"]) for i in idx],
                     [int(requests[i]["seed"]) for i in idx],
                 )
-                for i, (mags, det) in zip(idx, results, strict=True):
+                for i, rows in zip(idx, results, strict=True):
                     out[i] = {
-                        "mags": to_bytes(mags, "<f8"),
-                        "detected": to_bytes(det, "u1"),
-                        "rows": len(det),
+                        "mags": to_bytes(rows.mags, "<f8"),
+                        "detected": to_bytes(rows.detected, "u1"),
+                        "out_of_domain": to_bytes(rows.out_of_domain, "u1"),
+                        "rows": len(rows.detected),
                         "model": key[0],
                         "version": key[1],
                     }
+                    if rows.magerr is not None:
+                        out[i]["magerr"] = to_bytes(rows.magerr, "<f8")
             except Exception as exc:
                 log.exception("emulate failed for %s@%s", *key)
                 for i in idx:
@@ -297,9 +301,9 @@ def emulate_coalesced(emulator: Any, xs: list[Any], samples: list[int], seeds: l
         noises.append(noise)
         uniforms.append(u)
         sizes.append(len(x) * s)
-    mags, det = emulator.sample_with(np.concatenate(reps), torch.cat(noises), torch.cat(uniforms))
+    rows = emulator.sample_outputs(np.concatenate(reps), torch.cat(noises), torch.cat(uniforms))
     bounds = np.cumsum([0, *sizes])
-    return [(mags[a:b], det[a:b]) for a, b in itertools.pairwise(bounds)]
+    return [rows.slice(a, b) for a, b in itertools.pairwise(bounds)]
 
 
 _engine: Engine | None = None

@@ -23,6 +23,7 @@ from app.schemas import (
     EmulateOptions,
     EmulateRequest,
 )
+from models import columns
 from models.kinds import EMULATOR
 from models.settings import Settings
 from worker.celery_app import EMULATE_TASK
@@ -150,8 +151,13 @@ async def emulate(
 def _respond(
     cat: tables.Catalog, result: dict[str, Any], samples: int, media: str, meta: dict[str, Any]
 ) -> bytes:
-    mags = from_bytes(result["mags"], "<f8", 3)
-    detected = from_bytes(result["detected"], "u1").astype(bool)
-    if media == tables.JSON and (rows := tables.emulated_records(cat, mags, detected, samples)):
+    magerr = result.get("magerr")  # absent for models that do not emulate errors
+    emulated = columns.emulated(
+        from_bytes(result["mags"], "<f8", 3),
+        from_bytes(result["detected"], "u1").astype(bool),
+        None if magerr is None else from_bytes(magerr, "<f8", 3),
+        from_bytes(result["out_of_domain"], "u1").astype(bool),
+    )
+    if media == tables.JSON and (rows := tables.emulated_records(cat, emulated, samples)):
         return tables.encode_json(rows, meta)
-    return tables.encode(tables.emulated_columns(cat, mags, detected, samples), media, meta)
+    return tables.encode(tables.emulated_columns(cat, emulated, samples), media, meta)

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -76,6 +77,32 @@ def test_fits_in_and_out_keeps_names_as_sent(client: httpx.Client) -> None:
     assert list(via_parquet.columns) == list(out.columns)
     np.testing.assert_array_equal(via_parquet["detected"], out["detected"])
     np.testing.assert_allclose(via_parquet["mag_r"], out["mag_r"], equal_nan=True)
+
+
+def test_errors_domain_flags_units_and_provenance_come_back(client: httpx.Client) -> None:
+    rows = frame(3).to_dict(orient="records")
+    rows[2]["psf_fwhm_r"] = 9.5  # seeing no survey night had: outside the training ranges
+    r = client.post("/emulate", json={"rows": rows, "seed": 3})
+    assert r.status_code == 200, r.text
+    got = r.json()["rows"]
+    assert [row["out_of_domain"] for row in got] == [False, False, True]
+    for row in got:
+        assert set(row) >= {"magerr_r", "magerr_i", "magerr_z", "detected"}
+        if row["detected"]:
+            assert all(0 < row[f"magerr_{b}"] < 5 for b in "riz")
+    df = pd.DataFrame(rows)
+    p = post(client, parquet_bytes(df), PARQUET, PARQUET, seed=3)
+    table = pq.read_table(io.BytesIO(p.content))
+    meta = orjson.loads(table.schema.metadata[b"cosmogan"])
+    assert meta["model"] == "balrog" and meta["seed"] == 3 and meta["version"]
+    assert table.schema.field("mag_r").metadata[b"unit"] == b"mag"
+    assert table.schema.field("psf_fwhm_i").metadata[b"unit"] == b"arcsec"
+    buf = io.BytesIO()
+    Table.from_pandas(df).write(buf, format="fits")
+    f = Table.read(io.BytesIO(post(client, buf.getvalue(), FITS, FITS, seed=3).content))
+    assert f.meta["MODEL"] == "balrog" and f.meta["SEED"] == 3
+    assert str(f["magerr_z"].unit) == "mag"
+    np.testing.assert_allclose(f["mag_i"], table["mag_i"].to_numpy(), equal_nan=True)
 
 
 def _hostile_bodies() -> list[tuple[str, bytes, str, str]]:

@@ -26,6 +26,7 @@ an alias, the canonical name wins and the alias column is kept under its own nam
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -240,9 +241,6 @@ def rows_to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------------------
 # reading
-OUT_OF_DOMAIN = "out_of_domain"  # an input outside the ranges the model was trained on
-
-
 def with_emulated(
     df: pd.DataFrame,
     mags: np.ndarray,
@@ -252,27 +250,22 @@ def with_emulated(
     magerr: np.ndarray | None = None,
     out_of_domain: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """The input rows, each repeated `samples` times, with `mag_r/i/z` and `detected`.
+    """The input rows, each repeated `samples` times, with the emulated columns.
 
     `mags` (N·samples, 3) and `detected` (N·samples,) are in the emulator's order: row i,
     realization k at i·samples + k; so are `magerr` (N·samples, 3), written as
     `magerr_r/i/z` when the model emulates errors, and `out_of_domain` (N·samples,) bool. A
-    `realization` column is added when samples > 1; any observed columns already in `df`
+    `realization` column is added when samples > 1; any emulated columns already in `df`
     are replaced.
     """
-    replaced = (*columns.OBSERVED, *columns.MAGERR, columns.DETECTED, OUT_OF_DOMAIN)
+    added = columns.emulated(mags, detected, magerr, out_of_domain)
+    replaced = (*columns.OBSERVED, *columns.MAGERR, columns.DETECTED, columns.OUT_OF_DOMAIN)
     out = df.drop(columns=[c for c in replaced if c in df.columns])
     out = out.iloc[np.repeat(np.arange(len(out)), samples)].reset_index(drop=True)
     if samples > 1:
-        out["realization"] = np.tile(np.arange(samples), len(df))
-    for j, name in enumerate(columns.OBSERVED):
-        out[name] = mags[:, j]
-    if magerr is not None:
-        for j, name in enumerate(columns.MAGERR):
-            out[name] = magerr[:, j]
-    out[columns.DETECTED] = np.asarray(detected, dtype=bool)
-    if out_of_domain is not None:
-        out[OUT_OF_DOMAIN] = np.asarray(out_of_domain, dtype=bool)
+        out[columns.REALIZATION] = np.tile(np.arange(samples), len(df))
+    for name, values in added.items():
+        out[name] = values
     return out
 
 
@@ -409,14 +402,44 @@ def read_catalog_bytes(data: bytes, fmt: str) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------------------
 # writing
+def with_provenance(schema: Any, meta: dict[str, Any] | None) -> Any:
+    """A pyarrow schema with each contract column's unit (field metadata `unit`) and `meta`
+    (model, version, seed, samples) as JSON under the schema key `cosmogan`."""
+    import pyarrow as pa
+
+    fields = [
+        f.with_metadata({**(f.metadata or {}), b"unit": columns.UNITS[f.name].encode()})
+        if f.name in columns.UNITS
+        else f
+        for f in schema
+    ]
+    metadata = dict(schema.metadata or {})
+    if meta:
+        metadata[b"cosmogan"] = json.dumps(meta, default=str).encode()
+    return pa.schema(fields, metadata=metadata)
+
+
+def fits_provenance(table: Any, meta: dict[str, Any] | None) -> None:
+    """Units of the contract columns (those FITS can name) and `meta` as header keywords."""
+    for name in table.colnames:
+        unit = columns.UNITS.get(name)
+        if unit in ("mag", "arcsec"):
+            table[name].unit = unit
+    for key, value in (meta or {}).items():
+        table.meta[key.upper()[:8]] = value if isinstance(value, int | float) else str(value)
+
+
 class CatalogWriter:
     """Write a catalog chunk by chunk; the file appears only when the `with` block succeeds.
 
     Parquet and CSV stream to a temporary file; FITS is written at close from the chunks.
     """
 
-    def __init__(self, path: str | Path, fmt: str | None = None) -> None:
+    def __init__(
+        self, path: str | Path, fmt: str | None = None, meta: dict[str, Any] | None = None
+    ) -> None:
         self.path = Path(path)
+        self.meta = meta  # provenance: written into Parquet and FITS files with the units
         self.fmt = fmt or catalog_format(self.path)
         if self.fmt not in FORMATS:
             raise CatalogError(f"unknown catalog format {self.fmt!r}")
@@ -439,7 +462,8 @@ class CatalogWriter:
 
             if self._parquet is None:
                 table = pa.Table.from_pandas(df, preserve_index=False)
-                self._schema = table.schema
+                self._schema = with_provenance(table.schema, self.meta)
+                table = table.cast(self._schema)
                 self._parquet = pq.ParquetWriter(self.tmp, self._schema)
             else:
                 try:
@@ -475,7 +499,9 @@ class CatalogWriter:
             from astropy.table import Table
 
             df = pd.concat(self._chunks, ignore_index=True) if self._chunks else pd.DataFrame()
-            Table.from_pandas(df).write(self.tmp, format="fits", overwrite=True)
+            table = Table.from_pandas(df)
+            fits_provenance(table, self.meta)
+            table.write(self.tmp, format="fits", overwrite=True)
         os.replace(self.tmp, self.path)
 
     def _abort(self) -> None:
