@@ -9,6 +9,7 @@ from celery import Celery
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from app.limits import holds_api_key
 from app.results import ResultWaiter
 from models.registry import Registry
 from models.settings import Settings, get_settings
@@ -58,3 +59,12 @@ def require_api_key(
 
 
 ApiKey = Depends(require_api_key)
+
+
+def has_api_key(request: Request, settings: SettingsDep) -> bool:
+    """Read routes open to anyone: whether the caller sent the valid key (it sees more).
+    Read from the header directly, so these routes do not claim to need a key."""
+    return holds_api_key(request, settings.api_key)
+
+
+Authenticated = Annotated[bool, Depends(has_api_key)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import redis
@@ -23,10 +24,15 @@ class ApiError(Exception):
     """An error with an HTTP status and a message (and optional per-row problems)."""
 
     def __init__(
-        self, status: int, detail: str, problems: list[dict[str, Any]] | None = None
+        self,
+        status: int,
+        detail: str,
+        problems: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status, self.detail, self.problems = status, detail, problems
+        self.headers = headers
 
 
 def _json(
@@ -46,11 +52,32 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+def _errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """The errors once each (a parameter shared by two dependencies is checked twice)."""
+    seen, out = set(), []
+    for err in exc.errors():
+        key = (tuple(err.get("loc", ())), err.get("msg"))
+        if key not in seen:
+            seen.add(key)
+            out.append(err)
+    return out
+
+
 def validation_message(exc: RequestValidationError) -> str:
     msgs = []
-    for err in exc.errors()[:10]:
+    for err in _errors(exc)[:10]:
         msgs.append(f"{_loc(tuple(err.get('loc', ())))}: {err.get('msg', 'invalid')}")
     return "; ".join(msgs) or "invalid request"
+
+
+def allowed_methods(request: Request) -> str:
+    """Every documented method on this path (Starlette's 405 names only the methods of the
+    first route whose path matched)."""
+    methods: set[str] = set()
+    for template, ops in request.app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\{[^/]+?\}", "[^/]+", template), request.url.path):
+            methods |= {m.upper() for m in ops}
+    return ", ".join(sorted(methods))
 
 
 def install(app: FastAPI) -> None:
@@ -58,20 +85,21 @@ def install(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
             {"column": _loc(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid")}
-            for e in exc.errors()[:100]
+            for e in _errors(exc)[:100]
         ]
         return _json(422, validation_message(exc), problems=problems)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return JSONResponse(
-            {"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
-        )
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request)
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        return _json(exc.status, exc.detail, problems=exc.problems)
+        return _json(exc.status, exc.detail, problems=exc.problems, headers=exc.headers)
 
     @app.exception_handler(PresetError)
     async def _preset(_: Request, exc: PresetError) -> JSONResponse:

@@ -1,15 +1,20 @@
-"""Prometheus metrics of the API process.
+"""Prometheus metrics of the API processes.
 
 Batch sizes and queue waits happen in the worker processes; the worker reports them in each
-result, and the API observes them here, so one scrape of the API covers both without a
-multi-process registry. A batch is counted once (by its first request), not once per request.
+result, and the API observes them here, so one scrape of the API covers both. A batch is
+counted once (by its first request), not once per request.
+
+`cosmogan api --workers N` runs N API processes behind one port; the launcher then sets
+`PROMETHEUS_MULTIPROC_DIR` (emptied at start), every process writes its samples there, and a
+scrape of any process sums them all (prometheus_client's multiprocess mode).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -47,12 +52,30 @@ INFERENCE_ERRORS = Counter(
     ["task", "status"],
     registry=REGISTRY,
 )
+REJECTED = Counter(
+    "cosmogan_inference_rejected_total",
+    "Inference requests refused because the queue was full.",
+    ["task"],
+    registry=REGISTRY,
+)
 JOBS = Gauge(
     "cosmogan_training_jobs",
     "Training jobs by state.",
     ["state"],
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",  # every process sets it from Redis: the latest is right
 )
+
+
+def exposition() -> bytes:
+    """The metrics text of this process, or of every API process in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
 
 
 def observe_inference(task: str, result: dict[str, Any], sent_at: float) -> None:

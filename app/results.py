@@ -100,9 +100,10 @@ class ResultWaiter:
         timeout_s: float,
         queue: str | None = None,
         expires_s: float | None = None,
+        task_id: str | None = None,
     ) -> tuple[Any, float]:
         """Send `task_name(**kwargs)` and await its result; returns (result, sent_at)."""
-        task_id = uuid.uuid4().hex
+        task_id = task_id or uuid.uuid4().hex
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._futures[task_id] = fut
         try:

@@ -6,9 +6,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from training.presets import PRESETS
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 JOB_ID_PATTERN = r"^[a-f0-9]{32}$"
 MAX_SEED = 2**63 - 1
+DEFAULT_IMAGE_MODEL = "nebula"  # what GET /generate serves without `model`
+DEFAULT_EMULATOR_MODEL = "balrog"  # what POST /emulate serves without `model`
+MAX_QUERY_N = 1024  # the schema's bound; COSMOGAN_MAX_GENERATE_N is the server's
 
 
 class Problem(BaseModel):
@@ -23,9 +28,23 @@ class ErrorOut(BaseModel):
 
 
 class TrainRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"preset": "balrog", "overrides": {"dry_run": True}},
+                {"preset": "nebula", "overrides": {"epochs": 5}, "activate": True},
+            ]
+        },
+    )
 
-    preset: str = Field(min_length=1, max_length=64, description="nebula, nebula-dcgan or balrog")
+    # documented as an enum; an unknown name still gets the presets' own 422 message
+    preset: str = Field(
+        min_length=1,
+        max_length=64,
+        description="The training recipe; its settings are the defaults.",
+        json_schema_extra={"enum": sorted(PRESETS)},
+    )
     data: str | None = Field(
         default=None,
         min_length=1,
@@ -90,22 +109,75 @@ class JobList(BaseModel):
 
 
 class ActivateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"version": "default"}]}
+    )
 
     version: str = Field(pattern=NAME_PATTERN, description="A registered version of the model.")
 
 
-class EmulateRequest(BaseModel):
+class VersionPatch(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"note": "baseline"}]}
+    )
+
+    note: str = Field(
+        max_length=500, description="Free text shown beside the version; '' removes it."
+    )
+
+
+class EmulateOptions(BaseModel):
+    """Everything of an `/emulate` JSON body but its rows (the query string may set these too)."""
+
     model_config = ConfigDict(extra="forbid")
+
+    # strict: JSON `true` is not the number 1
+    samples: int | None = Field(
+        default=None, ge=1, strict=True, description="Realizations per row (1)."
+    )
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_SEED,
+        strict=True,
+        description="For reproducible output; random if unset.",
+    )
+    model: str | None = Field(
+        default=None, pattern=NAME_PATTERN, description=f"Default {DEFAULT_EMULATOR_MODEL!r}."
+    )
+    version: str | None = Field(default=None, pattern=NAME_PATTERN)
+
+
+class EmulateRequest(EmulateOptions):
+    """The JSON body of `POST /emulate` (query parameters, when given, take precedence)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "rows": [
+                        {
+                            "true_mag_r": 22.1,
+                            "true_mag_i": 21.6,
+                            "true_mag_z": 21.3,
+                            "sky_sigma_r": 4.1,
+                            "sky_sigma_i": 7.1,
+                            "sky_sigma_z": 13.5,
+                            "psf_fwhm_r": 0.95,
+                            "psf_fwhm_i": 0.88,
+                            "psf_fwhm_z": 0.84,
+                        }
+                    ],
+                    "samples": 3,
+                    "seed": 7,
+                }
+            ]
+        },
+    )
 
     rows: list[dict[str, Any]] = Field(
         min_length=1,
         description="Objects with true_mag_{r,i,z}, sky_sigma_{r,i,z}, psf_fwhm_{r,i,z} "
         "(DES Balrog aliases accepted); other keys are passed through.",
     )
-    samples: int = Field(default=1, ge=1, description="Realizations per row.")
-    seed: int | None = Field(
-        default=None, ge=0, le=MAX_SEED, description="For reproducible output; random if unset."
-    )
-    model: str = Field(default="balrog", pattern=NAME_PATTERN)
-    version: str | None = Field(default=None, pattern=NAME_PATTERN)

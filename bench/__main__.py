@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import serving, training
-from bench.common import Table, machine
+from bench.common import Table, device_label, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = ("training", "serving")
@@ -28,6 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=None, help="training budget, seconds")
     parser.add_argument("--data", type=Path, default=None, help="nebula image folder")
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench")
+    parser.add_argument(
+        "--device", default="auto", help="serving suite: auto | cpu | cuda | cuda:N (training: CPU)"
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="serving suite: also measure the service of the code in this checkout (before/after)",
+    )
     args = parser.parse_args(argv)
     suites = [s.strip() for s in args.only.split(",") if s.strip()]
     if bad := [s for s in suites if s not in SUITES]:
@@ -39,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
+        "device": args.device,
         "seconds": {},
         "tables": [],
         "raw": {},
@@ -48,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         if suite == "training":
             got, raw = training.run(args.quick, command, args.data, args.budget)
+            for t in got:
+                t.device = device_label("cpu", raw["threads"])
         else:
-            got, raw = serving.run(args.quick, command, args.data)
+            got, raw = serving.run(args.quick, command, args.data, args.device, args.baseline)
         report["seconds"][suite] = time.perf_counter() - t0
         report["raw"][suite] = raw
         tables += got

@@ -20,9 +20,11 @@ class Table:
     columns: list[str]
     rows: list[list[Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    device: str = ""  # what computed the figures, printed in the header
 
     def markdown(self) -> str:
-        lines = [f"### {self.title}", "", f"`{self.command}`", ""]
+        head = f"### {self.title}" + (f" — {self.device}" if self.device else "")
+        lines = [head, "", f"`{self.command}`", ""]
         lines.append("| " + " | ".join(self.columns) + " |")
         lines.append("|" + "|".join("---" for _ in self.columns) + "|")
         lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in self.rows]
@@ -95,6 +97,27 @@ def machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "os": f"{platform.system()} {platform.release()}",
     }
+
+
+def resolve_device(device: str) -> str:
+    """'auto' → 'cuda' when a GPU is visible, else 'cpu'; anything else as given."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def device_label(device: str, threads: int | None = None) -> str:
+    """A device in words for a table header: the GPU's name, or the CPU's and its cores."""
+    import torch
+
+    device = resolve_device(device)
+    if device.startswith("cuda"):
+        index = torch.device(device).index or 0
+        return f"device: {torch.cuda.get_device_name(index)} ({device})"
+    used = f", {threads} torch thread(s)" if threads else ""
+    return f"device: CPU ({cpu_model()}, {os.cpu_count()} cores{used})"
 
 
 def peak_rss_mib(pid: int) -> float | None:

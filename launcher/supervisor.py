@@ -5,6 +5,11 @@ this supervisor, which then stops the children in order — API, workers, Redis 
 polite signal to each group leader, then SIGKILL to the whole group after a timeout, so no
 pool process or server is left behind.
 
+A child that dies is restarted with the same command (the embedded Redis on the same port
+and data folder, so it reloads its append-only file), after what is left of its process
+group is killed: an orphaned pool process must not go on running a job the new worker will
+resume. A child that keeps dying (MAX_RESTARTS within RESTART_WINDOW_S) stops everything.
+
 This module only spawns processes: it never imports torch or FastAPI, and takes the worker
 policy (queues, prefetch, torch threads) from `worker.celery_app`.
 """
@@ -23,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+from urllib.parse import quote
 
 from models.registry import Registry, RegistryError
 from models.settings import get_settings
@@ -32,6 +38,9 @@ log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 20.0
 POLL_S = 0.5
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 @dataclass
@@ -39,6 +48,10 @@ class Child:
     name: str
     proc: subprocess.Popen
     stop_signal: int = signal.SIGTERM
+    cmd: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    output: IO[bytes] | None = None
+    restarts: list[float] = field(default_factory=list)  # monotonic times of recent restarts
 
 
 @dataclass
@@ -58,19 +71,30 @@ class Supervisor:
     ) -> Child:
         """Start `cmd`; its output goes to `output` (default: this process's stdout/stderr)."""
         log.info("starting %s: %s", name, " ".join(cmd))
-        proc = subprocess.Popen(
-            cmd,
-            env=env,
-            start_new_session=True,
-            stdout=output,
-            stderr=subprocess.STDOUT if output is not None else None,
-        )
-        child = Child(name, proc, stop_signal)
+        child = Child(name, _spawn(cmd, env, output), stop_signal, cmd, env, output)
         self.children.append(child)
         return child
 
+    def restart(self, child: Child) -> bool:
+        """Start a dead child again; False when it died too often to go on."""
+        now = time.monotonic()
+        child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW_S]
+        if len(child.restarts) >= MAX_RESTARTS:
+            log.error(
+                "%s died %d times in %.0fs; giving up", child.name, MAX_RESTARTS, RESTART_WINDOW_S
+            )
+            return False
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.proc.pid, signal.SIGKILL)  # its orphans (pool processes) go too
+        time.sleep(RESTART_BACKOFF_S[min(len(child.restarts), len(RESTART_BACKOFF_S) - 1)])
+        child.restarts.append(now)
+        log.warning("restarting %s", child.name)
+        child.proc = _spawn(child.cmd, child.env, child.output)
+        return True
+
     def wait(self) -> int:
-        """Run until SIGINT/SIGTERM (exit 0) or until a child dies (exit 1); then stop all."""
+        """Run until SIGINT/SIGTERM (exit 0), restarting children that die; a child that
+        keeps dying ends the run (exit 1). Then stop all."""
         stop = threading.Event()
         received: list[int] = []
 
@@ -83,9 +107,9 @@ class Supervisor:
         try:
             while not stop.wait(POLL_S):
                 dead = [c for c in self.children if c.proc.poll() is not None]
-                if dead:
-                    for c in dead:
-                        log.error("%s exited with code %s; stopping", c.name, c.proc.returncode)
+                for c in dead:
+                    log.error("%s exited with code %s", c.name, c.proc.returncode)
+                if not all(self.restart(c) for c in dead):
                     code = 1
                     break
             if received:
@@ -120,6 +144,16 @@ class Supervisor:
             log.error("%s (pid %d) did not exit", child.name, proc.pid)
 
 
+def _spawn(cmd: list[str], env: dict[str, str], output: IO[bytes] | None) -> subprocess.Popen:
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        start_new_session=True,
+        stdout=output,
+        stderr=subprocess.STDOUT if output is not None else None,
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # building blocks
 
@@ -148,10 +182,23 @@ def redis_server_executable() -> str:
     )
 
 
-def redis_command(port: int, data_dir: Path) -> list[str]:
-    """An embedded Redis on loopback, persisting to `data_dir` (append-only file + snapshots)."""
+def redis_command(port: int, data_dir: Path, password: str | None = None) -> list[str]:
+    """An embedded Redis on loopback, persisting to `data_dir` (append-only file + snapshots).
+
+    A password goes into a config file only this user can read, not onto the command line
+    (where `ps` would show it).
+    """
+    config: list[str] = []
+    if password:
+        conf = data_dir / "redis-auth.conf"
+        conf.touch(mode=0o600)
+        conf.chmod(0o600)
+        quoted = password.replace("\\", "\\\\").replace('"', '\\"')
+        conf.write_text(f'requirepass "{quoted}"\n')
+        config = [str(conf)]
     return [
         redis_server_executable(),
+        *config,
         "--bind",
         "127.0.0.1",
         "--port",
@@ -252,6 +299,13 @@ def _start_workers(sup: Supervisor, queues: list[str], concurrency: int, env: di
         sup.children[-1].stop_signal = stop
 
 
+def warn_if_exposed(host: str) -> None:
+    warning = get_settings().exposure_warning(host)
+    if warning:
+        bar = "!" * 78
+        log.warning("\n%s\n%s\n%s", bar, warning, bar)
+
+
 def _parse_queues(queues: str | list[str]) -> list[str]:
     items = queues.split(",") if isinstance(queues, str) else list(queues)
     items = [q.strip() for q in items if q.strip()]
@@ -265,7 +319,12 @@ def _parse_queues(queues: str | list[str]) -> list[str]:
 # entry points
 
 
-def serve(host: str | None = None, port: int | None = None, concurrency: int = 1) -> int:
+def serve(
+    host: str | None = None,
+    port: int | None = None,
+    concurrency: int = 1,
+    api_processes: int | None = None,
+) -> int:
     """Redis (embedded unless COSMOGAN_REDIS_URL is set), both workers and the API."""
     settings = get_settings()
     host = host or settings.host
@@ -280,29 +339,41 @@ def serve(host: str | None = None, port: int | None = None, concurrency: int = 1
             data_dir = settings.home.resolve() / "redis"
             data_dir.mkdir(parents=True, exist_ok=True)
             rport = free_port()
-            redis = sup.start("redis", redis_command(rport, data_dir), env)
-            url = f"redis://127.0.0.1:{rport}/0"
+            password = settings.redis_password and settings.redis_password.get_secret_value()
+            redis = sup.start("redis", redis_command(rport, data_dir, password), env)
+            auth = f":{quote(password, safe='')}@" if password else ""
+            url = f"redis://{auth}127.0.0.1:{rport}/0"
             wait_for_redis(url, proc=redis.proc)
             env["COSMOGAN_REDIS_URL"] = url
-            log.info("embedded Redis on %s (data in %s)", url, data_dir)
+            log.info(
+                "embedded Redis on 127.0.0.1:%d%s (data in %s)",
+                rport,
+                " with a password" if password else "",
+                data_dir,
+            )
         else:
             wait_for_redis(settings.redis_url)
         _start_workers(sup, list(QUEUES), concurrency, env)
-        sup.start("api", _api_command(host, port), env)
+        workers = api_workers(api_processes)
+        sup.start("api", _api_command(host, port, workers), api_env(env, settings.home, port))
     except BaseException:
         sup.stop_all()
         raise
+    warn_if_exposed(host)
     log.info("cosmogan is serving on http://%s:%d (Ctrl-C stops it)", host, port)
     return sup.wait()
 
 
-def run_api(host: str | None = None, port: int | None = None) -> int:
-    """The HTTP API alone (uvicorn, one process), for compose or behind a proxy."""
+def run_api(host: str | None = None, port: int | None = None, workers: int | None = None) -> int:
+    """The HTTP API alone (uvicorn, `workers` processes), for compose or behind a proxy."""
     import uvicorn
 
     settings = get_settings()
     ensure_default_models()
-    uvicorn.run("app.main:app", host=host or settings.host, port=port or settings.port)
+    port = port or settings.port
+    warn_if_exposed(host or settings.host)
+    os.environ.update(api_env({}, settings.home, port))  # before prometheus_client is imported
+    uvicorn.run("app.main:app", host=host or settings.host, port=port, workers=api_workers(workers))
     return 0
 
 
@@ -319,7 +390,26 @@ def run_worker(queues: str | list[str] = "training,inference", concurrency: int 
     return sup.wait()
 
 
-def _api_command(host: str, port: int) -> list[str]:
+def api_workers(requested: int | None = None) -> int:
+    """API processes: as asked, else one per four cores (1 to 8); the API only does I/O,
+    parsing and encoding, the cores are mostly the inference worker's."""
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"--workers must be at least 1, got {requested}")
+        return requested
+    return max(1, min(8, (os.cpu_count() or 1) // 4))
+
+
+def api_env(base: dict[str, str], home: Path, port: int) -> dict[str, str]:
+    """`base` plus the API's metrics folder (multiprocess Prometheus), emptied now."""
+    folder = home.resolve() / "metrics" / f"api-{port}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.db"):  # samples of processes from an earlier run
+        old.unlink(missing_ok=True)
+    return {**base, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+
+
+def _api_command(host: str, port: int, workers: int = 1) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -330,4 +420,6 @@ def _api_command(host: str, port: int) -> list[str]:
         "--port",
         str(port),
         "--no-access-log",
+        "--workers",
+        str(workers),
     ]

@@ -56,6 +56,12 @@ class EmulatedRows:
     detected: np.ndarray  # (M,) bool
     out_of_domain: np.ndarray  # (M,) bool: an input outside the training ranges
 
+    def slice(self, start: int, stop: int) -> EmulatedRows:
+        """Rows `start … stop−1`."""
+        sl = slice(start, stop)
+        magerr = None if self.magerr is None else self.magerr[sl]
+        return EmulatedRows(self.mags[sl], magerr, self.detected[sl], self.out_of_domain[sl])
+
 
 def build_offset_model(kind: str, config: dict[str, Any]) -> tuple[nn.Module, Detector]:
     """The (untrained) offset network and detection classifier of an emulator checkpoint kind."""

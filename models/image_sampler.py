@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import io
-import math
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch import Tensor, nn
-from torchvision.utils import make_grid
 
+from models import image_format
 from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from models.device import resolve_device
 from models.image import build_generator
 from models.kinds import IMAGE_KINDS
-
-# Every sample goes through the generator on its own (micro-batches of one). CPU convolution
-# and GEMM kernels pick algorithms and blockings by tensor shape, so the same latent inside
-# batches of different sizes can differ in the last float bits, and after rounding to uint8 a
-# pixel can flip. One fixed shape per forward makes a sample's pixels independent of the other
-# requests it was coalesced with; the cost is small for these generators.
-MICRO_BATCH = 1
 
 
 class ImageSampler:
@@ -33,6 +23,8 @@ class ImageSampler:
         self.latent_dim = latent_dim
         self.version_tag = version_tag  # content hash of the checkpoint file
         self.device = torch.device(device)
+        # one forward shape per device (see models.image_format): pixels batch-independent
+        self.micro_batch = image_format.micro_batch(self.device.type)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> ImageSampler:
@@ -64,23 +56,25 @@ class ImageSampler:
 
     @torch.no_grad()
     def images(self, z: Tensor) -> Tensor:
-        """Generated images as uint8 (N, 3, H, W); each row depends on its latent alone."""
+        """Generated images as uint8 (N, 3, H, W); each row depends on its latent alone.
+
+        Every forward has the same shape, `micro_batch` latents, the last one padded with
+        zeros, so that coalesced requests share forwards without changing a pixel.
+        """
+        m = self.micro_batch
         out = []
-        for chunk in z.split(MICRO_BATCH):
-            x = self.generator(chunk.to(self.device)).float().cpu()  # (m, 3, H, W) in [-1, 1]
-            out.append(((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
+        for chunk in z.split(m):
+            k = len(chunk)
+            if k < m:
+                chunk = torch.cat([chunk, chunk.new_zeros(m - k, chunk.shape[1])])
+            x = self.generator(chunk.to(self.device))[:k].float()  # (k, 3, H, W) in [-1, 1]
+            out.append(((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu())
         return torch.cat(out)
 
     @staticmethod
     def grid_png(images: Tensor, nrow: int | None = None) -> bytes:
-        """A PNG of the images in a grid; fixed encoder settings and no metadata or timestamps."""
-        nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
-        grid = make_grid(images, nrow=nrow, padding=2, pad_value=0)  # (3, H', W') uint8
-        buf = io.BytesIO()
-        Image.fromarray(grid.permute(1, 2, 0).contiguous().numpy(), mode="RGB").save(
-            buf, format="PNG", compress_level=6, optimize=False
-        )
-        return buf.getvalue()
+        """A PNG of the images in a grid (fixed encoder, see `models.image_format`)."""
+        return image_format.grid_png(images.numpy(), nrow)
 
     def png(self, seed: int, n: int, nrow: int | None = None) -> bytes:
         return self.grid_png(self.images(self.latents(seed, n)), nrow)

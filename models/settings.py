@@ -2,12 +2,54 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_KEY_LENGTH = 16
+# Keys that appear in docs and examples everywhere: never a production secret.
+WELL_KNOWN_KEYS = frozenset(
+    [
+        "dev",
+        "changeme",
+        "change-me",
+        "secret",
+        "password",
+        "admin",
+        "test",
+        "example",
+        "apikey",
+        "api-key",
+        "api_key",
+        "token",
+        "default",
+        "cosmogan",
+        "letmein",
+        "123456",
+    ]
+)
+
+
+def weak_key_reason(key: str) -> str | None:
+    """Why `key` is not fit for production, or None."""
+    if key.strip().lower() in WELL_KNOWN_KEYS or len(set(key)) <= 2:
+        return "is a well-known placeholder"
+    if len(key) < MIN_KEY_LENGTH:
+        return f"is shorter than {MIN_KEY_LENGTH} characters"
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -25,6 +67,11 @@ class Settings(BaseSettings):
         description="Bearer token for mutating routes; required in production, "
         "`dev` in development when unset.",
     )
+    redis_password: SecretStr | None = Field(
+        default=None,
+        description="Password of the Redis that `serve` embeds (`requirepass`); for an external "
+        "Redis, put it in COSMOGAN_REDIS_URL (redis://:PASSWORD@host:6379/0).",
+    )
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     host: str = "127.0.0.1"
     port: int = 8000
@@ -36,8 +83,30 @@ class Settings(BaseSettings):
 
     # inference batching and timeouts
     batch_max_size: int = Field(default=64, ge=1, description="Max requests per coalesced batch.")
-    batch_window_ms: int = Field(default=10, ge=0, description="Wait window to fill a batch.")
     inference_timeout_s: float = Field(default=60.0, gt=0)
+    max_queued_work: int = Field(
+        default=1024,
+        ge=1,
+        description="Queued inference work (images, or thousands of emulated rows) beyond "
+        "which requests are refused with 503 and Retry-After.",
+    )
+
+    # what anonymous callers can hold
+    max_event_streams: int = Field(
+        default=64, ge=1, description="Concurrent server-sent-event streams in all."
+    )
+    max_event_streams_per_client: int = Field(
+        default=4, ge=1, description="Concurrent event streams per API key or address."
+    )
+    rate_limit_per_minute: int | None = Field(
+        default=None, ge=1, description="Requests a minute per API key or address; unset: off."
+    )
+    rate_limit_burst: int = Field(default=30, ge=1, description="Requests allowed at once.")
+    max_json_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        description="Largest JSON body FastAPI parses (POST /emulate bounds its own).",
+    )
 
     # long jobs: the broker must not redeliver a training job that is still running
     visibility_timeout_s: int = Field(default=7 * 24 * 3600, ge=3600)
@@ -46,9 +115,29 @@ class Settings(BaseSettings):
     def _production_needs_secrets(self) -> Settings:
         if self.mode == "production" and not self.api_key:
             raise ValueError("COSMOGAN_API_KEY must be set when COSMOGAN_MODE=production")
+        if self.mode == "production" and (why := weak_key_reason(self.api_key or "")):
+            raise ValueError(
+                f"COSMOGAN_API_KEY {why}: production needs a random key of at least "
+                f"{MIN_KEY_LENGTH} characters (e.g. `openssl rand -hex 24`)"
+            )
         if self.api_key is None:
             self.api_key = "dev"
         return self
+
+    def exposure_warning(self, host: str) -> str | None:
+        """A warning when this configuration would serve beyond this machine unsafely."""
+        if is_loopback(host) or self.mode == "production":
+            return None
+        weak = weak_key_reason(self.api_key or "")
+        risk = (
+            f"anyone who can reach it can train and activate models: the API key {weak}"
+            if weak
+            else "it is reachable beyond this machine"
+        )
+        return (
+            f"DEVELOPMENT MODE ON A NON-LOOPBACK ADDRESS ({host}): {risk}. Set "
+            "COSMOGAN_MODE=production and a strong COSMOGAN_API_KEY, or bind 127.0.0.1."
+        )
 
     @property
     def runs_dir(self) -> Path:

@@ -196,3 +196,11 @@ def test_parquet_chunks_with_other_columns_fail_clearly_and_leave_nothing(tmp_pa
         writer.write(_frame(3))
         writer.write(_frame(3).drop(columns=["true_mag_r"]))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_conditions_that_overflow_float32_are_refused_by_name() -> None:
+    """Values the schema once allowed but the networks (float32, log conditions) cannot take."""
+    base = {c: 1.0 for c in columns.CONDITIONS} | {c: 22.0 for c in columns.TRUE_MAG}
+    for column, value in (("sky_sigma_r", 1e308), ("sky_sigma_i", 5e-324), ("psf_fwhm_z", 1e-30)):
+        with pytest.raises(CatalogError, match=column):
+            validate_inputs(pd.DataFrame([base | {column: value}]))

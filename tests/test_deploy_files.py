@@ -54,3 +54,15 @@ def test_dockerfile_installs_dependencies_before_code_and_drops_root():
     args = _parser().parse_args(argv[1:])
     assert args.func.__name__ == "_cmd_api"
     assert shlex.join(argv).startswith("cosmogan api")
+
+
+def test_compose_redis_needs_a_password_that_the_services_use(compose):
+    redis = compose["services"]["redis"]
+    assert "--requirepass" in redis["command"]
+    password = redis["command"][redis["command"].index("--requirepass") + 1]
+    assert password.startswith("${COSMOGAN_REDIS_PASSWORD")
+    assert redis["restart"] == "unless-stopped"
+    for name in ("api", "worker"):
+        url = compose["services"][name]["environment"]["COSMOGAN_REDIS_URL"]
+        assert url.startswith("redis://:${COSMOGAN_REDIS_PASSWORD")
+        assert url.endswith("@redis:6379/0")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -150,6 +152,10 @@ def test_emulate_file_streams_the_same_as_one_chunk(dry_model, inputs, tmp_path)
     different = emulate_file(dry_model, src, tmp_path / "d.parquet", samples=2, seed=5)
     assert not pd.read_parquet(tmp_path / "d.parquet").equals(a)
     assert different["rows"] == 700
+    schema = pq.read_schema(tmp_path / "many.parquet")  # provenance and units travel along
+    meta = json.loads(schema.metadata[b"cosmogan"])
+    assert meta == {"checkpoint": str(dry_model), "seed": 4, "samples": 2}
+    assert schema.field("magerr_r").metadata[b"unit"] == b"mag"
 
 
 def test_emulate_file_reports_bad_rows_and_writes_nothing(dry_model, inputs, tmp_path):

@@ -81,11 +81,24 @@ def test_dry_run_writes_a_loadable_model_and_reports_progress(tmp_path):
     assert any(json.loads(line).get("step") == 2 for line in lines)
 
 
-def test_resume_continues_exactly(tmp_path, catalog):
-    straight = train_emulator_gan(_config(max_steps=6), catalog, tmp_path / "a", resume=False)
-    first = train_emulator_gan(_config(max_steps=3), catalog, tmp_path / "b", resume=False)
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+        ),
+    ],
+)
+def test_resume_continues_exactly(tmp_path, catalog, device):
+    def config(steps: int):
+        return _config(max_steps=steps, device=device)
+
+    straight = train_emulator_gan(config(6), catalog, tmp_path / "a", resume=False)
+    first = train_emulator_gan(config(3), catalog, tmp_path / "b", resume=False)
     assert first["step"] == 3
-    second = train_emulator_gan(_config(max_steps=6), catalog, tmp_path / "b", resume=True)
+    second = train_emulator_gan(config(6), catalog, tmp_path / "b", resume=True)
     assert second["step"] == 6
     a, b = load_checkpoint(straight["model"]), load_checkpoint(second["model"])
     for name, tensor in a.ema.items():

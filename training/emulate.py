@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def emulate_file(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     input: str | Path,
     output: str | Path,
     *,
@@ -23,6 +24,8 @@ def emulate_file(
     seed: int = 0,
     chunk_rows: int = 100_000,
     device: str = "auto",
+    emulator: Emulator | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Stream a catalog through the emulator: input rows (× samples) + observed columns.
 
@@ -32,7 +35,8 @@ def emulate_file(
     The input is read `chunk_rows` rows at a time and each chunk is written as soon as it is
     emulated, so memory stays bounded for any catalog size; the output appears only when
     complete. Draws depend on (seed, row position), so the chunk size does not change the
-    result. Invalid rows raise `CatalogError` naming them.
+    result. Invalid rows raise `CatalogError` naming them. An already loaded `emulator`
+    replaces `checkpoint`; `progress(rows_done)` is called after every chunk.
     """
     from training.data.catalog import (
         CatalogWriter,
@@ -50,10 +54,12 @@ def emulate_file(
     if not input.is_file():
         raise FileNotFoundError(f"input catalog not found: {input}")
     catalog_format(input), catalog_format(output)  # an unknown suffix fails before any work
-    emulator = Emulator.load(checkpoint, device=device)
+    if emulator is None:
+        emulator = Emulator.load(checkpoint, device=device)
     t0 = time.perf_counter()
     rows = detected = chunks = outside = 0
-    with CatalogWriter(output) as writer:
+    meta = {"checkpoint": str(checkpoint), "seed": seed, "samples": samples}
+    with CatalogWriter(output, meta=meta) as writer:
         for chunk in iter_catalog(input, chunk_rows):
             x = validate_inputs(chunk, row_offset=rows)  # (n, 9); CatalogError names bad rows
             noise, uniforms = emulator.draws(len(x), samples, seed, start=rows)
@@ -72,6 +78,8 @@ def emulate_file(
             detected += int(out.detected.sum())
             outside += int(out.out_of_domain[::samples].sum())
             chunks += 1
+            if progress is not None:
+                progress(rows)
     seconds = time.perf_counter() - t0
     log.info("emulated %d rows × %d samples in %.1f s → %s", rows, samples, seconds, output)
     return {

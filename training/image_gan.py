@@ -17,7 +17,7 @@ from models.device import resolve_device
 from models.image import build_critic, build_generator
 from models.kinds import IMAGE_KINDS
 from training.data.augment import diff_augment
-from training.data.images import ImageFolder
+from training.data.images import EmptyDatasetError, ImageFolder, is_heldout, list_images
 from training.losses import (
     bce_discriminator_loss,
     bce_generator_loss,
@@ -25,6 +25,7 @@ from training.losses import (
     wgan_critic_loss,
     wgan_generator_loss,
 )
+from training.metrics import run_figures
 from training.presets import ImageTrainConfig, config_to_dict
 from training.progress import ProgressFn, Schedule, StopFn, TrainResult, never_stop
 from training.scaffold import (
@@ -36,12 +37,14 @@ from training.scaffold import (
     restore_rng,
     rng_state,
     update_ema,
+    use_deterministic_kernels,
 )
 
 log = logging.getLogger(__name__)
 
 DRY_RUN_STEPS = 2
 DRY_RUN_BATCH = 4
+MIN_HELDOUT = 4  # held-out images below which the end-of-run figures say too little
 
 
 class FakeImages:
@@ -83,6 +86,31 @@ def save_grid(images: Tensor, path: Path, nrow: int) -> None:
         save_image(grid, f, format="png")
 
 
+def heldout_figures(
+    model: str, data: Path | str, config: ImageTrainConfig, device: torch.device
+) -> dict[str, Any]:
+    """`{"figures", "floor", "ratio", "evaluated_on"}` of a finished model, on at most
+    `config.eval_images` generated images; `{}` when too few images are held out to say.
+    """
+    root = Path(data)
+    held = sum(
+        is_heldout(p.relative_to(root).as_posix(), config.heldout_fraction)
+        for p in list_images(root)
+    )
+    if held < MIN_HELDOUT:
+        log.info("no figures for %s: %d held-out images (fewer than %d)", model, held, MIN_HELDOUT)
+        return {}
+    try:
+        out = run_figures(
+            model, root, max_images=config.eval_images, seed=config.seed, device=str(device)
+        )
+    except (EmptyDatasetError, OSError, ValueError) as exc:  # the model itself is fine
+        log.warning("could not evaluate %s: %s", model, exc)
+        return {}
+    counts = {"images": out.pop("images"), "heldout_images": out.pop("heldout_images")}
+    return {**out, "evaluated_on": counts}
+
+
 def train_image_gan(
     config: ImageTrainConfig,
     data: Path | str | None,
@@ -99,6 +127,7 @@ def train_image_gan(
     device = resolve_device(config.device)
     stop = should_stop or never_stop
     torch.manual_seed(config.seed)
+    use_deterministic_kernels(device, config.deterministic)
 
     # ---------------------------------------------------------------------------------------
     # Load data: decoded once into memory (the sets are small); fake images for a dry run.
@@ -141,8 +170,9 @@ def train_image_gan(
     opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr, betas=betas)
     opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=betas)
 
-    # All randomness of data order, augmentation and latents comes from one CPU generator, so
-    # a resumed run draws exactly what an uninterrupted one would, on any device.
+    # All randomness of data order, augmentation, latents and the penalty's mixing weights
+    # comes from one CPU generator, so a resumed run draws exactly what an uninterrupted one
+    # would, on any device (no draw depends on a CUDA generator's state).
     rng = torch.Generator().manual_seed(config.seed)
     fixed_z = torch.randn(
         min(config.sample_count, 16) if config.dry_run else config.sample_count,
@@ -259,7 +289,7 @@ def train_image_gan(
             real_a, fake_a = augment(real), augment(fake)
             real_s, fake_s = critic(real_a), critic(fake_a)
             if wgan:
-                gp = gradient_penalty(critic, real_a, fake_a)
+                gp = gradient_penalty(critic, real_a, fake_a, generator=rng)
                 d_loss = wgan_critic_loss(real_s, fake_s) + config.gp_lambda * gp
             else:
                 d_loss = bce_discriminator_loss(real_s, fake_s)
@@ -336,6 +366,11 @@ def train_image_gan(
     if status == "succeeded":
         model_path = run.save_model(final, train_seconds=pace.elapsed)
     summary = {**stats, "steps": step, "images": n_images, "skipped_images": dataset.skipped_count}
+
+    # ---------------------------------------------------------------------------------------
+    # Evaluate the finished model: SWD, power spectrum and colour against the real floor.
+    if model_path is not None and data is not None and config.eval_images > 0:
+        summary.update(heldout_figures(model_path, data, config, device))
     report(
         "done", step, losses=losses, eta_s=stats.get("eta_s"), samples=latest_grid, metrics=summary
     )

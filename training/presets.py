@@ -41,6 +41,8 @@ class ImageTrainConfig:
     width: int = 32  # network width (channels of the widest-resolution block; seed = 64)
     samples_every: int = 1  # epochs between sample grids (the last epoch always gets one)
     heldout_fraction: float = 0.1  # images kept out of training for evaluation (by file hash)
+    eval_images: int = 64  # generated images for the figures recorded at the end (0: none)
+    deterministic: bool = True  # CUDA: deterministic kernels, so a resumed run is bit-exact
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class EmulatorTrainConfig:
     dry_run: bool = False
     max_steps: int | None = None
     max_rows: int | None = None  # use only the first N training rows (quick runs)
+    deterministic: bool = True  # CUDA: deterministic kernels, so a resumed run is bit-exact
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "width": (4, 512),
     "samples_every": (1, 10**6),
     "heldout_fraction": (0.0, 0.9),
+    "eval_images": (0, 4096),
     "detector_epochs": (0, 10_000),
     "detector_batch_size": (1, 65_536),
     "detector_lr": (1e-7, 1.0),
@@ -226,6 +230,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         "augment",
         "diffaugment",
         "dry_run",
+        "deterministic",
         "emulate_errors",
         "log_conditions",
     }:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,33 @@ def update_ema(ema: nn.Module, net: nn.Module, step: int, decay: float) -> None:
         p_ema.lerp_(p, 1.0 - d)
     for b_ema, b in zip(ema.buffers(), net.buffers(), strict=True):
         b_ema.copy_(b)
+
+
+# --------------------------------------------------------------------------------------------
+# determinism on CUDA
+
+
+def use_deterministic_kernels(device: torch.device, enabled: bool) -> None:
+    """On CUDA, make a training step give the same bits every time it is run (when `enabled`).
+
+    The CPU kernels are deterministic already. On CUDA, cuDNN picks by default among
+    convolution algorithms of which some accumulate with atomics (backward-filter algorithms
+    0 and 3, backward-data 0): the sum's order, hence its rounding, then changes from run to
+    run, and a resumed run drifts from the uninterrupted one within a step even with every
+    state restored. Deterministic cuDNN algorithms (and no autotuning, which may pick another
+    algorithm in another process) fix that; `use_deterministic_algorithms` with `warn_only`
+    logs any remaining non-deterministic kernel instead of failing the run. cuBLAS needs
+    `CUBLAS_WORKSPACE_CONFIG` before its first call in the process: set here if still unset.
+
+    This is process-wide; inference gains from it too (same seed, same bytes). A run with
+    `deterministic=False` leaves the settings as they are.
+    """
+    if device.type != "cuda" or not enabled:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 # --------------------------------------------------------------------------------------------

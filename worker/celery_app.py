@@ -14,8 +14,10 @@ that dies is replaced and its message redelivered).
 from __future__ import annotations
 
 import os
+import time
+from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 from models.settings import get_settings
 
@@ -81,6 +83,11 @@ def create_app() -> Celery:
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
+        # A worker outlives a Redis outage of any length: it reconnects instead of exiting
+        # after 100 tries. The messages it held unacknowledged stay in Redis's `unacked` set
+        # (redelivered only after the visibility timeout); the reaper (`app.reaper`) re-sends
+        # the jobs they carried, and their leases keep a job from running twice.
+        broker_connection_max_retries=None,
         # A send to a dead broker fails fast, so the API can answer 503 instead of hanging.
         broker_connection_timeout=3,
         task_publish_retry_policy={
@@ -105,3 +112,61 @@ def create_app() -> Celery:
 
 app = create_app()
 celery = app  # `celery -A worker.celery_app` finds either name
+
+
+def send_training(job_id: str, celery_app: Celery | None = None) -> None:
+    """One message for `job_id` on the training queue (a fresh task id per send)."""
+    attempt = f"{job_id}-{int(time.time() * 1000)}"
+    (celery_app or app).send_task(TRAIN_TASK, args=[job_id], task_id=attempt, queue=TRAINING_QUEUE)
+
+
+def _consumes_training() -> bool:
+    """Whether this worker process serves the training queue (`-Q`)."""
+    return TRAINING_QUEUE in {q.name for q in app.amqp.queues.consume_from.values()}
+
+
+@signals.worker_ready.connect
+def _resend_jobs_of_dead_runs(sender: Any = None, **_: Any) -> None:
+    """A training worker that starts re-sends the jobs its killed predecessor was running
+    (their runs are gone: no need to wait for the leases to expire and the reaper)."""
+    if not _consumes_training():
+        return
+    import logging
+
+    import redis
+
+    from worker.jobs import JobStore
+    from worker.training_job import release_dead_leases
+
+    store = JobStore.from_url(redis_url())
+    try:
+        for job_id in release_dead_leases(store):
+            if store.requeue_orphan(job_id, "its worker died"):
+                send_training(job_id)
+    except redis.exceptions.RedisError as exc:
+        logging.getLogger(__name__).warning("could not check for dead runs: %s", exc)
+    finally:
+        store.r.close()
+
+
+@signals.worker_process_init.connect
+def _report_devices(**_: Any) -> None:
+    """A training pool process tells the API which devices it has, so that a job asking for
+    one it lacks is refused at the door. In a thread: importing torch may take longer than
+    the pool allows a process to start."""
+    if not _consumes_training():
+        return
+
+    def report() -> None:
+        from worker.jobs import JobStore
+        from worker.training_job import report_devices
+
+        store = JobStore.from_url(redis_url())
+        try:
+            report_devices(store)
+        finally:
+            store.r.close()
+
+    import threading
+
+    threading.Thread(target=report, name="report-devices", daemon=True).start()

@@ -9,17 +9,19 @@ LRU cache.
 
 Requests arrive in batches (see `worker.tasks`); requests for the same model version are
 coalesced into one forward pass, and each request's randomness comes from its own seed, so
-the numbers do not depend on which other requests shared the batch.
+the numbers do not depend on which other requests shared the batch. PNG grids are encoded
+by a small thread pool (zlib releases the GIL) while the next batch already runs.
 """
 
 from __future__ import annotations
 
-import base64
 import itertools
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 REFRESH_EVERY_S = 0.25  # how often the active pointers are re-read from the registry
 RETRY_FAILED_S = 60.0  # a version that failed to load is tried again after this long
+ENCODER_THREADS = max(1, min(8, (os.cpu_count() or 2) // 2))  # PNG encoding beside the forward
 
 
 class RequestError(Exception):
@@ -64,6 +67,7 @@ class Engine:
         self._failed: dict[tuple[str, str], tuple[str, float]] = {}  # (message, when)
         self._load_lock = threading.Lock()
         self._last_refresh = 0.0
+        self._encoders = ThreadPoolExecutor(ENCODER_THREADS, thread_name_prefix="png")
 
     # -- versions --------------------------------------------------------------------------
     def _load(self, name: str, version: str) -> Loaded:
@@ -200,25 +204,34 @@ class Engine:
         return out, groups, models
 
     def generate(self, requests: list[dict[str, Any]]) -> list[dict[str, Any] | RequestError]:
-        """Each request `{model, version, seed, n, nrow}` → `{png (base64), version, ...}`."""
+        """Each request `{model, version, seed, n, nrow}` → `{png, version, ...}`.
+
+        `png` is a `Future` of the PNG bytes, encoded in the engine's thread pool; the
+        caller answers when it is done (the forward of the next batch need not wait).
+        """
         import torch
+
+        from models.image_format import BYTES_VERSION, grid_png
 
         out, groups, models = self._group(requests, IMAGE)
         for key, idx in groups.items():
             sampler = models[key].model
             try:
                 z = torch.cat([sampler.latents(requests[i]["seed"], requests[i]["n"]) for i in idx])
-                images = sampler.images(z)  # the whole group in one pass (micro-batched inside)
+                images = sampler.images(z).numpy()  # the whole group in fixed-shape forwards
                 start = 0
                 for i in idx:
                     n = requests[i]["n"]
-                    png = sampler.grid_png(images[start : start + n], requests[i].get("nrow"))
+                    png: Future[bytes] = self._encoders.submit(
+                        grid_png, images[start : start + n], requests[i].get("nrow")
+                    )
                     start += n
                     out[i] = {
-                        "png": base64.b64encode(png).decode("ascii"),
+                        "png": png,
                         "model": key[0],
                         "version": key[1],
                         "created": models[key].created,
+                        "format": BYTES_VERSION,
                     }
             except Exception as exc:
                 log.exception("generate failed for %s@%s", *key)
@@ -227,33 +240,43 @@ class Engine:
         return out  # type: ignore[return-value]
 
     def emulate(self, requests: list[dict[str, Any]]) -> list[dict[str, Any] | RequestError]:
-        """Each request `{model, version, x, samples, seed}` → packed arrays.
+        """Each request `{model, version, x, samples, seed}` → arrays as bytes.
 
-        `x` is the (N, 9) float64 input packed by `worker.payload.pack`. The result holds
-        `mags` (float64, (N·samples, 3), NaN where not detected) and `detected` (uint8,
-        (N·samples,)), packed the same way, in the emulator's row order.
+        `x` is the (N, 9) float64 input as bytes (`worker.payload.to_bytes`). The result
+        holds `mags` (float64, (N·samples, 3), NaN where not detected), `detected` and
+        `out_of_domain` (uint8, (N·samples,)) and, for models that emulate them, `magerr`
+        (float64, (N·samples, 3)) as bytes the same way, in the emulator's row order.
         """
-        from worker.payload import pack, unpack
+        from worker.payload import from_bytes, to_bytes
 
         out, groups, models = self._group(requests, EMULATOR)
-        for key, idx in groups.items():
+        expired = {i for i, r in enumerate(requests) if not isinstance(r.get("x"), bytes)}
+        for i in expired:  # its input blob expired before the request ran
+            out[i] = RequestError(504, "the request's input expired before it could run")
+        for key, all_idx in groups.items():
+            idx = [i for i in all_idx if i not in expired]
+            if not idx:
+                continue
             emulator = models[key].model
             try:
-                xs = [unpack(requests[i]["x"], "<f8", 9) for i in idx]
+                xs = [from_bytes(requests[i]["x"], "<f8", 9) for i in idx]
                 results = emulate_coalesced(
                     emulator,
                     xs,
                     [int(requests[i]["samples"]) for i in idx],
                     [int(requests[i]["seed"]) for i in idx],
                 )
-                for i, (mags, det) in zip(idx, results, strict=True):
+                for i, rows in zip(idx, results, strict=True):
                     out[i] = {
-                        "mags": pack(mags, "<f8"),
-                        "detected": pack(det, "u1"),
-                        "rows": len(det),
+                        "mags": to_bytes(rows.mags, "<f8"),
+                        "detected": to_bytes(rows.detected, "u1"),
+                        "out_of_domain": to_bytes(rows.out_of_domain, "u1"),
+                        "rows": len(rows.detected),
                         "model": key[0],
                         "version": key[1],
                     }
+                    if rows.magerr is not None:
+                        out[i]["magerr"] = to_bytes(rows.magerr, "<f8")
             except Exception as exc:
                 log.exception("emulate failed for %s@%s", *key)
                 for i in idx:
@@ -278,9 +301,9 @@ def emulate_coalesced(emulator: Any, xs: list[Any], samples: list[int], seeds: l
         noises.append(noise)
         uniforms.append(u)
         sizes.append(len(x) * s)
-    mags, det = emulator.sample_with(np.concatenate(reps), torch.cat(noises), torch.cat(uniforms))
+    rows = emulator.sample_outputs(np.concatenate(reps), torch.cat(noises), torch.cat(uniforms))
     bounds = np.cumsum([0, *sizes])
-    return [(mags[a:b], det[a:b]) for a, b in itertools.pairwise(bounds)]
+    return [rows.slice(a, b) for a, b in itertools.pairwise(bounds)]
 
 
 _engine: Engine | None = None

@@ -7,16 +7,23 @@ between the two (start vs cancel, resume) are compare-and-set Lua scripts.
 Keys:
     cosmogan:job:<id>          the record (hash)
     cosmogan:job:<id>:events   progress and state events (stream, trimmed)
-    cosmogan:job:<id>:lock     held by the one live run of the job (TTL, renewed)
+    cosmogan:job:<id>:lock     the lease: held by the one live run of the job (TTL, renewed)
     cosmogan:jobs              every job id, scored by creation time (sorted set)
+
+A run owns its job through the lease: a token under the lock key with a short TTL that the
+run's heartbeat renews. A `running` job whose lease is gone has no live run (its process died,
+or was cut off from Redis for longer than the TTL and has not taken it back): it can be
+cancelled or resumed at once, and the reaper (`app.reaper`) puts it back in the queue.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -33,6 +40,12 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 JOB_ID_RE = re.compile(r"^[a-f0-9]{32}$")
 EVENTS_MAXLEN = 2000
+
+# The lease: renewed every HEARTBEAT_S, lost LEASE_TTL_S after the last renewal. A job whose
+# heartbeat is older than STALE_AFTER_S is reported stalled.
+LEASE_TTL_S = 30.0
+HEARTBEAT_S = 5.0
+STALE_AFTER_S = 3 * HEARTBEAT_S
 
 # Fields stored JSON-encoded in the record; anything else is ignored on write.
 FIELDS = (
@@ -60,20 +73,44 @@ FIELDS = (
     "finished_at",
     "updated_at",
     "heartbeat_at",
+    "lease",
 )
 
-# Set state to ARGV[2] only if the current state is one of ARGV[3..]; returns the old state.
+# Set state to ARGV[2] if the current state is one of ARGV[4..], or if ARGV[3] is '1' and the
+# job is `running` without a lease (KEYS[2] absent: no live run). Returns the old state, or
+# '!' and the state that refused. One script, so no run can take the lease in between.
 _CAS_STATE = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return false end
-local want = cjson.decode(cur)
-for i = 3, #ARGV do
-  if want == ARGV[i] then
-    redis.call('HSET', KEYS[1], 'state', cjson.encode(ARGV[2]), 'updated_at', ARGV[1])
-    return want
-  end
+local have = cjson.decode(cur)
+local ok = ARGV[3] == '1' and have == 'running' and redis.call('EXISTS', KEYS[2]) == 0
+for i = 4, #ARGV do
+  if have == ARGV[i] then ok = true end
 end
-return '!' .. want
+if not ok then return '!' .. have end
+redis.call('HSET', KEYS[1], 'state', cjson.encode(ARGV[2]), 'updated_at', ARGV[1])
+return have
+"""
+
+# Renew the lease of token ARGV[1] for ARGV[2] ms while the job is `running`, taking it back
+# if it expired meanwhile (Redis was unreachable longer than the TTL) and no other run took
+# it; the heartbeat time ARGV[3] is written only if ARGV[4] is '1' (the training loop is
+# alive). Returns 1 renewed, 2 taken back, 0 lost (the job moved on, or another run has it).
+_RENEW = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur or cjson.decode(cur) ~= 'running' then return 0 end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'heartbeat_at', ARGV[3]) end
+if holder then return 1 end
+return 2
+"""
+
+# Delete the lock KEYS[1] only if it still holds token ARGV[1].
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 
@@ -94,6 +131,41 @@ def lock_key(job_id: str) -> str:
 
 
 INDEX_KEY = "cosmogan:jobs"
+DEVICES_KEY = "cosmogan:devices"  # hash: training host → {"cuda": GPUs it sees, "at": time}
+DEVICE_REPORT_MAX_AGE_S = 7 * 24 * 3600
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda)(:([0-9]{1,2}))?$")
+
+
+def check_data_path(data: str, root: Path, want: str) -> Path:
+    """`data` (relative to `root`, or absolute inside it) as a resolved path to an existing
+    `want` ("file" or "dir") strictly inside `root`; ValueError with a clear message if not.
+
+    The API checks what it accepts; the worker checks again what it reads from Redis.
+    """
+    if "\x00" in data:
+        raise ValueError("data contains a NUL byte")
+    raw = Path(data)
+    long = [p for p in raw.parts if len(os.fsencode(p)) > 255]
+    if long:
+        raise ValueError(f"data has a name longer than 255 bytes ({long[0][:32]}…)")
+    root = root.resolve()
+    try:
+        path = (raw if raw.is_absolute() else root / raw).resolve()
+        if not path.is_relative_to(root):
+            raise ValueError(f"data {data!r} is outside the data root")
+        if path == root:
+            raise ValueError("data must name a dataset inside the data root, not the root")
+        if not path.exists():
+            raise ValueError(f"dataset not found: {path.relative_to(root)} in the data root")
+        if want == "dir" and not path.is_dir():
+            raise ValueError(f"data {data!r} must be a folder of images")
+        if want == "file" and not path.is_file():
+            raise ValueError(f"data {data!r} must be a catalog file (.parquet, .csv, .fits)")
+    except OSError as exc:
+        raise ValueError(f"data {data!r} cannot be read: {exc.strerror or exc}") from None
+    except RuntimeError:  # Python 3.11's resolve() on a symlink loop
+        raise ValueError(f"data {data!r} cannot be read: a symlink loop") from None
+    return path
 
 
 class JobNotFound(LookupError):
@@ -123,6 +195,8 @@ class JobStore:
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
         self._cas = client.register_script(_CAS_STATE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
 
     @classmethod
     def from_url(cls, url: str) -> JobStore:
@@ -203,15 +277,78 @@ class JobStore:
         fields.setdefault("updated_at", time.time())
         self.r.hset(record_key(job_id), mapping=encode_fields(fields))
 
-    def transition(self, job_id: str, new: str, allowed_from: tuple[str, ...]) -> str:
-        """Atomically move to `new` from one of `allowed_from`; returns the previous state."""
-        res = self._cas(keys=[record_key(job_id)], args=[time.time(), new, *allowed_from])
+    def transition(
+        self, job_id: str, new: str, allowed_from: tuple[str, ...], if_no_lease: bool = False
+    ) -> str:
+        """Atomically move to `new` from one of `allowed_from`; returns the previous state.
+
+        With `if_no_lease`, a `running` job whose run holds no lease qualifies too.
+        """
+        res = self._cas(
+            keys=[record_key(job_id), lock_key(job_id)],
+            args=[time.time(), new, "1" if if_no_lease else "0", *allowed_from],
+        )
         if res is None:
             raise JobNotFound(f"no training job {job_id!r}")
         res = res.decode() if isinstance(res, bytes) else res
         if res.startswith("!"):
-            raise JobStateError(f"job {job_id} is {res[1:]}, not {' or '.join(allowed_from)}")
+            live = " with a live run" if if_no_lease and res[1:] == RUNNING else ""
+            raise JobStateError(f"job {job_id} is {res[1:]}{live}, not {' or '.join(allowed_from)}")
         return res
+
+    # -- the lease ---------------------------------------------------------------------------
+    def acquire_lease(self, job_id: str, token: str) -> bool:
+        return bool(self.r.set(lock_key(job_id), token, nx=True, px=int(LEASE_TTL_S * 1000)))
+
+    def renew_lease(self, job_id: str, token: str, beat: bool = True) -> int:
+        """1 renewed, 2 taken back after it expired, 0 lost (see `_RENEW`); `beat`: also
+        write the heartbeat time (the run is making progress)."""
+        keys = [record_key(job_id), lock_key(job_id)]
+        args = [token, int(LEASE_TTL_S * 1000), time.time(), "1" if beat else "0"]
+        return int(self._renew(keys=keys, args=args))
+
+    def release_lease(self, job_id: str, token: str) -> bool:
+        return bool(self._release(keys=[lock_key(job_id)], args=[token]))
+
+    def has_lease(self, job_id: str) -> bool:
+        return bool(self.r.exists(lock_key(job_id)))
+
+    def requeue_orphan(self, job_id: str, reason: str) -> bool:
+        """A `running` job without a lease back to `queued` (the caller sends it again)."""
+        try:
+            self.transition(job_id, QUEUED, (), if_no_lease=True)
+        except JobStateError:
+            return False  # a run took it back meanwhile, or it ended
+        self.event(job_id, {"event": "state", "state": QUEUED, "reason": reason})
+        return True
+
+    def report_devices(self, host: str, cuda: int) -> None:
+        """A training host says how many CUDA devices it sees (the API checks `device`)."""
+        self.r.hset(DEVICES_KEY, host, json.dumps({"cuda": cuda, "at": time.time()}))
+
+    def devices(self) -> dict[str, int]:
+        """CUDA devices per training host that reported in the last week."""
+        out = {}
+        for host, raw in self.r.hgetall(DEVICES_KEY).items():
+            rep = json.loads(raw)
+            if time.time() - rep.get("at", 0) < DEVICE_REPORT_MAX_AGE_S:
+                out[host.decode() if isinstance(host, bytes) else host] = int(rep["cuda"])
+        return out
+
+    def active(self, scan: int = 1000) -> list[tuple[str, str, bool]]:
+        """(job id, state, lease held) of the queued and running jobs among the newest `scan`."""
+        ids = [j.decode() for j in self.r.zrevrange(INDEX_KEY, 0, scan - 1)]
+        pipe = self.r.pipeline(transaction=False)
+        for jid in ids:
+            pipe.hget(record_key(jid), "state")
+            pipe.exists(lock_key(jid))
+        res = pipe.execute()
+        out = []
+        for jid, raw, held in zip(ids, res[::2], res[1::2], strict=True):
+            state = json.loads(raw) if raw is not None else None
+            if state in (QUEUED, RUNNING):
+                out.append((jid, state, bool(held)))
+        return out
 
     def event(self, job_id: str, payload: dict[str, Any]) -> str:
         payload = {"job_id": job_id, "time": time.time(), **payload}
@@ -224,13 +361,14 @@ class JobStore:
         return eid.decode() if isinstance(eid, bytes) else eid
 
     def request_cancel(self, job_id: str) -> dict[str, Any]:
-        """Cooperative cancel: a queued job is cancelled now, a running one at its next check."""
+        """Cooperative cancel: a queued job, or a running one without a live run, is cancelled
+        now; a live run sees the flag at its next check, checkpoints and ends as cancelled."""
         rec = self.get(job_id)
         if rec["state"] in TERMINAL:
             raise JobStateError(f"job {job_id} already {rec['state']}")
         self.update(job_id, cancel_requested=True)
         try:
-            self.transition(job_id, CANCELLED, (QUEUED,))
+            self.transition(job_id, CANCELLED, (QUEUED,), if_no_lease=True)
         except JobStateError:
             pass  # running: the run sees the flag, checkpoints and ends as cancelled
         else:
@@ -239,8 +377,9 @@ class JobStore:
         return self.get(job_id)
 
     def requeue_for_resume(self, job_id: str, **fields: Any) -> dict[str, Any]:
-        """A cancelled or failed job goes back to `queued`, keeping its run folder."""
-        self.transition(job_id, QUEUED, (CANCELLED, FAILED))
+        """A cancelled or failed job, or a running one whose run is gone (no lease), goes back
+        to `queued`, keeping its run folder."""
+        self.transition(job_id, QUEUED, (CANCELLED, FAILED), if_no_lease=True)
         self.update(
             job_id,
             cancel_requested=False,

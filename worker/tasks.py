@@ -1,67 +1,192 @@
 """Celery tasks: thin wrappers around the training runner and the inference engine.
 
-Arguments are ids and plain JSON. Inference tasks are celery-batches `Batches` tasks: the
-worker's main process buffers requests for up to `batch_window_ms` or `batch_max_size`
-requests, then hands the whole list to one pool process, which answers each request on its
-own result key (`mark_as_done`).
+Arguments are ids and plain JSON. Inference tasks batch continuously: the worker's main
+process buffers incoming requests, and whenever the inference process is free it hands it
+everything buffered (up to `batch_max_size` requests) as one batch. Nothing waits for a
+window to close: a lone request starts at once, and under load each batch holds whatever
+arrived while the previous one ran. The inference process answers each request on its own
+result key (`mark_as_done`), dropping those whose client no longer waits.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future
+from queue import Empty
 from typing import Any
 
 from celery_batches import Batches, SimpleRequest
+from celery_batches.trace import apply_batches_task
 
 from models.settings import get_settings
 from worker.celery_app import EMULATE_TASK, GENERATE_TASK, PING_TASK, TRAIN_TASK, app
+from worker.emulate_jobs import EMULATE_FILE_TASK
+from worker.payload import DEADLINE, DROPPED_PREFIX, fetch_inputs, store_outputs
 
 log = logging.getLogger(__name__)
 _settings = get_settings()
 
-# The buffer is flushed when `flush_every` requests are waiting or every `flush_interval`
-# seconds; the inference worker's prefetch must exceed `flush_every` (see training.service).
-BATCH_OPTIONS: dict[str, Any] = {
-    "base": Batches,
-    "flush_every": _settings.batch_max_size,
-    "flush_interval": max(_settings.batch_window_ms, 1) / 1000.0,
-}
+STUCK_S = max(60.0, 2 * _settings.inference_timeout_s)  # a batch that never returned
+
+
+class ContinuousBatches(Batches):
+    """celery-batches, flushed when the inference process is free rather than on a timer.
+
+    celery-batches flushes its buffer every `flush_interval` or `flush_every` requests and
+    queues each flush in the pool, so under load many small batches wait behind one another.
+    Here one batch per task is in flight at a time: a new request is flushed at once when
+    none is, and the end of a batch (its pool callback) flushes what arrived meanwhile. The
+    parent's timer still fires every `flush_interval` as a safety net.
+    """
+
+    abstract = True
+    flush_every = 2**31  # never flush by count; `_do_flush` decides
+    flush_interval = 0.05
+    max_batch = _settings.batch_max_size
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._busy_since: float | None = None
+
+    def Strategy(self, task: Any, app: Any, consumer: Any) -> Any:
+        handler = super().Strategy(task, app, consumer)
+
+        def on_message(*args: Any, **kwargs: Any) -> None:
+            handler(*args, **kwargs)  # buffers the request (and starts the safety timer)
+            self._do_flush()
+
+        return on_message
+
+    def _do_flush(self) -> None:
+        if self._busy_since is not None:
+            if time.monotonic() - self._busy_since < STUCK_S:
+                return
+            log.error("an inference batch has not returned for %.0f s; flushing anyway", STUCK_S)
+        batch = []
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._buffer.get_nowait())
+            except Empty:
+                break
+        if not batch:
+            if self._tref is not None:  # idle: the next request restarts the timer
+                self._tref.cancel()
+                self._tref = None
+            return
+        self._busy_since = time.monotonic()
+        self.flush(batch)
+
+    def flush(self, requests: Any) -> Any:
+        simple = ([SimpleRequest.from_request(r) for r in requests],)
+
+        def on_accepted(pid: int, time_accepted: float) -> None:
+            for req in requests:
+                req.acknowledge()
+
+        def on_done(*_: Any) -> None:
+            self._busy_since = None
+            self._do_flush()
+
+        return self._pool.apply_async(
+            apply_batches_task,
+            (self, simple, 0, None),
+            accept_callback=on_accepted,
+            callback=on_done,
+            error_callback=on_done,
+        )
+
+
+def _wanted(requests: list[SimpleRequest]) -> list[SimpleRequest]:
+    """The requests someone still waits for: before their deadline, client not gone."""
+    now = time.time()
+    live = [r for r in requests if float(r.kwargs.get(DEADLINE) or now) >= now]
+    if live:
+        try:
+            gone = app.backend.client.mget([DROPPED_PREFIX + r.id for r in live])
+            live = [r for r, g in zip(live, gone, strict=True) if g is None]
+        except Exception:  # no way to ask: compute them all
+            log.debug("could not read dropped requests", exc_info=True)
+    if len(live) < len(requests):
+        log.info("dropped %d request(s) nobody waits for", len(requests) - len(live))
+    return live
+
+
+def _answer(req: SimpleRequest, res: Any, meta: dict[str, Any]) -> None:
+    from worker.inference import RequestError
+
+    if isinstance(res, RequestError):
+        body: dict[str, Any] = {"ok": False, "status": res.status, "detail": res.detail}
+    else:
+        body = store_outputs(app.backend.client, req.id, {"ok": True, **res})
+    body.update(meta)
+    app.backend.mark_as_done(req.id, body, request=req)
+
+
+def _answer_later(req: SimpleRequest, res: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Answer once the result's pending parts (futures: PNG encodes) are done."""
+    from worker.inference import RequestError
+
+    pending = {k: v for k, v in res.items() if isinstance(v, Future)}
+    if not pending:
+        _answer(req, res, meta)
+        return
+    key, fut = next(iter(pending.items()))
+
+    def done(f: Future) -> None:
+        try:
+            _answer_later(req, {**res, key: f.result()}, meta)
+        except Exception as exc:
+            log.exception("finishing %s failed", req.id)
+            _answer(req, RequestError(500, f"encoding failed: {type(exc).__name__}"), meta)
+
+    fut.add_done_callback(done)
 
 
 def _answer_batch(kind: str, requests: list[SimpleRequest]) -> int:
     from worker.inference import RequestError, get_engine
 
+    requests = _wanted(requests)
+    if not requests:
+        return 0
     started = time.time()
     payloads = [dict(r.kwargs) for r in requests]
     try:
+        fetch_inputs(app.backend.client, payloads)
         results = getattr(get_engine(), kind)(payloads)
     except Exception as exc:  # the engine guards per request; this is the last resort
         log.exception("%s batch failed", kind)
         results = [RequestError(500, f"{kind} failed: {type(exc).__name__}")] * len(requests)
     compute_s = time.time() - started
     for pos, (req, res) in enumerate(zip(requests, results, strict=True)):
-        if isinstance(res, RequestError):
-            body: dict[str, Any] = {"ok": False, "status": res.status, "detail": res.detail}
-        else:
-            body = {"ok": True, **res}
-        body.update(
+        meta = dict(
             batch_size=len(requests), batch_index=pos, started_at=started, compute_s=compute_s
         )
-        app.backend.mark_as_done(req.id, body, request=req)
+        if isinstance(res, dict):
+            _answer_later(req, res, meta)  # the next batch starts while PNGs encode
+        else:
+            _answer(req, res, meta)
     return len(requests)
 
 
-@app.task(name=GENERATE_TASK, **BATCH_OPTIONS)
+@app.task(name=GENERATE_TASK, base=ContinuousBatches)
 def generate(requests: list[SimpleRequest]) -> int:
     """kwargs per request: model, version (None = active), active (hint), seed, n, nrow."""
     return _answer_batch("generate", requests)
 
 
-@app.task(name=EMULATE_TASK, **BATCH_OPTIONS)
+@app.task(name=EMULATE_TASK, base=ContinuousBatches)
 def emulate(requests: list[SimpleRequest]) -> int:
     """kwargs per request: model, version (None = active), active (hint), x, samples, seed."""
     return _answer_batch("emulate", requests)
+
+
+@app.task(name=EMULATE_FILE_TASK)
+def emulate_file(job_id: str) -> None:
+    """A large catalog, emulated in this inference process's background job thread."""
+    from worker import emulate_jobs
+
+    emulate_jobs.submit(lambda: app.backend.client, _settings.home, job_id)
 
 
 @app.task(name=PING_TASK)

@@ -1,30 +1,40 @@
 """Run one training job by id: one live run per job, progress into Redis, resumable.
 
 A job may be delivered more than once (late acks: a worker that dies or shuts down hands
-its message back). Each delivery takes a per-job Redis lock with a TTL that a heartbeat
-thread renews; a delivery that finds the lock held retries later instead of starting a
+its message back; the reaper re-sends lost ones). Each delivery takes the job's lease (a
+Redis key with a TTL that a heartbeat thread renews); a delivery that finds the lease held
+by a live run is dropped (or retried while the job is still queued) instead of starting a
 second run, and every run resumes from the run folder's last checkpoint.
+
+Redis may go away under a running job: the run keeps training and checkpointing, skips
+progress writes while Redis is unreachable, takes its lease back when Redis returns and
+writes its final state then (waiting for it up to FINISH_WAIT_S).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
-from redis.lock import Lock
 
 from models.registry import Registry, RegistryError
 from models.settings import get_settings
 from worker.jobs import (
     CANCELLED,
     FAILED,
+    HEARTBEAT_S,
+    LEASE_TTL_S,
     QUEUED,
     RUNNING,
     SUCCEEDED,
@@ -32,14 +42,18 @@ from worker.jobs import (
     JobNotFound,
     JobStateError,
     JobStore,
-    lock_key,
+    check_data_path,
+    record_key,
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-LOCK_TTL_S = 60.0
-HEARTBEAT_S = 10.0
+LOCK_TTL_S = LEASE_TTL_S  # the task retries a refused delivery after half of it
 STOP_CHECK_S = 1.0  # how often `should_stop` reads the cancel flag from Redis
+REDIS_BACKOFF_S = 2.0  # after a failed Redis call, progress writes pause this long
+FINISH_WAIT_S = 120.0  # how long a finished run waits for Redis to record its final state
+LOOP_SILENT_S = 120.0  # a training loop silent this long (no step, no stop check) is stalled
 PROGRESS_EVERY_S = 0.5  # step events are written at most this often
 MAX_ATTEMPTS = 3  # deliveries that crash before a job is marked failed
 
@@ -66,25 +80,133 @@ def _on_sigterm(_signum: int, _frame: object) -> None:
 
 
 class _Heartbeat(threading.Thread):
-    """Renews the job lock and the record's heartbeat; notices when the lock is lost."""
+    """Renews the job's lease and heartbeat; notices when the lease is lost for good.
 
-    def __init__(self, lock: Lock, store: JobStore, job_id: str) -> None:
+    A Redis error is transient: the thread keeps trying every beat (redis-py reconnects), and
+    takes the lease back if it expired meanwhile and no other run took it. The lease is
+    renewed as long as the process lives (no second run may start), but the heartbeat time
+    only while the training loop shows life (`touch`), so a hung loop is reported stalled.
+    """
+
+    def __init__(self, store: JobStore, job_id: str, token: str) -> None:
         super().__init__(name=f"heartbeat-{job_id[:8]}", daemon=True)
-        self.lock, self.store, self.job_id = lock, store, job_id
+        self.store, self.job_id, self.token = store, job_id, token
         self.stopped = threading.Event()
         self.lost = threading.Event()
+        self.loop_seen = time.monotonic()
+
+    def touch(self) -> None:
+        self.loop_seen = time.monotonic()
 
     def run(self) -> None:
+        failing = False
         while not self.stopped.wait(HEARTBEAT_S):
+            alive = time.monotonic() - self.loop_seen < LOOP_SILENT_S
             try:
-                self.lock.reacquire()
-                self.store.update(self.job_id, heartbeat_at=time.time())
-            except redis.exceptions.LockError:
-                log.error("job %s: lost its lock; stopping this run", self.job_id)
+                renewed = self.store.renew_lease(self.job_id, self.token, beat=alive)
+            except redis.exceptions.RedisError as exc:
+                if not failing:
+                    log.warning("job %s: heartbeat failed (retrying): %s", self.job_id, exc)
+                failing = True
+                continue
+            if failing or renewed == 2:
+                log.warning("job %s: Redis is back; lease %s", self.job_id, _RENEWED[renewed])
+            failing = False
+            if not renewed:
+                log.error("job %s: lost its lease; stopping this run", self.job_id)
                 self.lost.set()
                 return
-            except redis.exceptions.RedisError as exc:  # transient: try again next beat
-                log.warning("job %s: heartbeat failed: %s", self.job_id, exc)
+
+
+_RENEWED = {0: "lost", 1: "renewed", 2: "taken back"}
+
+
+class _RedisGate:
+    """Skips best-effort Redis writes for REDIS_BACKOFF_S after one fails, so a run whose
+    Redis is down trains on (and checkpoints) instead of failing or waiting on timeouts."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.closed_until = 0.0
+        self.skipped = 0
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T | None:
+        if time.monotonic() < self.closed_until:
+            self.skipped += 1
+            return None
+        try:
+            out = fn(*args)
+        except redis.exceptions.RedisError as exc:
+            if self.closed_until == 0.0:
+                log.warning("job %s: Redis unreachable, training on: %s", self.job_id, exc)
+            self.closed_until = time.monotonic() + REDIS_BACKOFF_S
+            self.skipped += 1
+            return None
+        if self.closed_until:
+            log.warning("job %s: Redis is back (%d writes skipped)", self.job_id, self.skipped)
+            self.closed_until, self.skipped = 0.0, 0
+        return out
+
+
+def _pid_alive(pid: int) -> bool:
+    """A live process (not a zombie: a killed worker's pool processes can linger as zombies
+    where nothing reaps orphans)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def _host_id() -> str:
+    """This machine and pid namespace: pids are comparable only between processes that
+    share both (containers on one host can share a hostname, never a pid namespace)."""
+    try:
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        ns = 0
+    return f"{socket.gethostname()}/{ns}"
+
+
+def _dead_local_lease(rec: dict[str, Any]) -> str | None:
+    """The token of the record's lease if it belongs to a dead process of this host."""
+    lease = rec.get("lease") or {}
+    pid = lease.get("pid")
+    if lease.get("host") != _host_id() or not isinstance(pid, int) or pid == os.getpid():
+        return None
+    return None if _pid_alive(pid) else str(lease.get("token"))
+
+
+def _take_stale_lease(store: JobStore, job_id: str, rec: dict[str, Any], token: str) -> bool:
+    """Take over a lease left by a dead process on this machine (e.g. a `kill -9`d pool
+    process whose message came straight back): no need to wait for it to expire."""
+    dead = _dead_local_lease(rec)
+    if dead is None or not store.release_lease(job_id, dead):
+        return False
+    log.warning("job %s: its run (pid %s) died; taking over its lease", job_id, rec["lease"]["pid"])
+    return store.acquire_lease(job_id, token)
+
+
+def release_dead_leases(store: JobStore) -> list[str]:
+    """At a worker's start: free the leases that dead runs of this host left behind (a
+    worker killed with its pool), so the reaper re-sends their jobs without waiting for
+    the leases to expire. Returns the job ids."""
+    freed = []
+    for job_id, state, leased in store.active():
+        if state != RUNNING or not leased:
+            continue
+        with contextlib.suppress(JobNotFound):
+            dead = _dead_local_lease(store.get(job_id))
+            if dead is not None and store.release_lease(job_id, dead):
+                log.warning("job %s: its run died with its worker; lease freed", job_id)
+                freed.append(job_id)
+    return freed
 
 
 def run_job(job_id: str, store: JobStore | None = None) -> dict[str, Any]:
@@ -103,10 +225,14 @@ def run_job(job_id: str, store: JobStore | None = None) -> dict[str, Any]:
         log.info("job %s already %s; nothing to do", job_id, rec["state"])
         return {"job_id": job_id, "state": rec["state"]}
 
-    lock = Lock(store.r, lock_key(job_id), timeout=LOCK_TTL_S, blocking=False, thread_local=False)
-    if not lock.acquire():
+    token = uuid.uuid4().hex
+    if not (store.acquire_lease(job_id, token) or _take_stale_lease(store, job_id, rec, token)):
+        if store.field(job_id, "state") == RUNNING:
+            # a live run owns the job; if it dies the reaper re-sends the job
+            log.info("job %s: a live run holds it; dropping this duplicate delivery", job_id)
+            return {"job_id": job_id, "state": RUNNING}
         raise LockHeld(f"job {job_id} is running elsewhere")
-    heartbeat = _Heartbeat(lock, store, job_id)
+    heartbeat = _Heartbeat(store, job_id, token)
     shutting_down = False
     try:
         try:
@@ -121,6 +247,7 @@ def run_job(job_id: str, store: JobStore | None = None) -> dict[str, Any]:
             attempts=attempts,
             started_at=rec.get("started_at") or now,
             heartbeat_at=now,
+            lease={"host": _host_id(), "pid": os.getpid(), "token": token},
         )
         store.event(job_id, {"event": "state", "state": RUNNING, "attempt": attempts})
         if attempts > MAX_ATTEMPTS:
@@ -147,8 +274,8 @@ def run_job(job_id: str, store: JobStore | None = None) -> dict[str, Any]:
                 os.kill(os.getpid(), signal.SIGTERM)
     finally:
         heartbeat.stopped.set()
-        with contextlib.suppress(redis.exceptions.LockError, redis.exceptions.RedisError):
-            lock.release()
+        with contextlib.suppress(redis.exceptions.RedisError):
+            store.release_lease(job_id, token)
         if shutting_down:
             # Exit without acknowledging: the broker keeps the message for the next worker.
             os._exit(143)
@@ -165,6 +292,7 @@ def _train(
     last_write = 0.0
     last_check = 0.0
     stop_now = False
+    store_key = record_key(job_id)
 
     def progress(ev: ProgressEvent) -> None:
         nonlocal last_write
@@ -179,28 +307,36 @@ def _train(
         store.update(job_id, **fields)
         store.event(job_id, {"event": "progress", "kind": ev["event"], **_jsonable(fields)})
 
+    gate = _RedisGate(job_id)
+
     def should_stop() -> bool:
         nonlocal last_check, stop_now
+        heartbeat.touch()
         if heartbeat.lost.is_set() or _shutdown.is_set():
             return True
         now = time.monotonic()
         if not stop_now and now - last_check >= STOP_CHECK_S:
             last_check = now
-            try:
-                stop_now = bool(store.field(job_id, "cancel_requested"))
-            except redis.exceptions.RedisError as exc:
-                log.warning("job %s: cannot read the cancel flag: %s", job_id, exc)
+            got = gate.call(store.r.hmget, store_key, "state", "cancel_requested")
+            if got is not None:
+                state, flag = (None if v is None else json.loads(v) for v in got)
+                if state != RUNNING:  # cancelled or re-queued while this run was cut off
+                    log.warning("job %s is %s now; stopping this run", job_id, state)
+                    heartbeat.lost.set()
+                stop_now = bool(flag) or heartbeat.lost.is_set()
         return stop_now
 
     try:
         _limit_torch_threads()
+        report_devices(store)
+        _recheck_data(rec, settings.data_dir)
         config = config_from_dict(rec["config"])
         result = run_training(
             config,
             rec.get("data"),
             run_dir,
             resume=True,
-            progress=progress,
+            progress=lambda ev: gate.call(progress, ev),  # best effort while Redis is down
             should_stop=should_stop,
         )
     except Exception as exc:  # the record carries the message; the log the traceback
@@ -238,9 +374,36 @@ def _register(rec: dict[str, Any], job_id: str, result: dict[str, Any], root: Pa
 
 
 def _finish(store: JobStore, job_id: str, state: str, **fields: Any) -> dict[str, Any]:
-    store.update(job_id, state=state, finished_at=time.time(), **fields)
-    store.event(job_id, {"event": "state", "state": state, **_jsonable(fields)})
-    log.info("job %s %s", job_id, state)
+    """Record the end of the run (only over `running`: a job cancelled or re-queued meanwhile
+    keeps its state), waiting for Redis if it is down."""
+
+    def write() -> bool:
+        try:
+            store.transition(job_id, state, (RUNNING,))
+        except JobStateError:
+            if store.field(job_id, "state") != state:
+                log.warning("job %s: not recording %s: it is no longer running", job_id, state)
+                return False
+            # an earlier try got this far before Redis went away: write the rest
+        store.update(job_id, finished_at=time.time(), **fields)
+        store.event(job_id, {"event": "state", "state": state, **_jsonable(fields)})
+        return True
+
+    deadline = time.monotonic() + FINISH_WAIT_S
+    while True:
+        try:
+            recorded = write()
+            break
+        except redis.exceptions.RedisError as exc:
+            if time.monotonic() > deadline:
+                # the lease expires, and the reaper re-sends the job: it resumes from the
+                # final checkpoint and records the end then
+                log.error("job %s: could not record %s: %s", job_id, state, exc)
+                recorded = False
+                break
+            time.sleep(1.0)
+    if recorded:
+        log.info("job %s %s", job_id, state)
     return {"job_id": job_id, "state": state, **_jsonable(fields)}
 
 
@@ -248,6 +411,24 @@ def _jsonable(fields: dict[str, Any]) -> dict[str, Any]:
     import json
 
     return json.loads(json.dumps(fields, default=str))
+
+
+def _recheck_data(rec: dict[str, Any], data_dir: Path) -> None:
+    """The record came through Redis: its data path must still be a dataset in the data
+    root (whoever could write Redis must not point a run at other files)."""
+    if rec.get("data") is not None:
+        from training.presets import family
+
+        want = "dir" if family(rec["preset"]) == "image" else "file"
+        check_data_path(str(rec["data"]), data_dir, want)
+
+
+def report_devices(store: JobStore) -> None:
+    """Tell the API how many CUDA devices this training host sees (best effort)."""
+    import torch
+
+    with contextlib.suppress(redis.exceptions.RedisError):
+        store.report_devices(_host_id(), torch.cuda.device_count())
 
 
 def _limit_torch_threads() -> None:

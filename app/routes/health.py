@@ -8,10 +8,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.deps import JobsDep, WaiterDep
-from app.metrics import JOBS, REGISTRY
+from app.metrics import JOBS, exposition
 from app.results import BrokerUnavailable, ResultTimeout, TaskFailed
 from worker.celery_app import INFERENCE_QUEUE, PING_TASK
 
@@ -70,4 +70,4 @@ async def metrics(jobs: JobsDep) -> Response:
         counts = {}
     for state, n in counts.items():
         JOBS.labels(state).set(n)
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -10,62 +11,108 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import redis
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from app.deps import ApiKey, CeleryDep, JobsDep, SettingsDep
+from app.deps import ApiKey, Authenticated, CeleryDep, JobsDep, SettingsDep
 from app.errors import ApiError
-from app.schemas import JOB_ID_PATTERN, JobList, JobOut, TrainAccepted, TrainRequest
+from app.limits import StreamSlots, client_key
+from app.schemas import (
+    JOB_ID_PATTERN,
+    MAX_SEED,
+    ErrorOut,
+    JobList,
+    JobOut,
+    TrainAccepted,
+    TrainRequest,
+)
 from models.settings import Settings
-from training.presets import build_config, config_to_dict, default_data
+from training.presets import build_config, config_to_dict, default_data, family
 from training.progress import RECORD_FIELDS
-from worker.celery_app import TRAIN_TASK, TRAINING_QUEUE
+from worker.celery_app import send_training
 from worker.jobs import (
+    DEVICE_RE,
     FAILED,
     RUNNING,
+    STALE_AFTER_S,
     STATES,
     TERMINAL,
     JobStore,
+    check_data_path,
     events_key,
     new_job_id,
+    record_key,
 )
 
 router = APIRouter(prefix="/train", tags=["training"])
 
 JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="A training job id.")]
 SAMPLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.png$")
-STALE_AFTER_S = 90.0  # a running job without a heartbeat for this long is reported stalled
 
 
 def resolve_data(preset: str, data: str | None, dry_run: bool, settings: Settings) -> str | None:
-    """The dataset path, checked to exist inside the data root (no escaping it)."""
+    """The dataset path, checked to exist inside the data root (no escaping it), and to be a
+    folder for an image preset or a catalog file for the emulator."""
     if data is None and dry_run:
         return None
-    root = settings.data_dir.resolve()
-    raw = Path(data) if data is not None else Path(default_data(preset))
-    path = (raw if raw.is_absolute() else root / raw).resolve()
-    if not path.is_relative_to(root):
-        raise ApiError(422, f"data {data!r} is outside the data root {root}")
-    if not path.exists():
+    raw = data if data is not None else default_data(preset)
+    want = "dir" if family(preset) == "image" else "file"
+    try:
+        return str(check_data_path(raw, settings.data_dir, want))
+    except ValueError as exc:
         hint = "" if data is not None else " (build it with `cosmogan data` or pass 'data')"
-        raise ApiError(422, f"dataset not found: {path}{hint}")
-    return str(path)
+        raise ApiError(422, f"{exc}{hint}") from None
 
 
-def job_out(rec: dict[str, Any], settings: Settings) -> JobOut:
+def check_runnable(config: Any, jobs: JobStore) -> None:
+    """Refuse a job that could only fail: a seed torch cannot take, a device that no
+    training worker has (as they report it; with no report yet the worker checks)."""
+    if not 0 <= config.seed <= MAX_SEED:
+        raise ApiError(422, f"overrides.seed must be between 0 and {MAX_SEED}")
+    m = DEVICE_RE.match(str(config.device))
+    if not m or (m.group(2) and m.group(1) != "cuda"):
+        raise ApiError(422, "overrides.device must be auto, cpu, cuda or cuda:N")
+    if m.group(1) == "cuda":
+        reports = jobs.devices()
+        need = int(m.group(3) or 0) + 1
+        if reports and max(reports.values()) < need:
+            have = max(reports.values())
+            raise ApiError(
+                422,
+                f"no training worker has device {config.device!r}: "
+                f"the most CUDA devices a worker reports is {have}",
+            )
+
+
+HIDDEN_ERROR = "hidden from anonymous callers: send the API key to see it"
+
+
+def public_fields(fields: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """What anonymous callers see of a job or event: no server paths, no error texts."""
+    out = dict(fields)
+    if out.get("data"):
+        path, root = Path(str(out["data"])), settings.data_dir.resolve()
+        out["data"] = str(path.relative_to(root)) if path.is_relative_to(root) else path.name
+    if out.get("error"):
+        out["error"] = HIDDEN_ERROR
+    return out
+
+
+def job_out(rec: dict[str, Any], settings: Settings, full: bool = True) -> JobOut:
+    """The API view of a record; `full` for callers with the API key."""
+    if not full:
+        rec = public_fields(rec, settings)
     job_id = rec["job_id"]
     names = set(rec.get("samples") or [])
     sample_dir = settings.runs_dir / job_id / "samples"
     if sample_dir.is_dir():
         names.update(p.name for p in sample_dir.glob("*.png"))
-    stalled = (
-        rec.get("state") == RUNNING
-        and rec.get("heartbeat_at") is not None
-        and time.time() - rec["heartbeat_at"] > STALE_AFTER_S
-    )
+    beat = rec.get("heartbeat_at") or rec.get("started_at")
+    stalled = rec.get("state") == RUNNING and (beat is None or time.time() - beat > STALE_AFTER_S)
     fields = {k: v for k, v in rec.items() if k in JobOut.model_fields and v is not None}
     fields.update(
         samples=[f"/train/{job_id}/samples/{n}" for n in sorted(names)],
@@ -76,9 +123,8 @@ def job_out(rec: dict[str, Any], settings: Settings) -> JobOut:
 
 
 def _enqueue(celery: Any, jobs: JobStore, job_id: str) -> None:
-    attempt = f"{job_id}-{int(time.time() * 1000)}"
     try:
-        celery.send_task(TRAIN_TASK, args=[job_id], task_id=attempt, queue=TRAINING_QUEUE)
+        send_training(job_id, celery)
     except Exception as exc:
         jobs.update(job_id, state=FAILED, error=f"could not be queued: {exc}")
         raise ApiError(
@@ -112,6 +158,7 @@ def create_job(
         jobs.requeue_for_resume(job_id, activate=body.activate or bool(rec.get("activate")))
     else:
         config = build_config(body.preset, body.overrides)
+        check_runnable(config, jobs)
         data = resolve_data(body.preset, body.data, config.dry_run, settings)
         job_id = new_job_id()
         jobs.create(
@@ -135,15 +182,17 @@ def create_job(
 def list_jobs(
     jobs: JobsDep,
     settings: SettingsDep,
+    full: Authenticated,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     state: Annotated[str | None, Query(pattern="^(" + "|".join(STATES) + ")$")] = None,
 ) -> JobList:
-    return JobList(jobs=[job_out(r, settings) for r in jobs.list(limit=limit, state=state)])
+    recs = jobs.list(limit=limit, state=state)
+    return JobList(jobs=[job_out(r, settings, full) for r in recs])
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="One job's state and progress")
-def get_job(job_id: JobId, jobs: JobsDep, settings: SettingsDep) -> JobOut:
-    return job_out(jobs.get(job_id), settings)
+def get_job(job_id: JobId, jobs: JobsDep, settings: SettingsDep, full: Authenticated) -> JobOut:
+    return job_out(jobs.get(job_id), settings, full)
 
 
 @router.delete(
@@ -177,45 +226,110 @@ async def _existing_job(job_id: JobId, jobs: JobsDep) -> dict[str, Any]:
     return await asyncio.to_thread(jobs.get, job_id)
 
 
+async def _stream_slot(request: Request) -> AsyncIterator[tuple[str, str]]:
+    """A slot among the capped concurrent streams, held until the stream ends; the stream
+    refreshes it (`StreamSlots.refresh`) as it goes."""
+    slots: StreamSlots = request.app.state.streams
+    who, token = client_key(request), new_job_id()
+    refused = await slots.acquire(who, token)
+    if refused:
+        raise ApiError(429, refused, headers={"Retry-After": "10"})
+    try:
+        yield who, token
+    finally:
+        with contextlib.suppress(redis.exceptions.RedisError):
+            await slots.release(who, token)
+
+
+STREAM_ID = r"^[0-9]{1,20}(-[0-9]{1,20})?$"
+STREAM_RETRY_S = 60.0  # a stream whose Redis stays unreachable this long ends
+
+
+def _event_cursor(
+    request: Request,
+    last_event_id: Annotated[
+        str | None,
+        Query(
+            max_length=41,
+            pattern=STREAM_ID,
+            description="Resume after this event id (`<ms>-<seq>`); also `Last-Event-ID`.",
+        ),
+    ] = None,
+) -> str | None:
+    """Where to resume: the query's id, else the `Last-Event-ID` header; checked before the
+    stream starts, so a bad one is a 422."""
+    header_id = request.headers.get("last-event-id")
+    if last_event_id is None and header_id is not None and not re.match(STREAM_ID, header_id):
+        raise ApiError(422, f"Last-Event-ID {header_id[:64]!r} is not an event id")
+    return last_event_id or header_id
+
+
 @router.get(
     "/{job_id}/events",
     response_class=EventSourceResponse,
     summary="Live progress as server-sent events; the stream ends when the job ends",
+    responses={
+        429: {"model": ErrorOut, "description": "Too many concurrent event streams."},
+    },
 )
 async def job_events(
     job_id: JobId,
     request: Request,
     jobs: JobsDep,
     _exists: Annotated[dict[str, Any], Depends(_existing_job)],  # 404 before streaming
-    last_event_id: Annotated[str | None, Query(max_length=64)] = None,
+    slot: Annotated[tuple[str, str], Depends(_stream_slot)],
+    cursor: Annotated[str | None, Depends(_event_cursor)],
+    settings: SettingsDep,
+    full: Authenticated,
 ) -> AsyncIterator[ServerSentEvent]:
-    client: aioredis.Redis = request.app.state.aredis
+    def shown(data: dict[str, Any]) -> dict[str, Any]:
+        return data if full else public_fields(data, settings)
+
+    # its own connection pool, capped with the streams: streams never starve /readyz etc.
+    client: aioredis.Redis = request.app.state.stream_redis
     key = events_key(job_id)
-    header_id = request.headers.get("last-event-id")
-    cursor = last_event_id or header_id
     if cursor is None:
         # events after this point are streamed; the snapshot below covers what came before
         newest = await client.xrevrange(key, count=1)
         cursor = newest[0][0].decode() if newest else "0-0"
         rec = await asyncio.to_thread(jobs.get, job_id)
-        yield ServerSentEvent(event="snapshot", data=_snapshot(rec), id=cursor)
+        yield ServerSentEvent(event="snapshot", data=shown(_snapshot(rec)), id=cursor)
         if rec["state"] in TERMINAL:
             return
-    while True:
-        if await request.is_disconnected():
-            return
-        batch = await client.xread({key: cursor}, count=100, block=5000)
+    failing_since: float | None = None
+    while not await request.is_disconnected():
+        try:
+            await request.app.state.streams.refresh(*slot)
+            batch = await client.xread({key: cursor}, count=100, block=5000)
+            # a finished job with nothing past the cursor (even a cursor in the future) ends
+            if not batch and await _ended(client, job_id, key, cursor):
+                return
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            # Redis restarting: keep the stream open a while, the client keeps its cursor
+            failing_since = failing_since or time.monotonic()
+            if time.monotonic() - failing_since > STREAM_RETRY_S:
+                return
+            await asyncio.sleep(1.0)
+            continue
+        failing_since = None
         for _stream, entries in batch or []:
             for eid, fields in entries:
                 cursor = eid.decode()
                 payload = json.loads(fields[b"data"])
                 yield ServerSentEvent(
-                    event=payload.get("event", "progress"), data=payload, id=cursor
+                    event=payload.get("event", "progress"), data=shown(payload), id=cursor
                 )
                 ended = payload.get("event") == "state" and payload.get("state") in TERMINAL
                 # the end, unless this is history and the job was resumed after it
                 if ended and not await client.xread({key: cursor}, count=1):
                     return
+
+
+async def _ended(client: aioredis.Redis, job_id: str, key: str, cursor: str) -> bool:
+    raw = await client.hget(record_key(job_id), "state")
+    return raw is None or (
+        json.loads(raw) in TERMINAL and not await client.xread({key: cursor}, count=1)
+    )
 
 
 def _snapshot(rec: dict[str, Any]) -> dict[str, Any]:

@@ -134,8 +134,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         "COSMOGAN_MAX_GENERATE_N": "16",
         "COSMOGAN_MAX_EMULATE_ROWS": "200",
         "COSMOGAN_MAX_EMULATE_SAMPLES": "4",
-        "COSMOGAN_BATCH_WINDOW_MS": "50",
         "COSMOGAN_INFERENCE_TIMEOUT_S": "60",
+        "COSMOGAN_MAX_QUEUED_WORK": "64",
         "PYTHONUNBUFFERED": "1",
     }
     cli = [sys.executable, "-m", "launcher"]

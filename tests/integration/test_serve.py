@@ -63,9 +63,10 @@ def alive_pids(pids: set[int]) -> list[int]:
     return [int(line.split()[0]) for line in alive(pids)]
 
 
-def start_serve(home: Path, port: int, log: Path) -> subprocess.Popen:
+def start_serve(home: Path, port: int, log: Path, **settings: str) -> subprocess.Popen:
+    """`cosmogan serve` on `home`; `settings` are more COSMOGAN_* variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COSMOGAN_")}
-    env.update(COSMOGAN_HOME=str(home), COSMOGAN_DEVICE="cpu", PYTHONUNBUFFERED="1")
+    env.update(COSMOGAN_HOME=str(home), COSMOGAN_DEVICE="cpu", PYTHONUNBUFFERED="1", **settings)
     return subprocess.Popen(
         [sys.executable, "-m", "launcher", "serve", "--port", str(port)],
         env=env,

@@ -26,6 +26,7 @@ an alias, the canonical name wins and the alias column is kept under its own nam
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -42,7 +43,10 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("csv", "parquet", "fits")
 MAG_RANGE = (10.0, 40.0)  # AB; anything outside is not a galaxy magnitude
-MAX_PSF_FWHM = 10.0  # arcsec
+# Observing conditions a survey can have. The bounds are far outside DES's (sky sigma 3–20,
+# seeing 0.6–2″) but keep every value finite and non-zero in float32, where the networks work.
+SKY_SIGMA_RANGE = (1e-3, 1e6)  # flux units per 0.263″ pixel at zero-point 30
+PSF_FWHM_RANGE = (0.05, 10.0)  # arcsec
 MAX_PROBLEMS = 1000  # per-row problems kept for API responses
 _SHOWN_ROWS = 5  # row indices quoted per column in the error message
 
@@ -106,10 +110,13 @@ def _alias_table() -> dict[str, tuple[str, bool]]:
 ALIASES = _alias_table()
 
 
-def normalize_columns(df: pd.DataFrame) -> pd.DataFrame:
-    """`df` with known columns renamed to their canonical names (variances → RMS)."""
-    chosen: dict[str, tuple[str, bool]] = {}  # canonical → (source column, sqrt)
-    for name in df.columns:
+def resolve_names(names: Any) -> dict[str, tuple[Any, bool]]:
+    """canonical column → (the column of `names` that provides it, is a variance).
+
+    The canonical name itself (any case) wins over an alias; otherwise the first alias.
+    """
+    chosen: dict[str, tuple[Any, bool]] = {}
+    for name in names:
         hit = ALIASES.get(str(name).strip().lower())
         if hit is None:
             continue
@@ -117,6 +124,12 @@ def normalize_columns(df: pd.DataFrame) -> pd.DataFrame:
         exact = str(name).strip().lower() == canonical
         if canonical not in chosen or exact:
             chosen[canonical] = (name, is_var)
+    return chosen
+
+
+def normalize_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with known columns renamed to their canonical names (variances → RMS)."""
+    chosen = resolve_names(df.columns)
     if not chosen:
         return df
     out = df.copy()
@@ -139,6 +152,36 @@ def _rows_text(rows: np.ndarray) -> str:
     return shown + (", …" if len(rows) > _SHOWN_ROWS else "")
 
 
+def _as_float(raw: pd.Series) -> np.ndarray:
+    """A column as float64: anything that is not a number (text, lists, an integer beyond
+    float64's range) becomes NaN, to be reported by row."""
+    try:
+        return pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    except (OverflowError, TypeError, ValueError):  # to_numeric gives up on the whole column
+        return np.array([_one_float(v) for v in raw], dtype=np.float64)
+
+
+def _one_float(value: Any) -> float:
+    try:
+        return float(pd.to_numeric(value))
+    except (OverflowError, TypeError, ValueError):
+        return np.nan
+
+
+def range_checks(name: str, col: np.ndarray) -> list[tuple[np.ndarray, str]]:
+    """(rows out of range, message) for the finite values of input column `name`."""
+    finite = np.isfinite(col)
+    with np.errstate(invalid="ignore"):
+        if name in columns.TRUE_MAG:
+            lo, hi = MAG_RANGE
+            return [(finite & ((col < lo) | (col > hi)), f"magnitude outside {lo:g}–{hi:g}")]
+        if name in columns.SKY_SIGMA:
+            lo, hi = SKY_SIGMA_RANGE
+            return [(finite & ((col < lo) | (col > hi)), f"sky sigma outside {lo:g}–{hi:g}")]
+        lo, hi = PSF_FWHM_RANGE
+        return [(finite & ((col < lo) | (col > hi)), f"PSF FWHM outside {lo:g}–{hi:g} arcsec")]
+
+
 def find_problems(
     df: pd.DataFrame, row_offset: int = 0
 ) -> tuple[list[str], list[dict[str, Any]], np.ndarray | None]:
@@ -157,26 +200,13 @@ def find_problems(
     values = np.empty((len(df), len(columns.INPUTS)), dtype=np.float64)
     for k, name in enumerate(columns.INPUTS):
         raw = df[name]
-        col = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        col = _as_float(raw)
         values[:, k] = col
         checks: list[tuple[np.ndarray, str]] = []
         not_number = ~np.isfinite(col) & raw.notna().to_numpy() & ~np.isinf(col)
         checks.append((not_number, "not a number"))
         checks.append((raw.isna().to_numpy() | np.isinf(col), "NaN, null or infinite"))
-        finite = np.isfinite(col)
-        with np.errstate(invalid="ignore"):
-            if name in columns.TRUE_MAG:
-                lo, hi = MAG_RANGE
-                checks.append(
-                    (finite & ((col < lo) | (col > hi)), f"magnitude outside {lo:g}–{hi:g}")
-                )
-            elif name in columns.SKY_SIGMA:
-                checks.append((finite & (col <= 0), "sky sigma must be positive"))
-            else:
-                checks.append((finite & (col <= 0), "PSF FWHM must be positive"))
-                checks.append(
-                    (finite & (col > MAX_PSF_FWHM), f"PSF FWHM above {MAX_PSF_FWHM:g} arcsec")
-                )
+        checks += range_checks(name, col)
         for mask, message in checks:
             rows = np.flatnonzero(mask) + row_offset
             if len(rows) == 0:
@@ -211,9 +241,6 @@ def rows_to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------------------
 # reading
-OUT_OF_DOMAIN = "out_of_domain"  # an input outside the ranges the model was trained on
-
-
 def with_emulated(
     df: pd.DataFrame,
     mags: np.ndarray,
@@ -223,27 +250,22 @@ def with_emulated(
     magerr: np.ndarray | None = None,
     out_of_domain: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """The input rows, each repeated `samples` times, with `mag_r/i/z` and `detected`.
+    """The input rows, each repeated `samples` times, with the emulated columns.
 
     `mags` (N·samples, 3) and `detected` (N·samples,) are in the emulator's order: row i,
     realization k at i·samples + k; so are `magerr` (N·samples, 3), written as
     `magerr_r/i/z` when the model emulates errors, and `out_of_domain` (N·samples,) bool. A
-    `realization` column is added when samples > 1; any observed columns already in `df`
+    `realization` column is added when samples > 1; any emulated columns already in `df`
     are replaced.
     """
-    replaced = (*columns.OBSERVED, *columns.MAGERR, columns.DETECTED, OUT_OF_DOMAIN)
+    added = columns.emulated(mags, detected, magerr, out_of_domain)
+    replaced = (*columns.OBSERVED, *columns.MAGERR, columns.DETECTED, columns.OUT_OF_DOMAIN)
     out = df.drop(columns=[c for c in replaced if c in df.columns])
     out = out.iloc[np.repeat(np.arange(len(out)), samples)].reset_index(drop=True)
     if samples > 1:
-        out["realization"] = np.tile(np.arange(samples), len(df))
-    for j, name in enumerate(columns.OBSERVED):
-        out[name] = mags[:, j]
-    if magerr is not None:
-        for j, name in enumerate(columns.MAGERR):
-            out[name] = magerr[:, j]
-    out[columns.DETECTED] = np.asarray(detected, dtype=bool)
-    if out_of_domain is not None:
-        out[OUT_OF_DOMAIN] = np.asarray(out_of_domain, dtype=bool)
+        out[columns.REALIZATION] = np.tile(np.arange(samples), len(df))
+    for name, values in added.items():
+        out[name] = values
     return out
 
 
@@ -327,6 +349,30 @@ def iter_catalog(path: str | Path, chunk_rows: int = 100_000) -> Iterator[pd.Dat
         raise CatalogError(f"{path}: cannot read as {fmt}: {exc}") from exc
 
 
+def count_rows(path: str | Path) -> int | None:
+    """The rows of a catalog file from its metadata (Parquet footer, FITS header) or its
+    line count (plain CSV); None when that cannot be known without parsing it."""
+    path = Path(path)
+    fmt = catalog_format(path)
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows
+        if fmt == "fits":
+            from astropy.io import fits
+
+            with fits.open(path, memmap=True) as hdul:
+                return int(_fits_table_hdu(hdul, path).header.get("NAXIS2", 0))
+        if path.suffix.lower() in (".csv", ".txt"):
+            with path.open("rb") as f:
+                lines = sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+            return max(0, lines - 1)  # the header line
+    except (OSError, ValueError, CatalogError):
+        return None
+    return None
+
+
 def read_catalog(path: str | Path) -> pd.DataFrame:
     """A whole catalog in memory (see `iter_catalog` for large files)."""
     chunks = list(iter_catalog(path, chunk_rows=1_000_000))
@@ -356,14 +402,44 @@ def read_catalog_bytes(data: bytes, fmt: str) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------------------
 # writing
+def with_provenance(schema: Any, meta: dict[str, Any] | None) -> Any:
+    """A pyarrow schema with each contract column's unit (field metadata `unit`) and `meta`
+    (model, version, seed, samples) as JSON under the schema key `cosmogan`."""
+    import pyarrow as pa
+
+    fields = [
+        f.with_metadata({**(f.metadata or {}), b"unit": columns.UNITS[f.name].encode()})
+        if f.name in columns.UNITS
+        else f
+        for f in schema
+    ]
+    metadata = dict(schema.metadata or {})
+    if meta:
+        metadata[b"cosmogan"] = json.dumps(meta, default=str).encode()
+    return pa.schema(fields, metadata=metadata)
+
+
+def fits_provenance(table: Any, meta: dict[str, Any] | None) -> None:
+    """Units of the contract columns (those FITS can name) and `meta` as header keywords."""
+    for name in table.colnames:
+        unit = columns.UNITS.get(name)
+        if unit in ("mag", "arcsec"):
+            table[name].unit = unit
+    for key, value in (meta or {}).items():
+        table.meta[key.upper()[:8]] = value if isinstance(value, int | float) else str(value)
+
+
 class CatalogWriter:
     """Write a catalog chunk by chunk; the file appears only when the `with` block succeeds.
 
     Parquet and CSV stream to a temporary file; FITS is written at close from the chunks.
     """
 
-    def __init__(self, path: str | Path, fmt: str | None = None) -> None:
+    def __init__(
+        self, path: str | Path, fmt: str | None = None, meta: dict[str, Any] | None = None
+    ) -> None:
         self.path = Path(path)
+        self.meta = meta  # provenance: written into Parquet and FITS files with the units
         self.fmt = fmt or catalog_format(self.path)
         if self.fmt not in FORMATS:
             raise CatalogError(f"unknown catalog format {self.fmt!r}")
@@ -386,7 +462,8 @@ class CatalogWriter:
 
             if self._parquet is None:
                 table = pa.Table.from_pandas(df, preserve_index=False)
-                self._schema = table.schema
+                self._schema = with_provenance(table.schema, self.meta)
+                table = table.cast(self._schema)
                 self._parquet = pq.ParquetWriter(self.tmp, self._schema)
             else:
                 try:
@@ -422,7 +499,9 @@ class CatalogWriter:
             from astropy.table import Table
 
             df = pd.concat(self._chunks, ignore_index=True) if self._chunks else pd.DataFrame()
-            Table.from_pandas(df).write(self.tmp, format="fits", overwrite=True)
+            table = Table.from_pandas(df)
+            fits_provenance(table, self.meta)
+            table.write(self.tmp, format="fits", overwrite=True)
         os.replace(self.tmp, self.path)
 
     def _abort(self) -> None:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from app.schemas import JobOut, JobProgress
 from training.presets import build_config
 from training.progress import RECORD_FIELDS, ProgressEvent, Schedule, record_fields
 from training.runner import run_training
-from training.scaffold import MetricsLog
+from training.scaffold import MetricsLog, restore_rng, rng_state, use_deterministic_kernels
 
 from .test_emulator_gan import make_analytic_catalog
 
@@ -160,3 +162,40 @@ def test_metrics_log_keeps_only_whole_lines_up_to_the_resumed_step(tmp_path) -> 
     assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2]
     MetricsLog(path, None)  # a fresh run in a used folder starts an empty log
     assert path.read_text() == ""
+
+
+def test_rng_states_come_back_also_from_the_earlier_emulator_layout() -> None:
+    data = torch.Generator().manual_seed(5)
+    saved = rng_state(torch.device("cpu"), data)
+    expected = (torch.rand(3), torch.rand(3, generator=data))
+    restore_rng({"rng": saved}, torch.device("cpu"), data)
+    assert torch.equal(torch.rand(3), expected[0])
+    assert torch.equal(torch.rand(3, generator=data), expected[1])
+    legacy = {"rng_cpu": saved["torch"], "rng_cuda": None}  # checkpoints before "rng"
+    restore_rng(legacy, torch.device("cpu"))
+    assert torch.equal(torch.rand(3), expected[0])
+
+
+def test_deterministic_kernels_are_asked_for_on_cuda_only(monkeypatch) -> None:
+    cudnn = torch.backends.cudnn
+    before = (
+        cudnn.deterministic,
+        cudnn.benchmark,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    cudnn.deterministic, cudnn.benchmark = False, True
+    try:
+        use_deterministic_kernels(torch.device("cpu"), True)
+        use_deterministic_kernels(torch.device("cuda"), False)
+        assert (cudnn.deterministic, cudnn.benchmark) == (False, True)
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+        use_deterministic_kernels(torch.device("cuda"), True)
+        assert (cudnn.deterministic, cudnn.benchmark) == (True, False)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()  # warns, never fails a run
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        cudnn.deterministic, cudnn.benchmark = before[0], before[1]
+        torch.use_deterministic_algorithms(before[2], warn_only=before[3])

@@ -1,0 +1,169 @@
+"""How a route runs inference: resolve the model, admit, enqueue, wait, measure, map errors.
+
+Admission keeps the inference queue bounded across every API process: each request adds its
+cost (images, or thousands of emulated rows) to a Redis sorted set scored by its deadline,
+and a request that would take the queued total over `COSMOGAN_MAX_QUEUED_WORK` gets a 503
+with `Retry-After` at once instead of a timeout minutes later. Entries leave the set when
+their answer arrives, when the client goes away, or at their deadline if the API process
+died. The deadline travels with the task: the worker drops work nobody waits for any more,
+and work whose client disconnected (the API marks it dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+
+from app.errors import ApiError
+from app.metrics import REJECTED, observe_inference
+from app.results import ResultWaiter
+from models.kinds import Family
+from models.registry import ModelVersion, Registry
+from models.settings import Settings
+from training.presets import PRESETS, family
+from worker.celery_app import INFERENCE_QUEUE
+from worker.payload import (
+    BLOB_SUFFIX,
+    BLOB_TTL_S,
+    BLOBS,
+    DEADLINE,
+    DROPPED_PREFIX,
+    blob_key,
+)
+
+log = logging.getLogger(__name__)
+
+QUEUED_KEY = "cosmogan:inference:queued"
+RETRY_AFTER_S = 2
+OTHER_ROUTE = {"image": "GET /generate", "emulator": "POST /emulate"}
+
+# Atomically: forget entries past their deadline, sum the queued cost, admit or refuse.
+# A request is always admitted into an empty queue, however large it is.
+_ADMIT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local total = 0
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  total = total + tonumber(string.match(m, '|(%d+)$'))
+end
+if total > 0 and total + tonumber(ARGV[4]) > tonumber(ARGV[5]) then
+  return total
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) - tonumber(ARGV[1])) + 60)
+return -1
+"""
+
+
+@dataclass(frozen=True)
+class Call:
+    """An inference call's answer: the worker's result and where it came from."""
+
+    result: dict[str, Any]
+    sent_at: float
+
+
+def resolve(registry: Registry, model: str, version: str | None, want: Family) -> ModelVersion:
+    """The registered version to serve (404 if unknown, 422 for the other model family)."""
+    if model in PRESETS and family(model) != want:
+        other = "an emulator" if want == "image" else "an image generator"
+        raise ApiError(422, f"model {model!r} is {other}; use {OTHER_ROUTE[family(model)]}")
+    return registry.get(model, version)  # RegistryError → 404
+
+
+def emulate_cost(rows: int) -> int:
+    """Queue cost of emulating `rows` rows (realizations included): thousands, at least 1."""
+    return max(1, math.ceil(rows / 1000))
+
+
+async def infer(
+    request: Request,
+    settings: Settings,
+    waiter: ResultWaiter,
+    task: str,
+    kwargs: dict[str, Any],
+    *,
+    cost: int,
+    metric: str,
+    blobs: dict[str, bytes] | None = None,
+) -> Call:
+    """Admit, send `task(**kwargs)` to the inference queue and await its answer.
+
+    `blobs` (name → bytes) travel beside the message (see `worker.payload`), and so do the
+    bytes values of the answer: `Call.result` holds them under their names.
+    Errors: 503 + Retry-After when the queue is full or the broker is down, 504 on timeout,
+    the worker's own status (404, 422, 503, ...) when it refused the request.
+    """
+    aredis = request.app.state.aredis
+    task_id = uuid.uuid4().hex
+    timeout_s = settings.inference_timeout_s
+    deadline = time.time() + timeout_s
+    member = f"{task_id}|{int(cost)}"
+    queued = await aredis.eval(
+        _ADMIT, 1, QUEUED_KEY, time.time(), deadline, member, int(cost), settings.max_queued_work
+    )
+    if int(queued) >= 0:
+        REJECTED.labels(metric).inc()
+        raise ApiError(
+            503,
+            f"the inference queue is full ({int(queued)} units of work queued, limit "
+            f"{settings.max_queued_work}); retry shortly",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    sent = {**kwargs, DEADLINE: deadline}
+    if blobs:
+        async with aredis.pipeline(transaction=False) as pipe:
+            for name, value in blobs.items():
+                sent[name + BLOB_SUFFIX] = blob_key(task_id, name)
+                pipe.set(sent[name + BLOB_SUFFIX], value, ex=min(BLOB_TTL_S, int(timeout_s) + 5))
+            await pipe.execute()
+    call = asyncio.create_task(
+        waiter.call(
+            task,
+            sent,
+            timeout_s=timeout_s,
+            queue=INFERENCE_QUEUE,
+            task_id=task_id,
+        )
+    )
+    gone = asyncio.create_task(_disconnected(request))
+    try:
+        await asyncio.wait({call, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not call.done():  # the client went away: tell the worker not to bother
+            call.cancel()
+            with contextlib.suppress(Exception):
+                await aredis.set(DROPPED_PREFIX + task_id, 1, ex=int(timeout_s) + 60)
+            raise ApiError(499, "the client closed the connection")
+        result, sent_at = call.result()
+    finally:
+        gone.cancel()
+        with contextlib.suppress(Exception):
+            await aredis.zrem(QUEUED_KEY, member)
+    observe_inference(metric, result, sent_at)
+    if not result.get("ok"):
+        raise ApiError(int(result.get("status", 500)), str(result.get("detail")))
+    if keys := result.pop(BLOBS, None):
+        async with aredis.pipeline(transaction=False) as pipe:
+            for key in keys.values():
+                pipe.get(key)
+                pipe.delete(key)
+            values = (await pipe.execute())[::2]
+        if any(v is None for v in values):
+            raise ApiError(500, "the worker's answer expired before it was read")
+        result.update(zip(keys, values, strict=True))
+    return Call(result, sent_at)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client disconnects (the request body must have been read already)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,182 @@
+"""`/emulate/jobs`: catalogs of any size emulated in the background; the result is a file."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import uuid
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+
+from app import tables
+from app.deps import CeleryDep, JobsDep, RegistryDep, SettingsDep
+from app.errors import ApiError
+from app.inference import resolve
+from app.schemas import DEFAULT_EMULATOR_MODEL, JOB_ID_PATTERN, MAX_SEED, NAME_PATTERN
+from models.kinds import EMULATOR
+from worker import emulate_jobs
+from worker.celery_app import INFERENCE_QUEUE
+
+router = APIRouter(tags=["inference"])
+
+MAX_JOB_BODY_BYTES = 4 * 2**30
+JOB_ID_PATH = PathParam(pattern=JOB_ID_PATTERN)
+BINARY = {"type": "string", "format": "binary"}
+MEDIA = {"csv": tables.CSV, "parquet": tables.PARQUET, "fits": tables.FITS}
+
+
+class EmulateJobOut(BaseModel):
+    job_id: str
+    state: Literal["queued", "running", "succeeded", "failed"]
+    model: str
+    version: str | None = None
+    samples: int
+    seed: int
+    input_format: str
+    output_format: str
+    rows_done: int = Field(description="Input rows emulated so far.")
+    rows_total: int | None = Field(default=None, description="Input rows, once known.")
+    progress: float | None = Field(default=None, description="rows_done / rows_total.")
+    stalled: bool = Field(default=False, description="No heartbeat from its worker for 60 s.")
+    error: str | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    url: str
+    result: str | None = Field(default=None, description="The output file, once succeeded.")
+
+
+def _out(rec: dict[str, Any]) -> EmulateJobOut:
+    url = f"/emulate/jobs/{rec['job_id']}"
+    done = rec["state"] == "succeeded"
+    return EmulateJobOut(**rec, url=url, result=f"{url}/result" if done else None)
+
+
+@router.post(
+    "/emulate/jobs",
+    status_code=202,
+    response_model=EmulateJobOut,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                m: {"schema": {"type": "string", "format": "binary", "minLength": 1}}
+                for m in MEDIA.values()
+            },
+        }
+    },
+    responses={413: {"description": "Body too large."}, 415: {"description": "Not a table."}},
+    summary="Emulate a catalog of any size in the background (CSV, Parquet or FITS body)",
+)
+async def create_job(
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    registry: RegistryDep,
+    jobs: JobsDep,
+    celery: CeleryDep,
+    samples: Annotated[int, Query(ge=1, description="Realizations per row")] = 1,
+    seed: Annotated[int | None, Query(ge=0, le=MAX_SEED)] = None,
+    model: Annotated[str, Query(pattern=NAME_PATTERN)] = DEFAULT_EMULATOR_MODEL,
+    version: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
+    output: Annotated[
+        Literal["csv", "parquet", "fits"] | None, Query(description="Default: as the input")
+    ] = None,
+) -> EmulateJobOut:
+    try:
+        fmt = tables.body_format(request.headers.get("content-type"))
+    except tables.TableError as exc:
+        raise ApiError(exc.status, exc.message) from exc
+    if fmt == "json":
+        raise ApiError(415, "send the catalog as CSV, Parquet or FITS (JSON rows: POST /emulate)")
+    if samples > settings.max_emulate_samples:
+        raise ApiError(
+            422, f"samples must be at most {settings.max_emulate_samples}, got {samples}"
+        )
+    mv = await asyncio.to_thread(resolve, registry, model, version, EMULATOR)
+    job_id = uuid.uuid4().hex
+    home = settings.home
+    await asyncio.to_thread(emulate_jobs.prune, home)  # results past their records' lifetime
+    path = emulate_jobs.input_path(home, job_id, fmt)
+    await _save_body(request, path)
+    fields = {
+        "job_id": job_id,
+        "model": mv.name,
+        "version": version,
+        "samples": samples,
+        "seed": secrets.randbits(63) if seed is None else seed,
+        "input_format": fmt,
+        "output_format": output or fmt,
+    }
+    await asyncio.to_thread(emulate_jobs.create, jobs.r, job_id, fields)
+    await asyncio.to_thread(
+        celery.send_task,
+        emulate_jobs.EMULATE_FILE_TASK,
+        args=[job_id],
+        queue=INFERENCE_QUEUE,
+    )
+    response.headers["Location"] = f"/emulate/jobs/{job_id}"
+    rec = await asyncio.to_thread(emulate_jobs.read, jobs.r, job_id)
+    return _out(rec or {})
+
+
+async def _save_body(request: Request, path: os.PathLike) -> None:
+    """Stream the body to `path` (written whole or not at all), refusing it past the limit."""
+    tmp = f"{path}.part"
+    os.makedirs(os.path.dirname(tmp), exist_ok=True)
+    size = 0
+    try:
+        with open(tmp, "wb") as f:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_JOB_BODY_BYTES:
+                    raise ApiError(
+                        413, f"the catalog is larger than {MAX_JOB_BODY_BYTES >> 30} GiB"
+                    )
+                await asyncio.to_thread(f.write, chunk)
+        if size == 0:
+            raise ApiError(422, "the body is empty")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+async def _record(jobs: Any, job_id: str) -> dict[str, Any]:
+    rec = await asyncio.to_thread(emulate_jobs.read, jobs.r, job_id)
+    if rec is None:
+        raise ApiError(404, f"no emulate job {job_id!r}")
+    return rec
+
+
+@router.get("/emulate/jobs/{job_id}", response_model=EmulateJobOut, summary="An emulate job")
+async def get_job(job_id: Annotated[str, JOB_ID_PATH], jobs: JobsDep) -> EmulateJobOut:
+    return _out(await _record(jobs, job_id))
+
+
+@router.get(
+    "/emulate/jobs/{job_id}/result",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {m: {} for m in MEDIA.values()}},
+        409: {"description": "Not done."},
+    },
+    summary="The emulated catalog of a finished job",
+)
+async def get_result(
+    job_id: Annotated[str, JOB_ID_PATH], jobs: JobsDep, settings: SettingsDep
+) -> FileResponse:
+    rec = await _record(jobs, job_id)
+    if rec["state"] != "succeeded":
+        detail = f": {rec['error']}" if rec.get("error") else ""
+        raise ApiError(409, f"job {job_id} is {rec['state']}{detail}")
+    fmt = rec["output_format"]
+    path = emulate_jobs.output_path(settings.home, job_id, fmt)
+    if not path.is_file():
+        raise ApiError(410, f"the result of job {job_id} is no longer stored")
+    return FileResponse(path, media_type=MEDIA[fmt], filename=f"emulated-{job_id}{path.suffix}")
