@@ -130,7 +130,8 @@ def test_emulate_csv_and_parquet(client: httpx.Client, balrog: dict[str, Any]) -
     out = pd.read_csv(io.StringIO(r.text))
     assert len(out) == 8
     # names come back as they were sent (the DES alias too)
-    assert list(out.columns) == [*df.columns, "realization", "mag_r", "mag_i", "mag_z", "detected"]
+    emulated = ["mag_r", "mag_i", "mag_z", "magerr_r", "magerr_i", "magerr_z", "detected"]
+    assert list(out.columns) == [*df.columns, "realization", *emulated, "out_of_domain"]
     # the same rows as JSON with the same seed give the same numbers
     as_json = client.post("/emulate", json={"rows": rows(4), "seed": 3, "samples": 2}).json()
     assert list(out["detected"]) == [x["detected"] for x in as_json["rows"]]

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 log = logging.getLogger(__name__)
 
 INSTALLED = Path("/usr/share/stellarium/nebulae/default")
@@ -250,6 +252,7 @@ def match_object(
 def _extract_deb(deb: Path, into: Path) -> Path:
     if not deb.is_file():
         raise NebulaDataError(f"--deb file not found: {deb}")
+    log.info("unpacking %s", deb.name)
     try:
         subprocess.run(["dpkg-deb", "-x", str(deb), str(into)], check=True, capture_output=True)
     except FileNotFoundError as exc:
@@ -264,9 +267,11 @@ def _extract_deb(deb: Path, into: Path) -> Path:
 
 
 def _download_deb(into: Path) -> Path:
+    log.info("downloading stellarium-data with apt-get (about 250 MB; its progress follows)")
     try:
+        # apt-get's own progress goes to the terminal; its errors are kept for the message
         subprocess.run(
-            ["apt-get", "download", "stellarium-data"], cwd=into, check=True, capture_output=True
+            ["apt-get", "download", "stellarium-data"], cwd=into, check=True, stderr=subprocess.PIPE
         )
     except (FileNotFoundError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", b"") or b""
@@ -313,7 +318,8 @@ def _select_and_copy(src: Path, out: Path, source: str | None = None) -> dict[st
     rows: list[str] = []
     seen: set[str] = set()
     try:
-        for tile in tiles:
+        # a bar on a terminal (tqdm stays quiet when stderr is not one)
+        for tile in tqdm(tiles, desc="nebula images", unit="image", disable=None):
             image = tile.get("imageUrl")
             if not image or image in seen:
                 continue
