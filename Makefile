@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv serve test lint bench clean
+.PHONY: venv serve test lint bench bench-smoke clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,11 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
+
+# the benchmark suite's smoke run as a test (every benchmark end to end, about a minute)
+bench-smoke: $(STAMP)
+	$(BIN)/python -m pytest -ra -m bench $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "no bench test was collected" >&2; exit 1; fi; exit $$rc
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)

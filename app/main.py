@@ -12,10 +12,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
-from app import errors
+from app import errors, openapi
 from app.metrics import REQUEST_LATENCY
 from app.results import ResultWaiter
-from app.routes import emulate, generate, health, models, train
+from app.routes import emulate, generate, health, models, train, ui
 from worker.celery_app import app as celery_app
 from worker.celery_app import redis_url
 from worker.jobs import JobStore
@@ -79,10 +79,14 @@ def create_app() -> FastAPI:
         version="0.1.0",
         summary="Train and serve generative models for astronomy.",
         lifespan=lifespan,
+        docs_url=None,  # served by app.routes.ui from local assets, so they work offline
+        redoc_url=None,
     )
     errors.install(app)
     for module in (train, generate, emulate, models, health):
         app.include_router(module.router)
+    ui.install(app)
+    openapi.install(app)
     app.add_middleware(LatencyMiddleware)
     return app
 

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from training.presets import PRESETS
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 JOB_ID_PATTERN = r"^[a-f0-9]{32}$"
 MAX_SEED = 2**63 - 1
@@ -26,9 +28,23 @@ class ErrorOut(BaseModel):
 
 
 class TrainRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"preset": "balrog", "overrides": {"dry_run": True}},
+                {"preset": "nebula", "overrides": {"epochs": 5}, "activate": True},
+            ]
+        },
+    )
 
-    preset: str = Field(min_length=1, max_length=64, description="nebula, nebula-dcgan or balrog")
+    # documented as an enum; an unknown name still gets the presets' own 422 message
+    preset: str = Field(
+        min_length=1,
+        max_length=64,
+        description="The training recipe; its settings are the defaults.",
+        json_schema_extra={"enum": sorted(PRESETS)},
+    )
     data: str | None = Field(
         default=None,
         min_length=1,
@@ -53,20 +69,27 @@ class TrainAccepted(BaseModel):
     url: str
 
 
-class JobOut(BaseModel):
+class JobProgress(BaseModel):
+    """A job's latest progress: the fields of `training.progress.RECORD_FIELDS`, and metrics."""
+
+    epoch: int = Field(
+        default=0, description="Epochs completed (equals `epochs` once the run has finished)."
+    )
+    epochs: int | None = Field(default=None, description="Epochs the run will complete.")
+    step: int = Field(default=0, description="Generator steps done.")
+    total_steps: int | None = Field(default=None, description="Generator steps the run will do.")
+    losses: dict[str, Any] = Field(default={}, description="Losses of the latest step.")
+    eta_s: float | None = Field(default=None, description="Seconds left, estimated.")
+    metrics: dict[str, Any] = {}
+
+
+class JobOut(JobProgress):
     job_id: str
     preset: str
     state: str
     data: str | None = None
     overrides: dict[str, Any] = {}
     activate: bool = False
-    epoch: int = 0
-    epochs: int | None = None
-    step: int = 0
-    total_steps: int | None = None
-    losses: dict[str, Any] = {}
-    eta_s: float | None = None
-    metrics: dict[str, Any] = {}
     samples: list[str] = Field(default=[], description="URLs of the sample grids so far.")
     error: str | None = None
     model: str | None = Field(default=None, description="`name@version` once registered.")
@@ -86,9 +109,21 @@ class JobList(BaseModel):
 
 
 class ActivateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"version": "default"}]}
+    )
 
     version: str = Field(pattern=NAME_PATTERN, description="A registered version of the model.")
+
+
+class VersionPatch(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"note": "baseline"}]}
+    )
+
+    note: str = Field(
+        max_length=500, description="Free text shown beside the version; '' removes it."
+    )
 
 
 class EmulateOptions(BaseModel):
@@ -108,6 +143,31 @@ class EmulateOptions(BaseModel):
 
 class EmulateRequest(EmulateOptions):
     """The JSON body of `POST /emulate` (query parameters, when given, take precedence)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "rows": [
+                        {
+                            "true_mag_r": 22.1,
+                            "true_mag_i": 21.6,
+                            "true_mag_z": 21.3,
+                            "sky_sigma_r": 4.1,
+                            "sky_sigma_i": 7.1,
+                            "sky_sigma_z": 13.5,
+                            "psf_fwhm_r": 0.95,
+                            "psf_fwhm_i": 0.88,
+                            "psf_fwhm_z": 0.84,
+                        }
+                    ],
+                    "samples": 3,
+                    "seed": 7,
+                }
+            ]
+        },
+    )
 
     rows: list[dict[str, Any]] = Field(
         min_length=1,

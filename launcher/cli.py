@@ -5,9 +5,36 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from importlib import metadata
+from typing import Any
 
 from training import cli as training_cli
 from training.presets import PresetError
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default after its meaning, unless there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        d = action.default
+        if d is None or d is False or d is argparse.SUPPRESS or d == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """Every (sub-)command's parser: sub-parsers are built with the parent's class."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def version() -> str:
+    try:
+        return metadata.version("cosmogan")
+    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,27 +81,33 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cosmogan", description=__doc__)
+    p = Parser(prog="cosmogan", description=__doc__)
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     p.add_argument("-q", "--quiet", action="store_true", help="less logging, no progress bar")
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
     training_cli.add_commands(sub)
 
-    settings_help = "(default: COSMOGAN_HOST/COSMOGAN_PORT)"
+    host_help = "address to listen on (default: COSMOGAN_HOST, else 127.0.0.1)"
+    port_help = "port to listen on (default: COSMOGAN_PORT, else 8000)"
     workers_help = "API processes (default: one per 4 cores, 1 to 8)"
-    se = sub.add_parser("serve", help="Redis (embedded if needed) + worker + API on one machine")
-    se.add_argument("--host", default=None, help=settings_help)
-    se.add_argument("--port", type=int, default=None)
+    text = "Redis (embedded if needed) + worker + API on one machine"
+    se = sub.add_parser("serve", help=text, description=text + "; Ctrl-C stops all three.")
+    se.add_argument("--host", default=None, help=host_help)
+    se.add_argument("--port", type=int, default=None, help=port_help)
     se.add_argument("--concurrency", type=int, default=1, help="training processes")
     se.add_argument("--api-workers", type=int, default=None, help=workers_help)
     se.set_defaults(func=_cmd_serve)
-    ap = sub.add_parser("api", help="the HTTP API alone")
-    ap.add_argument("--host", default=None, help=settings_help)
-    ap.add_argument("--port", type=int, default=None)
+    ap = sub.add_parser("api", help="the HTTP API alone", description="The HTTP API alone.")
+    ap.add_argument("--host", default=None, help=host_help)
+    ap.add_argument("--port", type=int, default=None, help=port_help)
     ap.add_argument("--workers", type=int, default=None, help=workers_help)
     ap.set_defaults(func=_cmd_api)
-    wo = sub.add_parser("worker", help="a Celery worker alone")
-    wo.add_argument("--queues", default="training,inference")
+    text = "a Celery worker alone (training jobs and inference)"
+    wo = sub.add_parser("worker", help=text, description=text[0].upper() + text[1:] + ".")
+    wo.add_argument(
+        "--queues", default="training,inference", help="comma-separated queues to take work from"
+    )
     wo.add_argument("--concurrency", type=int, default=1, help="training processes")
     wo.set_defaults(func=_cmd_worker)
     return p

@@ -2,7 +2,7 @@
 
 Layout under `<home>/registry/<name>/`:
     versions/<version>/model.pt     inference-only checkpoint (EMA weights, config, scalers)
-    versions/<version>/meta.json    {"version", "created", "job_id", "metrics", "source"}
+    versions/<version>/meta.json    {"version", "created", "job_id", "metrics", "source", "note"?}
     active.json                     {"version": ...}
 
 Every JSON write is atomic (temp file + rename), so readers never see half a file; the
@@ -27,6 +27,13 @@ DEFAULT_WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 class RegistryError(LookupError):
     """Unknown model or version, or a malformed name."""
+
+
+class VersionInUse(RegistryError):
+    """The version is the active one: activate another before deleting it."""
+
+
+MAX_NOTE_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,29 @@ class Registry:
         mv = self.get(name, version)
         write_json_atomic(self.root / name / "active.json", {"version": version})
         return mv
+
+    def set_note(self, name: str, version: str, note: str) -> ModelVersion:
+        """Attach a free-text note (a tag, what the version is for); "" removes it."""
+        if len(note) > MAX_NOTE_CHARS:
+            raise ValueError(f"a note has at most {MAX_NOTE_CHARS} characters, got {len(note)}")
+        mv = self.get(name, version)
+        meta = {k: v for k, v in mv.meta.items() if k != "note"}
+        if note.strip():
+            meta["note"] = note.strip()
+        write_json_atomic(self.root / name / "versions" / version / "meta.json", meta)
+        return self._read(name, version)
+
+    def delete(self, name: str, version: str) -> None:
+        """Remove a version and its weights; the active one is refused (`VersionInUse`)."""
+        self.get(name, version)  # RegistryError when unknown
+        if self.active_version(name) == version:
+            raise VersionInUse(
+                f"{name}@{version} is the active version; activate another one first"
+            )
+        vdir = self.root / name / "versions" / version
+        # meta.json first: from then on the version no longer exists for any reader
+        (vdir / "meta.json").unlink()
+        shutil.rmtree(vdir, ignore_errors=True)
 
     def ensure_defaults(self, weights_dir: Path = DEFAULT_WEIGHTS_DIR) -> list[str]:
         """Register each shipped `<name>.pt` as `<name>@default`, active if nothing else is."""

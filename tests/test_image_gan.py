@@ -14,6 +14,7 @@ from models import image_format
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.image_sampler import ImageSampler, generate_png
 from training.image_gan import train_image_gan
+from training.metrics import evaluate_image_generator
 from training.presets import build_config
 
 TINY = {"width": 4, "batch_size": 4, "n_critic": 2, "sample_count": 4, "checkpoint_every": 2}
@@ -38,6 +39,10 @@ def folder(tmp_path):
     return root
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+
+
 def _steps(run) -> list[int]:
     return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -48,6 +53,7 @@ def test_dry_run_writes_checkpoint_samples_metrics_and_model(tmp_path):
     result = train_image_gan(config, None, tmp_path / "run", progress=events.append)
     run = tmp_path / "run"
     assert result["status"] == "succeeded" and result["step"] == 2
+    assert "figures" not in result["metrics"]  # a dry run is not evaluated
     assert _steps(run) == [1, 2]
     assert (run / "samples" / "epoch_0001.png").is_file()
     with Image.open(run / "samples" / "epoch_0001.png") as im:
@@ -92,14 +98,23 @@ def test_dcgan_dry_run(tmp_path):
     assert ImageSampler.load(result["model"]).images(torch.zeros(1, 100)).shape == (1, 3, 64, 64)
 
 
-def test_resume_continues_exactly(tmp_path, folder):
+@pytest.mark.parametrize(
+    ("device", "recipe"),
+    [
+        ("cpu", {}),
+        pytest.param("cuda", {}, marks=CUDA),
+        pytest.param("cuda", {"diffaugment": True}, marks=CUDA, id="cuda-diffaugment"),
+    ],
+)
+def test_resume_continues_exactly(tmp_path, folder, device, recipe):
+    tiny = {**TINY, **recipe, "device": device}
     # an uninterrupted 5-step run ...
     straight = train_image_gan(
-        build_config("nebula", {**TINY, "max_steps": 5}), folder, tmp_path / "a"
+        build_config("nebula", {**tiny, "max_steps": 5}), folder, tmp_path / "a"
     )
     # ... and the same run stopped after 3 steps, then resumed to 5
     first = train_image_gan(
-        build_config("nebula", {**TINY, "max_steps": 3}), folder, tmp_path / "b"
+        build_config("nebula", {**tiny, "max_steps": 3}), folder, tmp_path / "b"
     )
     assert first["step"] == 3
     before = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
@@ -108,7 +123,7 @@ def test_resume_continues_exactly(tmp_path, folder):
         f.write('{"step": 4, "critic": 0.0}\n{"step": 5, "cri')
     resumed_events = []
     second = train_image_gan(
-        build_config("nebula", {**TINY, "max_steps": 5}),
+        build_config("nebula", {**tiny, "max_steps": 5}),
         folder,
         tmp_path / "b",
         progress=resumed_events.append,
@@ -127,6 +142,60 @@ def test_resume_continues_exactly(tmp_path, folder):
     for key, value in a.training_state["critic"].items():
         assert torch.equal(value, b.training_state["critic"][key]), key
     assert straight["metrics"]["losses"] == second["metrics"]["losses"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_two_runs_give_the_same_bits(tmp_path, folder, device):
+    # what exact resume rests on: no kernel whose result changes from run to run
+    config = build_config("nebula", {**TINY, "max_steps": 3, "device": device})
+    a = train_image_gan(config, folder, tmp_path / "a")
+    b = train_image_gan(config, folder, tmp_path / "b", resume=False)
+    ema_a, ema_b = load_checkpoint(a["model"]).ema, load_checkpoint(b["model"]).ema
+    for key, value in ema_a.items():
+        assert torch.equal(value, ema_b[key]), key
+    assert a["metrics"]["losses"] == b["metrics"]["losses"]
+
+
+def test_a_finished_run_has_completed_its_epochs(tmp_path, folder):
+    # one configured epoch of 11 generator steps, cut to 6 by max_steps
+    events = []
+    overrides = {**TINY, "batch_size": 1, "n_critic": 1, "epochs": 1, "max_steps": 6}
+    result = train_image_gan(
+        build_config("nebula", overrides), folder, tmp_path / "e", progress=events.append
+    )
+    assert result["status"] == "succeeded" and result["step"] == 6
+    assert result["epoch"] == 1 and events[-1]["event"] == "done"
+    assert events[-1]["epoch"] == events[-1]["epochs"] == 1
+    assert [e["epoch"] for e in events if e["event"] == "step"] == [0, 0, 0, 0, 0, 1]
+    lines = [json.loads(x) for x in (tmp_path / "e" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [0, 0, 0, 0, 0, 1]
+    assert load_checkpoint(result["model"]).epoch == 1
+    assert "figures" not in result["metrics"]  # 1 held-out image says nothing: not evaluated
+
+
+def test_a_finished_run_records_its_figures_against_the_real_floor(tmp_path):
+    rng = np.random.default_rng(1)
+    data = tmp_path / "images"
+    data.mkdir()
+    for i in range(16):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    overrides = {"width": 8, "batch_size": 4, "sample_count": 4, "max_steps": 2}
+    overrides |= {"heldout_fraction": 0.3, "eval_images": 64}  # more than the training images
+    events = []
+    result = train_image_gan(
+        build_config("nebula-dcgan", overrides), data, tmp_path / "run", progress=events.append
+    )
+    m = result["metrics"]
+    assert set(m["figures"]) >= {"swd_avg", "psd", "color"} and set(m["floor"]) == set(m["figures"])
+    assert m["ratio"]["psd"] == pytest.approx(m["figures"]["psd"] / m["floor"]["psd"])
+    assert m["ratio"]["psd"] > 2  # two steps from noise are far from the photographs' floor
+    held = m["evaluated_on"]["heldout_images"]
+    assert held >= 4 and m["evaluated_on"]["images"] == 16 - held == m["images"]
+    assert events[-1]["event"] == "done" and events[-1]["metrics"]["ratio"] == m["ratio"]
+    # with every training image, the same figures as `cosmogan evaluate` gives
+    report = evaluate_image_generator(result["model"], data, seed=0, device="cpu")
+    assert report["generated_vs_heldout"] == m["figures"]
+    assert report["real_vs_real_floor"] == m["floor"]
 
 
 def test_resume_refuses_a_different_network(tmp_path, folder):

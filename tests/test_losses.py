@@ -93,3 +93,25 @@ def test_wgan_and_bce_losses():
     fooled = bce_discriminator_loss(torch.full((3,), -20.0), torch.full((3,), 20.0))
     assert confident.item() < 1e-6 < 10 < fooled.item()
     assert bce_generator_loss(torch.full((3,), 20.0)).item() < 1e-6
+
+
+def test_penalty_draws_its_mixing_weights_from_the_given_generator():
+    def critic(x):  # non-linear: the penalty depends on where x̂ lies
+        return (x**2).flatten(1).sum(1)
+
+    real, fake = torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)
+
+    def gp(seed: int, global_seed: int) -> float:
+        torch.manual_seed(global_seed)  # the default generator must not matter
+        return gradient_penalty(critic, real, fake, generator=torch.Generator().manual_seed(seed))
+
+    assert gp(3, 0) == gp(3, 1) != gp(4, 0)
+    g = torch.Generator().manual_seed(3)
+    gradient_penalty(critic, real, fake, generator=g)
+    assert torch.equal(g.get_state(), _after_draws(3, 4))  # one weight per sample, no more
+
+
+def _after_draws(seed: int, n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    torch.rand(n, generator=g)
+    return g.get_state()

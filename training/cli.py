@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 from models.settings import get_settings
-from training.presets import PRESETS, PresetError, build_config
+from training.presets import PRESETS, PresetError, build_config, default_data
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,9 +58,79 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+class StepBar:
+    """A tqdm bar over generator steps, opened at the first progress event.
 
+    Opening it then keeps data loading, model building and (on --resume) the steps done
+    before out of its rate, and so is time spent before the first step (the emulator's
+    detector phase reports progress without steps): the ETA is right from the first update
+    instead of settling only after many steps.
+    """
+
+    def __init__(self, disable: bool = False) -> None:
+        self.disable = disable
+        self.bar: Any = None
+        self.start = 0
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        from tqdm import tqdm
+
+        step = int(event.get("step") or 0)
+        total = event.get("total_steps")
+        if self.bar is None:
+            self.bar = tqdm(
+                total=total, initial=step, unit="step", dynamic_ncols=True, disable=self.disable
+            )
+            self.start = step
+        if total and self.bar.total != total:
+            self.bar.total = total
+        if step > self.bar.n:
+            self.bar.update(step - self.bar.n)
+        elif self.bar.n == self.start:
+            self.bar.unpause()  # no step run yet: this wait stays out of the rate
+        self.bar.set_description(f"epoch {event.get('epoch', 0)}/{event.get('epochs', '?')}")
+        losses = event.get("losses") or {}
+        self.bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class StopOnInterrupt:
+    """Ctrl-C asks the training loop to stop; it writes a checkpoint at its next step.
+
+    A flag, not an exception: raised in the middle of a step or of `torch.save`, an
+    exception would lose the work since the last checkpoint. A second Ctrl-C quits at once
+    (checkpoint writes are atomic, so the previous checkpoint survives that too).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            "\ncosmogan: stopping after this step and saving a checkpoint "
+            "(Ctrl-C again to quit at once)",
+            file=sys.stderr,
+        )
+
+    def __enter__(self) -> StopOnInterrupt:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
     from training.runner import run_training
 
     overrides = _parse_overrides(args.set)
@@ -69,32 +141,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides["dry_run"] = True
     config = build_config(args.preset, overrides)
     settings = get_settings()
-    default_data = {
-        "nebula": settings.data_dir / "nebulae",
-        "nebula-dcgan": settings.data_dir / "nebulae",
-        "balrog": settings.data_dir / "balrog.parquet",
-    }[args.preset]
-    data = None if args.dry_run else Path(args.data or default_data)
+    data = (
+        None if args.dry_run else Path(args.data or settings.data_dir / default_data(args.preset))
+    )
     out = Path(args.out or settings.runs_dir / f"local-{args.preset}")
-    if not args.resume and (out / "checkpoints" / "last.pt").exists():
+    last = out / "checkpoints" / "last.pt"
+    if args.resume and not last.exists():
+        raise PresetError(
+            f"nothing to resume: no checkpoint at {last}; "
+            "drop --resume to start a new run, or pass the run's --out"
+        )
+    if not args.resume and last.exists():
         raise PresetError(f"{out} already holds a run; pass --resume to continue it or --out")
 
-    bar = tqdm(total=None, unit="step", dynamic_ncols=True, disable=args.quiet)
-
-    def progress(event: dict[str, Any]) -> None:
-        if event.get("total_steps") and bar.total != event["total_steps"]:
-            bar.total = event["total_steps"]
-        bar.n = event.get("step", bar.n)
-        losses = event.get("losses") or {}
-        bar.set_description(f"epoch {event.get('epoch', 0)}/{event.get('epochs', '?')}")
-        bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
-        bar.refresh()
-
+    bar = StepBar(disable=args.quiet)
     try:
-        result = run_training(config, data, out, resume=args.resume, progress=progress)
+        with StopOnInterrupt() as stop:
+            result = run_training(
+                config, data, out, resume=args.resume, progress=bar, should_stop=stop
+            )
     finally:
         bar.close()
     print(json.dumps(result, indent=2))
+    if result["status"] == "cancelled":
+        again = f"cosmogan train {args.preset} --resume" + (
+            f" --out {args.out}" if args.out else ""
+        )
+        print(
+            f"cosmogan: interrupted at step {result['step']}; checkpoint saved in "
+            f"{result['checkpoint']}; continue with: {again}",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 
@@ -159,65 +237,90 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 def add_commands(sub: Any) -> None:
     """Add the data/train/generate/emulate/evaluate sub-commands to `sub`."""
-    data = sub.add_parser("data", help="build a training dataset")
+
+    def command(parent: Any, name: str, text: str) -> Any:
+        return parent.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+
+    data = command(sub, "data", "build a training dataset")
     dsub = data.add_subparsers(required=True, metavar="DATASET")
-    neb = dsub.add_parser("nebulae", help="real nebula photographs from stellarium-data")
+    neb = command(dsub, "nebulae", "real nebula photographs from stellarium-data")
     neb.add_argument("--out", help="output folder (default: $COSMOGAN_HOME/data/nebulae)")
-    neb.add_argument("--deb", help="a downloaded stellarium-data .deb to unpack")
+    neb.add_argument(
+        "--deb",
+        help="a downloaded stellarium-data .deb to unpack "
+        "(default: the installed package, else `apt-get download`)",
+    )
     neb.set_defaults(func=_cmd_data_nebulae)
-    bal = dsub.add_parser("balrog", help="mini-Balrog truth catalog for the emulator")
+    bal = command(dsub, "balrog", "mini-Balrog truth catalog for the emulator")
     bal.add_argument("--out", help="output Parquet (default: $COSMOGAN_HOME/data/balrog.parquet)")
-    bal.add_argument("--rows", type=int, default=100_000)
-    bal.add_argument("--simulator", choices=["galsim", "analytic"], default="galsim")
-    bal.add_argument("--seed", type=int, default=0)
+    bal.add_argument("--rows", type=int, default=100_000, help="galaxies in the catalog")
+    bal.add_argument(
+        "--simulator",
+        choices=["galsim", "analytic"],
+        default="galsim",
+        help="galsim: draw and measure each galaxy; analytic: a fast noise model for tests",
+    )
+    bal.add_argument("--seed", type=int, default=0, help="random seed of the catalog")
     bal.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    bal.add_argument("--chunk-rows", type=int, default=2000)
+    bal.add_argument(
+        "--chunk-rows", type=int, default=2000, help="rows per resumable chunk written to disk"
+    )
     bal.set_defaults(func=_cmd_data_balrog)
 
-    tr = sub.add_parser("train", help="train a preset locally (resumable)")
-    tr.add_argument("preset", choices=sorted(PRESETS))
+    tr = command(sub, "train", "train a preset locally (Ctrl-C saves a checkpoint; --resume)")
+    tr.add_argument("preset", choices=sorted(PRESETS), help="the training recipe")
     tr.add_argument("--data", help="image folder or catalog (default: under $COSMOGAN_HOME/data)")
-    tr.add_argument("--epochs", type=int)
-    tr.add_argument("--batch-size", type=int)
-    tr.add_argument("--max-steps", type=int, help="stop after N generator steps")
-    tr.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    tr.add_argument("--epochs", type=int, help="passes over the data (default: the preset's)")
+    tr.add_argument("--batch-size", type=int, help="examples per step (default: the preset's)")
+    tr.add_argument("--max-steps", type=int, help="stop after N generator steps (default: all)")
+    tr.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the preset's, auto)")
     tr.add_argument("--out", help="run folder (default: $COSMOGAN_HOME/runs/local-PRESET)")
-    tr.add_argument("--resume", action="store_true", help="continue the run in --out")
+    tr.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its checkpoint"
+    )
     tr.add_argument("--dry-run", action="store_true", help="two steps on generated data")
-    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override")
+    tr.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any preset setting (repeatable; VALUE is read as JSON, else a string)",
+    )
     tr.set_defaults(func=_cmd_train)
 
-    ge = sub.add_parser("generate", help="a PNG grid of generated images")
+    ge = command(sub, "generate", "a PNG grid of generated images")
     ge.add_argument("--checkpoint", help="a checkpoint file (default: the registry's model)")
-    ge.add_argument("--model", help="registry reference NAME[@VERSION] (default: nebula)")
-    ge.add_argument("--seed", type=int, default=0)
-    ge.add_argument("-n", type=int, default=16)
-    ge.add_argument("--nrow", type=int, default=None)
-    ge.add_argument("--device", default="cpu")
-    ge.add_argument("-o", "--output", default="grid.png")
+    ge.add_argument("--model", help="registry reference NAME[@VERSION] (default: nebula, active)")
+    ge.add_argument("--seed", type=int, default=0, help="same seed, same images")
+    ge.add_argument("-n", type=int, default=16, help="images in the grid")
+    ge.add_argument("--nrow", type=int, default=None, help="images per row (default: √n)")
+    ge.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N")
+    ge.add_argument("-o", "--output", default="grid.png", help="PNG file to write")
     ge.set_defaults(func=_cmd_generate)
 
-    em = sub.add_parser("emulate", help="emulate observed magnitudes for a catalog")
+    em = command(sub, "emulate", "emulate observed magnitudes for a catalog")
     em.add_argument("input", help="CSV, Parquet or FITS catalog")
     em.add_argument("-o", "--output", required=True, help="CSV, Parquet or FITS (by suffix)")
-    em.add_argument("--checkpoint")
-    em.add_argument("--model", help="registry reference NAME[@VERSION] (default: balrog)")
-    em.add_argument("--samples", type=int, default=1)
-    em.add_argument("--seed", type=int, default=0)
-    em.add_argument("--chunk-rows", type=int, default=100_000)
-    em.add_argument("--device", default="auto")
+    em.add_argument("--checkpoint", help="a checkpoint file (default: the registry's model)")
+    em.add_argument("--model", help="registry reference NAME[@VERSION] (default: balrog, active)")
+    em.add_argument("--samples", type=int, default=1, help="realizations per input row")
+    em.add_argument("--seed", type=int, default=0, help="same seed, same output")
+    em.add_argument("--chunk-rows", type=int, default=100_000, help="rows read and written at once")
+    em.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     em.set_defaults(func=_cmd_emulate)
 
-    ev = sub.add_parser("evaluate", help="quality metrics as JSON")
-    ev.add_argument("model", nargs="?", help="NAME[@VERSION] (default: nebula)")
-    ev.add_argument("--checkpoint")
-    ev.add_argument("--data", help="held-out images folder or catalog")
-    ev.add_argument("--out", help="folder for plots (emulator)")
+    ev = command(sub, "evaluate", "quality metrics as JSON")
+    ev.add_argument("model", nargs="?", help="NAME[@VERSION] (default: nebula, active)")
+    ev.add_argument("--checkpoint", help="a checkpoint file instead of a registry reference")
+    ev.add_argument(
+        "--data", help="held-out images folder or catalog (default: the model's dataset)"
+    )
+    ev.add_argument("--out", help="folder for plots (emulator; default: no plots)")
     ev.add_argument(
         "--baseline-checkpoint",
         help="emulator: the seed-variant (MSE) model to compare with "
         "(default: a sibling run folder named <run>-mse, if any)",
     )
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--device", default="auto")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the generated samples")
+    ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     ev.set_defaults(func=_cmd_evaluate)

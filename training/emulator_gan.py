@@ -10,14 +10,10 @@ offset, the identity is built in and all its capacity goes into the error distri
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +26,18 @@ from models.device import resolve_device
 from models.emulator import Critic, Detector, EmulatorConfig, EmulatorScalers, Generator
 from training.losses import gradient_penalty, wgan_critic_loss, wgan_generator_loss
 from training.presets import EmulatorTrainConfig, config_to_dict
-from training.runner import ProgressFn, StopFn, TrainResult
+from training.progress import ProgressFn, Schedule, StopFn, TrainResult, never_stop
+from training.scaffold import (
+    MetricsLog,
+    Pace,
+    Reporter,
+    RunFolder,
+    ema_copy,
+    restore_rng,
+    rng_state,
+    update_ema,
+    use_deterministic_kernels,
+)
 
 log = logging.getLogger(__name__)
 
@@ -211,16 +218,14 @@ def train_emulator_gan(
     One epoch is one pass of the critic over the detected training objects: every critic
     step draws a fresh batch, so a generator step consumes `n_critic × batch_size` rows.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / "checkpoints" / "last.pt"
+    run = RunFolder.create(out_dir, config)
     device = resolve_device(config.device)
-    emit: ProgressFn = progress or (lambda event: None)
-    stop: StopFn = should_stop or (lambda: False)
+    stop = should_stop or never_stop
     torch.manual_seed(config.seed)
-    (out_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2))
+    use_deterministic_kernels(device, config.deterministic)
 
-    # ---- load data -------------------------------------------------------------------------
+    # ---------------------------------------------------------------------------------------
+    # Load data: the catalog's splits (generated rows for a dry run).
     if config.dry_run or data is None:
         if not config.dry_run:
             raise ValueError("no training catalog given (pass data, or use a dry run)")
@@ -232,12 +237,13 @@ def train_emulator_gan(
         raise ValueError(f"{data} has no rows in the 'train' split")
     val = splits["val"]
 
-    # ---- resume or start: preprocessing and networks -----------------------------------------
+    # ---------------------------------------------------------------------------------------
+    # Build networks and optimizers; on resume, their states and the scalers they were fit with.
     previous: Checkpoint | None = None
-    if resume and ckpt_path.is_file():
-        previous = load_checkpoint(ckpt_path, map_location=device)
+    if run.resumable(resume):
+        previous = load_checkpoint(run.checkpoint, map_location=device)
         if previous.training_state is None:
-            raise ValueError(f"{ckpt_path} holds no training state to resume from")
+            raise ValueError(f"{run.checkpoint} holds no training state to resume from")
     scalers = EmulatorScalers.from_dict(previous.preprocessing) if previous else fit_scalers(train)
     net_cfg = (
         EmulatorConfig.from_dict(previous.config)
@@ -247,7 +253,7 @@ def train_emulator_gan(
     generator = Generator(net_cfg).to(device)
     critic = Critic(net_cfg).to(device)
     detector = Detector(net_cfg).to(device)
-    ema = copy.deepcopy(generator).eval().requires_grad_(False)
+    ema = ema_copy(generator)
     opt_g = torch.optim.Adam(
         generator.parameters(), lr=config.lr, betas=(config.beta1, config.beta2)
     )
@@ -258,7 +264,7 @@ def train_emulator_gan(
         cond, true = scalers.split_inputs(x)  # (N, 6), (N, 3) standardized
         return cond, true, x
 
-    step, epoch, metrics = 0, 0, {}
+    step, metrics = 0, {}
     calibration: dict[str, float] = {}
     detector_done = False
     if previous is not None:
@@ -272,20 +278,37 @@ def train_emulator_gan(
         calibration = dict(previous.extra.get("calibration", {}))
         detector_done = bool(previous.extra.get("detector_trained", False))
         metrics = dict(previous.extra.get("metrics", {}))
-        step, epoch = previous.step, previous.epoch
-        torch.set_rng_state(state["rng_cpu"].cpu())
-        if device.type == "cuda" and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), device)
-        log.info("resuming %s at step %d (epoch %d)", out_dir, step, epoch)
+        step = previous.step
+        restore_rng(state, device)
+        log.info("resuming %s at step %d", run.root, step)
+    # a detector cut short is trained again from scratch: its log line too
+    metrics_log = MetricsLog(run.metrics, step if detector_done else None)
 
-    def make_checkpoint(with_state: bool = True) -> Checkpoint:
+    # ---------------------------------------------------------------------------------------
+    # Schedule: the detected training rows on the device, steps per epoch.
+    train_det = train.only_detected()
+    cond_all, true_all, x_all = to_device(train_det)
+    target_all = scalers.target(torch.from_numpy(train_det.observed).to(device), x_all[:, :3])
+    n_det = len(train_det)
+    batch = min(config.batch_size, n_det)
+    rows_per_step = batch * config.n_critic
+    schedule = Schedule.of(
+        n_det // rows_per_step,
+        config.epochs,
+        max_steps=config.max_steps,
+        dry_run_steps=2 if config.dry_run else None,
+    )
+    steps_per_epoch = schedule.steps_per_epoch
+    report = Reporter(progress, schedule)
+
+    def make_checkpoint() -> Checkpoint:
         return Checkpoint(
             kind="cwgan-gp",
             config=net_cfg.to_dict(),
             preprocessing={**scalers.to_dict(), "inputs": list(INPUTS), "target": "mag - true"},
             ema={k: v.detach().clone() for k, v in ema.state_dict().items()},
             step=step,
-            epoch=epoch,
+            epoch=schedule.epoch(step),
             extra={
                 "preset": config.preset,
                 "train_config": config_to_dict(config),
@@ -294,38 +317,30 @@ def train_emulator_gan(
                 "calibration": calibration,
                 "metrics": metrics,
             },
-            training_state=(
-                {
-                    "generator": generator.state_dict(),
-                    "critic": critic.state_dict(),
-                    "opt_g": opt_g.state_dict(),
-                    "opt_c": opt_c.state_dict(),
-                    "rng_cpu": torch.get_rng_state(),
-                    "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                }
-                if with_state
-                else None
-            ),
+            training_state={
+                "generator": generator.state_dict(),
+                "critic": critic.state_dict(),
+                "opt_g": opt_g.state_dict(),
+                "opt_c": opt_c.state_dict(),
+                "rng": rng_state(device),
+            },
         )
 
-    def write_metrics(record: dict[str, Any]) -> None:
-        with open(out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+    def result(status: str, model: str | None) -> TrainResult:
+        report("done", step, losses=losses, eta_s=eta, metrics=metrics)
+        return TrainResult(
+            status=status,
+            step=step,
+            epoch=schedule.epoch(step),
+            checkpoint=str(run.checkpoint),
+            model=model,
+            metrics=dict(metrics),
+        )
 
-    # ---- schedule ------------------------------------------------------------------------
-    train_det = train.only_detected()
-    cond_all, true_all, x_all = to_device(train_det)
-    target_all = scalers.target(torch.from_numpy(train_det.observed).to(device), x_all[:, :3])
-    n_det = len(train_det)
-    batch = min(config.batch_size, n_det)
-    rows_per_step = batch * config.n_critic
-    steps_per_epoch = max(1, n_det // rows_per_step)
-    total_steps = 2 if config.dry_run else config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    epochs = math.ceil(total_steps / steps_per_epoch)
-
-    # ---- detection classifier (all training rows), then Platt scaling on the val split -----
+    # ---------------------------------------------------------------------------------------
+    # Detection classifier (all training rows), then Platt scaling on the val split.
+    losses: dict[str, float] = {}
+    eta: float | None = None
     if not detector_done:
         det_epochs = 1 if config.dry_run else config.detector_epochs
         d_cond, d_true, _ = to_device(train)
@@ -346,18 +361,9 @@ def train_emulator_gan(
                 opt_det.step()
                 total += loss.item() * len(idx)
             bce = total / len(train)
-            emit(
-                {
-                    "event": "step",
-                    "epoch": epoch,
-                    "epochs": epochs,
-                    "step": step,
-                    "total_steps": total_steps,
-                    "losses": {"detector_bce": bce},
-                    "eta_s": None,
-                    "samples": None,
-                    "metrics": {"detector_epoch": det_epoch + 1},
-                }
+            losses = {"detector_bce": bce}
+            report(
+                "step", step, losses=losses, eta_s=None, metrics={"detector_epoch": det_epoch + 1}
             )
             if stop():
                 break  # the detector restarts from scratch on resume: it takes seconds
@@ -384,18 +390,18 @@ def train_emulator_gan(
                 detector.platt_b.fill_(b)
             detector_done = True
             log.info("detector trained: bce %.4f, calibration %s", bce, calibration)
-            write_metrics({"event": "detector", "train_bce": bce, **calibration})
+            metrics_log.write(step, 0, event="detector", train_bce=bce, **calibration)
             metrics.update(calibration)
-            save_checkpoint(make_checkpoint(), ckpt_path)
+            save_checkpoint(make_checkpoint(), run.checkpoint)
     if not detector_done:  # cancelled while the detector trained
-        save_checkpoint(make_checkpoint(), ckpt_path)
-        return _result("cancelled", step, epoch, ckpt_path, None, metrics)
+        save_checkpoint(make_checkpoint(), run.checkpoint)
+        return result("cancelled", None)
 
-    # ---- the cWGAN-GP ------------------------------------------------------------------------
+    # ---------------------------------------------------------------------------------------
+    # The cWGAN-GP.
     val_det = val.only_detected().head(MONITOR_ROWS)
     perm: torch.Tensor | None = None
-    t0, s0 = time.monotonic(), step
-    losses: dict[str, float] = {}
+    pace = Pace(step)
     status = "succeeded"
 
     def epoch_order(e: int) -> torch.Tensor:
@@ -406,12 +412,13 @@ def train_emulator_gan(
 
     generator.train()
     critic.train()
-    while step < total_steps:
+    while not schedule.done(step):
         e, k = divmod(step, steps_per_epoch)
         if perm is None or k == 0:
             perm = epoch_order(e)
 
-        # critic steps, each on a fresh real batch
+        # -----------------------------------------------------------------------------------
+        # Critic steps, each on a fresh real batch.
         for j in range(config.n_critic):
             idx = perm[(k * config.n_critic + j) * batch : (k * config.n_critic + j + 1) * batch]
             real, cond, true = target_all[idx], cond_all[idx], true_all[idx]  # (B,3) (B,6) (B,3)
@@ -425,7 +432,8 @@ def train_emulator_gan(
             loss_c.backward()
             opt_c.step()
 
-        # generator step on the last critic batch's conditions, fresh noise
+        # -----------------------------------------------------------------------------------
+        # Generator step on the last critic batch's conditions, fresh noise.
         z = torch.randn(batch, net_cfg.noise_dim, device=device)
         fake = generator(z, cond, true)
         loss_g = wgan_generator_loss(critic(fake, cond, true))
@@ -435,15 +443,14 @@ def train_emulator_gan(
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-
-        # EMA of the generator (warm-up so that short runs are not dominated by the init)
-        decay = min(config.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), generator.parameters(), strict=True):
-                p_ema.lerp_(p, 1 - decay)
         step += 1
 
-        # log
+        # -----------------------------------------------------------------------------------
+        # EMA of the generator weights.
+        update_ema(ema, generator, step, config.ema_decay)
+
+        # -----------------------------------------------------------------------------------
+        # Log: every `log_every` steps and at each epoch end, with the validation monitor.
         losses = {
             "critic": loss_c.item(),
             "wasserstein": -w_loss.item(),
@@ -451,75 +458,39 @@ def train_emulator_gan(
             "generator": loss_g.item(),
             "mse": mse.item(),
         }
-        rate = (time.monotonic() - t0) / max(step - s0, 1)
-        eta = rate * (total_steps - step)
-        end_of_epoch = k + 1 == steps_per_epoch
-        if end_of_epoch:
-            epoch = e + 1  # epochs completed
-        if end_of_epoch or step == total_steps:
-            metrics.update(magnitude_distances(ema, scalers, val_det, device, seed=config.seed))
-        event = {
-            "event": "epoch" if end_of_epoch else "step",
-            "epoch": e + 1,  # the epoch in progress (or just completed)
-            "epochs": epochs,
-            "step": step,
-            "total_steps": total_steps,
-            "losses": losses,
-            "eta_s": eta,
-            "samples": None,
-            "metrics": dict(metrics),
-        }
-        if end_of_epoch or step % config.log_every == 0 or step == total_steps:
-            write_metrics({k_: v for k_, v in event.items() if k_ != "samples"})
-        emit(event)
+        stats = pace.stats(step, schedule.total_steps)
+        eta = stats["eta_s"]
+        epoch_end = schedule.epoch_end(step)
+        monitor = (
+            magnitude_distances(ema, scalers, val_det, device, seed=config.seed)
+            if epoch_end
+            else {}
+        )
+        metrics.update(monitor)
+        if epoch_end or step % config.log_every == 0:
+            metrics_log.write(step, schedule.epoch(step), **losses, **stats, **monitor)
+        report("step", step, losses=losses, eta_s=eta, metrics=metrics)
 
-        # checkpoint
+        # -----------------------------------------------------------------------------------
+        # Checkpoint: every `checkpoint_every` steps, at each epoch end and when cancelled.
         cancelled = stop()
-        if cancelled or end_of_epoch or step % config.checkpoint_every == 0:
-            save_checkpoint(make_checkpoint(), ckpt_path)
-        if cancelled and step < total_steps:
+        if cancelled or epoch_end or step % config.checkpoint_every == 0:
+            save_checkpoint(make_checkpoint(), run.checkpoint)
+        if epoch_end:
+            report("epoch", step, losses=losses, eta_s=eta, metrics=metrics)
+        if cancelled and not schedule.done(step):
             status = "cancelled"
             break
 
     if status == "cancelled":
-        log.info("cancelled at step %d; checkpoint %s", step, ckpt_path)
-        return _result(status, step, epoch, ckpt_path, None, metrics)
+        log.info("cancelled at step %d; checkpoint %s", step, run.checkpoint)
+        return result(status, None)
 
-    # ---- done: the inference-only model --------------------------------------------------------
-    save_checkpoint(make_checkpoint(), ckpt_path)
-    model_path = save_checkpoint(make_checkpoint(with_state=False), out_dir / "model.pt")
-    emit(
-        {
-            "event": "done",
-            "epoch": epoch,
-            "epochs": epochs,
-            "step": step,
-            "total_steps": total_steps,
-            "losses": losses,
-            "eta_s": 0.0,
-            "samples": None,
-            "metrics": dict(metrics),
-        }
-    )
-    return _result(status, step, epoch, ckpt_path, model_path, metrics)
-
-
-def _result(
-    status: str,
-    step: int,
-    epoch: int,
-    ckpt: Path,
-    model: Path | None,
-    metrics: dict[str, Any],
-) -> TrainResult:
-    return TrainResult(
-        status=status,
-        step=step,
-        epoch=epoch,
-        checkpoint=str(ckpt),
-        model=str(model) if model else None,
-        metrics=dict(metrics),
-    )
+    # ---------------------------------------------------------------------------------------
+    # Finish: a full checkpoint and the inference-only model.pt.
+    final = make_checkpoint()
+    save_checkpoint(final, run.checkpoint)
+    return result(status, run.save_model(final))
 
 
 __all__ = [

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import math
-import os
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
+from models.atomic import atomic_write
 from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from models.device import resolve_device
 from models.image import build_critic, build_generator
-from models.registry import write_json_atomic
+from models.kinds import IMAGE_KINDS
 from training.data.augment import diff_augment
-from training.data.images import ImageFolder
+from training.data.images import EmptyDatasetError, ImageFolder, is_heldout, list_images
 from training.losses import (
     bce_discriminator_loss,
     bce_generator_loss,
@@ -29,13 +25,26 @@ from training.losses import (
     wgan_critic_loss,
     wgan_generator_loss,
 )
+from training.metrics import run_figures
 from training.presets import ImageTrainConfig, config_to_dict
-from training.runner import ProgressFn, StopFn, TrainResult
+from training.progress import ProgressFn, Schedule, StopFn, TrainResult, never_stop
+from training.scaffold import (
+    MetricsLog,
+    Pace,
+    Reporter,
+    RunFolder,
+    ema_copy,
+    restore_rng,
+    rng_state,
+    update_ema,
+    use_deterministic_kernels,
+)
 
 log = logging.getLogger(__name__)
 
 DRY_RUN_STEPS = 2
 DRY_RUN_BATCH = 4
+MIN_HELDOUT = 4  # held-out images below which the end-of-run figures say too little
 
 
 class FakeImages:
@@ -70,44 +79,36 @@ def network_config(config: ImageTrainConfig) -> dict[str, Any]:
     return {"latent_dim": config.latent_dim, "width": config.width}
 
 
-@torch.no_grad()
-def update_ema(ema: nn.Module, net: nn.Module, decay: float) -> None:
-    """Exponential moving average of the weights; buffers (BatchNorm statistics) are copied."""
-    for p_ema, p in zip(ema.parameters(), net.parameters(), strict=True):
-        p_ema.lerp_(p, 1.0 - decay)
-    for b_ema, b in zip(ema.buffers(), net.buffers(), strict=True):
-        b_ema.copy_(b)
-
-
 def save_grid(images: Tensor, path: Path, nrow: int) -> None:
-    """Write a PNG grid of [-1, 1] images atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a PNG grid of [-1, 1] images atomically (a reader never sees half a file)."""
     grid = make_grid(images.float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    with atomic_write(path, "wb") as f:
+        save_image(grid, f, format="png")
+
+
+def heldout_figures(
+    model: str, data: Path | str, config: ImageTrainConfig, device: torch.device
+) -> dict[str, Any]:
+    """`{"figures", "floor", "ratio", "evaluated_on"}` of a finished model, on at most
+    `config.eval_images` generated images; `{}` when too few images are held out to say.
+    """
+    root = Path(data)
+    held = sum(
+        is_heldout(p.relative_to(root).as_posix(), config.heldout_fraction)
+        for p in list_images(root)
+    )
+    if held < MIN_HELDOUT:
+        log.info("no figures for %s: %d held-out images (fewer than %d)", model, held, MIN_HELDOUT)
+        return {}
     try:
-        save_image(grid, tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop lines logged after the checkpoint we resume from (they will be logged again)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:  # a line cut short by a kill
-            continue
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write("".join(f"{line}\n" for line in keep))
-    os.replace(tmp, path)
+        out = run_figures(
+            model, root, max_images=config.eval_images, seed=config.seed, device=str(device)
+        )
+    except (EmptyDatasetError, OSError, ValueError) as exc:  # the model itself is fine
+        log.warning("could not evaluate %s: %s", model, exc)
+        return {}
+    counts = {"images": out.pop("images"), "heldout_images": out.pop("heldout_images")}
+    return {**out, "evaluated_on": counts}
 
 
 def train_image_gan(
@@ -120,13 +121,13 @@ def train_image_gan(
     should_stop: StopFn | None = None,
 ) -> TrainResult:
     """Train the image GAN of `config` on the images in `data`, writing the run to `out_dir`."""
-    out_dir = Path(out_dir)
-    ckpt_path = out_dir / "checkpoints" / "last.pt"
-    device = resolve_device(config.device)
-    wgan = config.kind == "wgan-gp-128"
-    if config.kind not in ("wgan-gp-128", "dcgan-64"):
+    if config.kind not in IMAGE_KINDS:
         raise ValueError(f"image training does not know model kind {config.kind!r}")
+    wgan = config.kind == "wgan-gp-128"
+    device = resolve_device(config.device)
+    stop = should_stop or never_stop
     torch.manual_seed(config.seed)
+    use_deterministic_kernels(device, config.deterministic)
 
     # ---------------------------------------------------------------------------------------
     # Load data: decoded once into memory (the sets are small); fake images for a dry run.
@@ -147,19 +148,21 @@ def train_image_gan(
     n_images = len(dataset)
     # One epoch = one pass of the critic over the real images (each critic step draws a fresh
     # batch), so it is n_critic · batch_size images per generator step.
-    steps_per_epoch = max(1, math.ceil(n_images / (batch_size * config.n_critic)))
-    total_steps = DRY_RUN_STEPS if config.dry_run else config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "config.json", config_to_dict(config))
+    schedule = Schedule.of(
+        math.ceil(n_images / (batch_size * config.n_critic)),
+        config.epochs,
+        max_steps=config.max_steps,
+        dry_run_steps=DRY_RUN_STEPS if config.dry_run else None,
+    )
+    run = RunFolder.create(out_dir, config)
+    report = Reporter(progress, schedule)
 
     # ---------------------------------------------------------------------------------------
     # Build networks: generator, critic (WGAN-GP) or discriminator (DCGAN), EMA generator.
     net_cfg = network_config(config)
     gen = build_generator(config.kind, net_cfg).to(device)
     critic = build_critic(config.kind, net_cfg).to(device)
-    ema = copy.deepcopy(gen).eval().requires_grad_(False)
+    ema = ema_copy(gen)
 
     # ---------------------------------------------------------------------------------------
     # Optimizers (Adam with the preset's betas; WGAN-GP uses β1 = 0).
@@ -167,8 +170,9 @@ def train_image_gan(
     opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr, betas=betas)
     opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=betas)
 
-    # All randomness of data order, augmentation and latents comes from one CPU generator, so
-    # a resumed run draws exactly what an uninterrupted one would, on any device.
+    # All randomness of data order, augmentation, latents and the penalty's mixing weights
+    # comes from one CPU generator, so a resumed run draws exactly what an uninterrupted one
+    # would, on any device (no draw depends on a CUDA generator's state).
     rng = torch.Generator().manual_seed(config.seed)
     fixed_z = torch.randn(
         min(config.sample_count, 16) if config.dry_run else config.sample_count,
@@ -183,11 +187,12 @@ def train_image_gan(
 
     # ---------------------------------------------------------------------------------------
     # Resume: networks, EMA, optimizers, RNG states and the position in the data order.
-    if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, map_location="cpu")
+    resume_step: int | None = None  # None: a fresh run (in a used folder it starts over)
+    if run.resumable(resume):
+        ckpt = load_checkpoint(run.checkpoint, map_location="cpu")
         if ckpt.kind != config.kind or ckpt.config != net_cfg or ckpt.training_state is None:
             raise CheckpointError(
-                f"{ckpt_path} holds a {ckpt.kind} {ckpt.config} run, not a resumable "
+                f"{run.checkpoint} holds a {ckpt.kind} {ckpt.config} run, not a resumable "
                 f"{config.kind} {net_cfg} run; use another --out"
             )
         state = ckpt.training_state
@@ -196,22 +201,17 @@ def train_image_gan(
         ema.load_state_dict(ckpt.ema)
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
-        rng.set_state(state["rng"]["data"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        restore_rng(state, device, rng)
         perm, cursor = state["perm"], int(state["cursor"])
         if len(perm) != n_images:
             raise CheckpointError(
-                f"{ckpt_path} was trained on {len(perm)} images, the data now has {n_images}"
+                f"{run.checkpoint} was trained on {len(perm)} images, the data now has {n_images}"
             )
-        step = ckpt.step
+        step = resume_step = ckpt.step
         losses = dict(state.get("losses", {}))
         latest_grid = state.get("latest_grid")
-        _truncate_metrics(out_dir / "metrics.jsonl", step)
-        log.info("resumed %s at step %d", out_dir, step)
-    else:  # a fresh run in a used folder: forget the old run's log lines
-        _truncate_metrics(out_dir / "metrics.jsonl", 0)
+        log.info("resumed %s at step %d", run.root, step)
+    metrics_log = MetricsLog(run.metrics, resume_step)
 
     def next_real() -> Tensor:
         """A fresh real batch, walking a shuffled order and reshuffling when it runs out."""
@@ -231,56 +231,34 @@ def train_image_gan(
     def augment(x: Tensor) -> Tensor:
         return diff_augment(x, generator=rng) if config.diffaugment else x
 
-    def checkpoint() -> Path:
-        cuda_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        return save_checkpoint(
-            Checkpoint(
-                kind=config.kind,
-                config=net_cfg,
-                preprocessing=preprocessing(config),
-                ema={k: v.detach().cpu() for k, v in ema.state_dict().items()},
-                step=step,
-                epoch=step // steps_per_epoch,
-                extra={
-                    "preset": config.preset,
-                    "latent_dim": config.latent_dim,
-                    "heldout_fraction": config.heldout_fraction,
-                },
-                training_state={
-                    "generator": gen.state_dict(),
-                    "critic": critic.state_dict(),
-                    "opt_g": opt_g.state_dict(),
-                    "opt_d": opt_d.state_dict(),
-                    "rng": {
-                        "data": rng.get_state(),
-                        "torch": torch.get_rng_state(),
-                        "cuda": cuda_state,
-                    },
-                    "perm": perm,
-                    "cursor": cursor,
-                    "losses": losses,
-                    "latest_grid": latest_grid,
-                    "train_config": config_to_dict(config),
-                },
-            ),
-            ckpt_path,
+    def checkpoint() -> Checkpoint:
+        ckpt = Checkpoint(
+            kind=config.kind,
+            config=net_cfg,
+            preprocessing=preprocessing(config),
+            ema={k: v.detach().cpu() for k, v in ema.state_dict().items()},
+            step=step,
+            epoch=schedule.epoch(step),
+            extra={
+                "preset": config.preset,
+                "latent_dim": config.latent_dim,
+                "heldout_fraction": config.heldout_fraction,
+            },
+            training_state={
+                "generator": gen.state_dict(),
+                "critic": critic.state_dict(),
+                "opt_g": opt_g.state_dict(),
+                "opt_d": opt_d.state_dict(),
+                "rng": rng_state(device, rng),
+                "perm": perm,
+                "cursor": cursor,
+                "losses": losses,
+                "latest_grid": latest_grid,
+                "train_config": config_to_dict(config),
+            },
         )
-
-    def emit(event: str, metrics: dict[str, Any]) -> None:
-        if progress is not None:
-            progress(
-                {
-                    "event": event,
-                    "epoch": step // steps_per_epoch,
-                    "epochs": math.ceil(total_steps / steps_per_epoch),
-                    "step": step,
-                    "total_steps": total_steps,
-                    "losses": dict(losses),
-                    "eta_s": metrics.get("eta_s"),
-                    "samples": latest_grid,
-                    "metrics": metrics,
-                }
-            )
+        save_checkpoint(ckpt, run.checkpoint)
+        return ckpt
 
     log.info(
         "training %s on %d images (%d skipped), %d steps of %d, %d steps/epoch, device %s",
@@ -288,118 +266,120 @@ def train_image_gan(
         n_images,
         dataset.skipped_count,
         step,
-        total_steps,
-        steps_per_epoch,
+        schedule.total_steps,
+        schedule.steps_per_epoch,
         device,
     )
-    metrics_file = (out_dir / "metrics.jsonl").open("a", encoding="utf-8")
-    start_step, t0 = step, time.perf_counter()
+    pace = Pace(step)
     status = "succeeded"
     stats: dict[str, Any] = {}
-    try:
-        while step < total_steps:
-            if should_stop is not None and should_stop():
-                status = "cancelled"
-                break
-            gen.train()
-            critic.train()
+    while not schedule.done(step):
+        if stop():
+            status = "cancelled"
+            break
+        gen.train()
+        critic.train()
 
-            # -------------------------------------------------------------------------------
-            # Critic steps: each on a fresh real batch and fresh latents.
-            for _ in range(config.n_critic):
-                real = next_real()
-                with torch.no_grad():
-                    fake = gen(latents(batch_size))
-                real_a, fake_a = augment(real), augment(fake)
-                real_s, fake_s = critic(real_a), critic(fake_a)
-                if wgan:
-                    gp = gradient_penalty(critic, real_a, fake_a)
-                    d_loss = wgan_critic_loss(real_s, fake_s) + config.gp_lambda * gp
-                else:
-                    d_loss = bce_discriminator_loss(real_s, fake_s)
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
-
-            # -------------------------------------------------------------------------------
-            # Generator step.
-            fake_s_g = critic(augment(gen(latents(batch_size))))
-            g_loss = wgan_generator_loss(fake_s_g) if wgan else bce_generator_loss(fake_s_g)
-            opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            opt_g.step()
-            step += 1
-
-            # -------------------------------------------------------------------------------
-            # EMA of the generator weights (warm-up: short runs are not dominated by init).
-            update_ema(ema, gen, min(config.ema_decay, (1 + step) / (10 + step)))
-
-            # -------------------------------------------------------------------------------
-            # Log: losses of this step, rate and ETA.
+        # -----------------------------------------------------------------------------------
+        # Critic steps: each on a fresh real batch and fresh latents.
+        for _ in range(config.n_critic):
+            real = next_real()
+            with torch.no_grad():
+                fake = gen(latents(batch_size))
+            real_a, fake_a = augment(real), augment(fake)
+            real_s, fake_s = critic(real_a), critic(fake_a)
             if wgan:
-                losses = {
-                    "critic": d_loss.item(),
-                    "gp": gp.item(),
-                    "wasserstein": (real_s.mean() - fake_s.mean()).item(),
-                    "generator": g_loss.item(),
-                }
+                gp = gradient_penalty(critic, real_a, fake_a, generator=rng)
+                d_loss = wgan_critic_loss(real_s, fake_s) + config.gp_lambda * gp
             else:
-                losses = {
-                    "discriminator": d_loss.item(),
-                    "generator": g_loss.item(),
-                    "d_real": torch.sigmoid(real_s).mean().item(),
-                    "d_fake": torch.sigmoid(fake_s).mean().item(),
-                }
-            elapsed = time.perf_counter() - t0
-            rate = elapsed / (step - start_step)
-            stats = {
-                "seconds_per_step": rate,
-                "eta_s": rate * (total_steps - step),
-                "images_seen": step * batch_size * config.n_critic,
+                d_loss = bce_discriminator_loss(real_s, fake_s)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+
+        # -----------------------------------------------------------------------------------
+        # Generator step.
+        fake_s_g = critic(augment(gen(latents(batch_size))))
+        g_loss = wgan_generator_loss(fake_s_g) if wgan else bce_generator_loss(fake_s_g)
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        step += 1
+
+        # -----------------------------------------------------------------------------------
+        # EMA of the generator weights.
+        update_ema(ema, gen, step, config.ema_decay)
+
+        # -----------------------------------------------------------------------------------
+        # Log: losses of this step, pace and ETA.
+        if wgan:
+            losses = {
+                "critic": d_loss.item(),
+                "gp": gp.item(),
+                "wasserstein": (real_s.mean() - fake_s.mean()).item(),
+                "generator": g_loss.item(),
             }
-            epoch_end = step % steps_per_epoch == 0 or step == total_steps
-            epoch = math.ceil(step / steps_per_epoch)
-            metrics_file.write(
-                json.dumps({"step": step, "epoch": epoch, "time": time.time(), **losses, **stats})
-                + "\n"
+        else:
+            losses = {
+                "discriminator": d_loss.item(),
+                "generator": g_loss.item(),
+                "d_real": torch.sigmoid(real_s).mean().item(),
+                "d_fake": torch.sigmoid(fake_s).mean().item(),
+            }
+        stats = {
+            **pace.stats(step, schedule.total_steps),
+            "images_seen": step * batch_size * config.n_critic,
+        }
+        epoch = schedule.epoch(step)
+        metrics_log.write(step, epoch, **losses, **stats)
+        report(
+            "step", step, losses=losses, eta_s=stats["eta_s"], samples=latest_grid, metrics=stats
+        )
+
+        # -----------------------------------------------------------------------------------
+        # Epoch end: sample grid of the fixed latents from the EMA generator.
+        epoch_end = schedule.epoch_end(step)
+        if epoch_end and (epoch % config.samples_every == 0 or schedule.done(step)):
+            with torch.no_grad():
+                images = ema(fixed_z)
+            latest_grid = run.sample_grid(epoch)
+            save_grid(images, run.root / latest_grid, nrow=int(math.sqrt(len(fixed_z))) or 1)
+
+        # -----------------------------------------------------------------------------------
+        # Checkpoint: every `checkpoint_every` steps and at every epoch end.
+        if epoch_end or step % config.checkpoint_every == 0:
+            checkpoint()
+        if epoch_end:
+            report(
+                "epoch",
+                step,
+                losses=losses,
+                eta_s=stats["eta_s"],
+                samples=latest_grid,
+                metrics=stats,
             )
-            metrics_file.flush()
-            emit("step", stats)
 
-            # -------------------------------------------------------------------------------
-            # Epoch end: sample grid of the fixed latents from the EMA generator.
-            if epoch_end and (epoch % config.samples_every == 0 or step == total_steps):
-                with torch.no_grad():
-                    images = ema(fixed_z)
-                rel = f"samples/epoch_{epoch:04d}.png"
-                save_grid(images, out_dir / rel, nrow=int(math.sqrt(len(fixed_z))) or 1)
-                latest_grid = rel
-
-            # -------------------------------------------------------------------------------
-            # Checkpoint: every `checkpoint_every` steps and at every epoch end.
-            if epoch_end or step % config.checkpoint_every == 0:
-                checkpoint()
-            if epoch_end:
-                emit("epoch", stats)
-    finally:
-        metrics_file.close()
-
-    # -------------------------------------------------------------------------------------------
+    # ---------------------------------------------------------------------------------------
     # Finish: a full checkpoint always; the inference-only model.pt when the run completed.
-    checkpoint()
-    model_path: str | None = None
+    final = checkpoint()
+    model_path = None
     if status == "succeeded":
-        model = load_checkpoint(ckpt_path).inference_only()
-        model.extra = {**model.extra, "train_seconds": time.perf_counter() - t0}
-        model_path = str(save_checkpoint(model, out_dir / "model.pt"))
-    final = {**stats, "steps": step, "images": n_images, "skipped_images": dataset.skipped_count}
-    emit("done", final)
-    log.info("%s at step %d/%d", status, step, total_steps)
+        model_path = run.save_model(final, train_seconds=pace.elapsed)
+    summary = {**stats, "steps": step, "images": n_images, "skipped_images": dataset.skipped_count}
+
+    # ---------------------------------------------------------------------------------------
+    # Evaluate the finished model: SWD, power spectrum and colour against the real floor.
+    if model_path is not None and data is not None and config.eval_images > 0:
+        summary.update(heldout_figures(model_path, data, config, device))
+    report(
+        "done", step, losses=losses, eta_s=stats.get("eta_s"), samples=latest_grid, metrics=summary
+    )
+    log.info("%s at step %d/%d", status, step, schedule.total_steps)
     return TrainResult(
         status=status,
         step=step,
-        epoch=step // steps_per_epoch,
-        checkpoint=str(ckpt_path),
+        epoch=schedule.epoch(step),
+        checkpoint=str(run.checkpoint),
         model=model_path,
-        metrics={**final, "losses": losses},
+        metrics={**summary, "losses": losses},
     )

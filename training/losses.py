@@ -14,6 +14,7 @@ def gradient_penalty(
     real: Tensor,
     fake: Tensor,
     *cond: Tensor,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Gulrajani et al. (2017) penalty `E[(‖∇D(x̂)‖₂ − 1)²]`, one norm per sample.
 
@@ -21,9 +22,16 @@ def gradient_penalty(
     (if any) are passed to the critic unchanged, so only the generated quantity is
     interpolated. The gradient is flattened and its norm taken over every non-batch
     dimension, and `create_graph=True` lets the penalty itself be back-propagated.
+
+    The mixing weights come from `generator` (a CPU generator: the same draws on any device,
+    saved and restored with the run), else from the default generator of `real`'s device.
     """
     b = real.shape[0]
-    alpha = torch.rand((b,) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype)
+    shape = (b,) + (1,) * (real.dim() - 1)
+    if generator is not None:
+        alpha = torch.rand(shape, generator=generator).to(real.device, real.dtype)
+    else:
+        alpha = torch.rand(shape, device=real.device, dtype=real.dtype)
     mixed = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
     scores = critic(mixed, *cond)
     if scores.shape != (b,):

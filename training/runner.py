@@ -1,29 +1,18 @@
 """One entry point for every training family: the CLI and the worker both call `run_training`.
 
-A run directory holds `config.json`, `checkpoints/last.pt` (full state, for resuming),
-`samples/` (image grids), `metrics.jsonl` (one JSON object per logged step/epoch) and, when
-the run ends, `model.pt` (inference-only: EMA weights, config, preprocessing).
+The run folder layout, the metrics log and the meaning of `epoch` are the run scaffold's
+(`training.scaffold`); the progress events and the result are `training.progress`'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypedDict
 
-from training.presets import EmulatorTrainConfig, ImageTrainConfig, family
-
-ProgressFn = Callable[[dict[str, Any]], None]
-StopFn = Callable[[], bool]
-
-
-class TrainResult(TypedDict):
-    status: str  # "succeeded" | "cancelled"
-    step: int
-    epoch: int
-    checkpoint: str  # full-state checkpoint (resume from it)
-    model: str | None  # inference-only checkpoint, written when the run finished
-    metrics: dict[str, Any]
+from models.kinds import EMULATOR, IMAGE, family_of
+from training.emulator_gan import train_emulator_gan
+from training.image_gan import train_image_gan
+from training.presets import EmulatorTrainConfig, ImageTrainConfig
+from training.progress import ProgressFn, StopFn, TrainResult
 
 
 def run_training(
@@ -36,15 +25,13 @@ def run_training(
     should_stop: StopFn | None = None,
 ) -> TrainResult:
     """Train `config` on `data` into `out_dir`, resuming from its last checkpoint if any."""
-    out_dir = Path(out_dir)
-    if family(config.preset) == "image":
-        from training.image_gan import train_image_gan
-
+    family = family_of(config.kind)
+    if family == IMAGE and isinstance(config, ImageTrainConfig):
         return train_image_gan(
             config, data, out_dir, resume=resume, progress=progress, should_stop=should_stop
         )
-    from training.emulator_gan import train_emulator_gan
-
-    return train_emulator_gan(
-        config, data, out_dir, resume=resume, progress=progress, should_stop=should_stop
-    )
+    if family == EMULATOR and isinstance(config, EmulatorTrainConfig):
+        return train_emulator_gan(
+            config, data, out_dir, resume=resume, progress=progress, should_stop=should_stop
+        )
+    raise ValueError(f"no training loop for {type(config).__name__} of kind {config.kind!r}")

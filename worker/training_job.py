@@ -158,6 +158,7 @@ def _train(
     store: JobStore, job_id: str, rec: dict[str, Any], run_dir: Path, heartbeat: _Heartbeat
 ) -> dict[str, Any]:
     from training.presets import config_from_dict
+    from training.progress import ProgressEvent, record_fields
     from training.runner import run_training
 
     settings = get_settings()
@@ -165,27 +166,18 @@ def _train(
     last_check = 0.0
     stop_now = False
 
-    def progress(ev: dict[str, Any]) -> None:
+    def progress(ev: ProgressEvent) -> None:
         nonlocal last_write
         now = time.monotonic()
-        kind = ev.get("event", "step")
-        if kind == "step" and now - last_write < PROGRESS_EVERY_S:
+        if ev["event"] == "step" and now - last_write < PROGRESS_EVERY_S:
             return
         last_write = now
-        fields: dict[str, Any] = {
-            k: ev[k]
-            for k in ("epoch", "epochs", "step", "total_steps", "losses", "eta_s")
-            if k in ev
-        }
-        if ev.get("metrics"):
-            fields["metrics"] = ev["metrics"]
+        fields = record_fields(ev)
         if ev.get("samples"):
-            names = ev["samples"] if isinstance(ev["samples"], list) else [ev["samples"]]
-            fields["samples"] = sorted(
-                {*(store.field(job_id, "samples") or []), *(Path(str(s)).name for s in names)}
-            )
+            names = {*(store.field(job_id, "samples") or []), Path(str(ev["samples"])).name}
+            fields["samples"] = sorted(names)
         store.update(job_id, **fields)
-        store.event(job_id, {"event": "progress", "kind": kind, **_jsonable(fields)})
+        store.event(job_id, {"event": "progress", "kind": ev["event"], **_jsonable(fields)})
 
     def should_stop() -> bool:
         nonlocal last_check, stop_now

@@ -20,7 +20,8 @@ from app.deps import ApiKey, CeleryDep, JobsDep, SettingsDep
 from app.errors import ApiError
 from app.schemas import JOB_ID_PATTERN, JobList, JobOut, TrainAccepted, TrainRequest
 from models.settings import Settings
-from training.presets import build_config, config_to_dict
+from training.presets import build_config, config_to_dict, default_data
+from training.progress import RECORD_FIELDS
 from worker.celery_app import TRAIN_TASK, TRAINING_QUEUE
 from worker.jobs import (
     FAILED,
@@ -37,7 +38,6 @@ router = APIRouter(prefix="/train", tags=["training"])
 JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="A training job id.")]
 SAMPLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.png$")
 STALE_AFTER_S = 90.0  # a running job without a heartbeat for this long is reported stalled
-DEFAULT_DATA = {"nebula": "nebulae", "nebula-dcgan": "nebulae", "balrog": "balrog.parquet"}
 
 
 def resolve_data(preset: str, data: str | None, dry_run: bool, settings: Settings) -> str | None:
@@ -45,7 +45,7 @@ def resolve_data(preset: str, data: str | None, dry_run: bool, settings: Setting
     if data is None and dry_run:
         return None
     root = settings.data_dir.resolve()
-    raw = Path(data) if data is not None else Path(DEFAULT_DATA.get(preset, preset))
+    raw = Path(data) if data is not None else Path(default_data(preset))
     path = (raw if raw.is_absolute() else root / raw).resolve()
     if not path.is_relative_to(root):
         raise ApiError(422, f"data {data!r} is outside the data root {root}")
@@ -219,5 +219,5 @@ async def job_events(
 
 
 def _snapshot(rec: dict[str, Any]) -> dict[str, Any]:
-    keys = ("job_id", "state", "epoch", "epochs", "step", "total_steps", "losses", "eta_s")
-    return {k: rec.get(k) for k in (*keys, "metrics", "error", "model")}
+    keys = ("job_id", "state", *RECORD_FIELDS, "metrics", "error", "model")
+    return {k: rec.get(k) for k in keys}

@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.bench
 @pytest.mark.timeout(600)
 def test_quick_bench_runs_every_suite(tmp_path: Path) -> None:
     out = tmp_path / "bench"

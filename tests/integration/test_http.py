@@ -62,6 +62,17 @@ def dcgan(service: Service, client: httpx.Client) -> dict[str, Any]:
     return rec
 
 
+def test_finished_jobs_report_every_epoch_completed(
+    balrog: dict[str, Any], dcgan: dict[str, Any]
+) -> None:
+    # `epoch` counts epochs completed: a job that succeeded has completed all of them
+    for rec in (balrog["record"], dcgan):
+        assert rec["state"] == "succeeded" and rec["epoch"] == rec["epochs"] >= 1, rec
+    progress = [e for e in balrog["events"] if e["event"] == "progress"]
+    assert progress[-1]["kind"] == "done" and progress[-1]["epoch"] == progress[-1]["epochs"]
+    assert dcgan["step"] == dcgan["total_steps"] == 3
+
+
 def test_health_and_readiness(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     r = client.get("/readyz")

@@ -1,0 +1,762 @@
+// The cosmogan page: plain JS over the service's own HTTP API (no build step, no CDN).
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const KEY_STORE = "cosmogan-api-key"; // sessionStorage only: gone when the tab closes
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const COLORS = ["#7aa2f7", "#f7768e", "#9ece6a", "#e0af68", "#bb9af7", "#7dcfff", "#ff9e64", "#c0caf5"];
+const BAND_COLORS = { r: "#f7768e", i: "#e0af68", z: "#7aa2f7" };
+const state = { config: null, models: {}, job: null, es: null, chart: null, emu: null, charts: {} };
+
+// ------------------------------------------------------------------------------ helpers
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (v !== undefined && v !== null && v !== false) node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+}
+
+function toast(message, bad = false) {
+  const t = $("#toast");
+  t.textContent = message;
+  t.className = bad ? "bad" : "";
+  t.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => (t.hidden = true), bad ? 8000 : 4000);
+}
+
+function apiKey() {
+  return sessionStorage.getItem(KEY_STORE) || "";
+}
+
+// fetch with JSON errors turned into exceptions that carry the server's message
+async function api(method, url, { json, body, headers = {}, auth = false } = {}) {
+  const h = { ...headers };
+  if (json !== undefined) {
+    h["content-type"] = "application/json";
+    body = JSON.stringify(json);
+  }
+  if (auth) {
+    if (!apiKey()) {
+      $("#api-key").focus();
+      throw new Error("enter the API key (top right) first");
+    }
+    h.authorization = `Bearer ${apiKey()}`;
+  }
+  const resp = await fetch(url, { method, body, headers: h });
+  if (!resp.ok) {
+    let detail = resp.statusText;
+    try {
+      const data = await resp.json();
+      detail = data.detail || detail;
+      if (data.problems && data.problems.length > 1) {
+        detail += "\n" + data.problems.slice(0, 5).map((p) => `• ${p.row ?? ""} ${p.column ?? ""}: ${p.message}`).join("\n");
+      }
+    } catch (_) { /* not JSON */ }
+    if (resp.status === 401 || resp.status === 403) $("#api-key").focus();
+    throw new Error(`${resp.status}: ${detail}`);
+  }
+  return resp;
+}
+
+const getJSON = async (url) => (await api("GET", url)).json();
+
+function fmt(v) {
+  if (v === null || v === undefined) return "—";
+  if (typeof v === "number") {
+    if (Number.isInteger(v)) return String(v);
+    const a = Math.abs(v);
+    return a !== 0 && (a < 1e-3 || a >= 1e5) ? v.toExponential(3) : v.toPrecision(4);
+  }
+  if (typeof v === "object") return JSON.stringify(v);
+  return String(v);
+}
+
+function fmtTime(ts) {
+  if (!ts) return "—";
+  const d = new Date(ts * 1000);
+  return d.toLocaleString(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+}
+
+function fmtDuration(s) {
+  if (s === null || s === undefined || !isFinite(s)) return "—";
+  s = Math.round(s);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+}
+
+function download(blob, name) {
+  const a = el("a", { href: URL.createObjectURL(blob), download: name });
+  document.body.append(a);
+  a.click();
+  setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
+}
+
+function fillSelect(select, options, value) {
+  select.replaceChildren(...options.map(([v, label]) => el("option", { value: v }, label)));
+  if (value !== undefined && options.some(([v]) => v === value)) select.value = value;
+}
+
+function familyOf(name) {
+  const p = state.config?.presets?.[name];
+  return p ? p.family : "image"; // registry names outside the presets are served by /generate
+}
+
+// --------------------------------------------------------------------------------- tabs
+function showTab() {
+  const name = (location.hash || "#gallery").slice(1).split("?")[0];
+  const tab = document.getElementById(name) ? name : "gallery";
+  document.querySelectorAll("section.tab").forEach((s) => (s.hidden = s.id !== tab));
+  document.querySelectorAll("#tabs a").forEach((a) => a.classList.toggle("active", a.dataset.tab === tab));
+  if (tab === "gallery") {
+    if (location.hash.includes("?")) applyGalleryLink();
+    renderGallery();
+  }
+  if (tab === "training") refreshJobs();
+  if (tab === "models") renderModels();
+}
+
+async function checkReady() {
+  const badge = $("#ready");
+  try {
+    const r = await fetch("/readyz");
+    badge.textContent = r.ok ? "ready" : "not ready";
+    badge.className = "badge " + (r.ok ? "ok" : "bad");
+    if (!r.ok) badge.title = (await r.json()).detail || "";
+  } catch (_) {
+    badge.textContent = "offline";
+    badge.className = "badge bad";
+  }
+}
+
+async function loadModels() {
+  state.models = (await getJSON("/models")).models;
+  return state.models;
+}
+
+// ------------------------------------------------------------------------------ gallery
+function versionOptions(name) {
+  const m = state.models[name];
+  if (!m) return [["", "active"]];
+  const opts = [["", `active (${m.active || "none"})`]];
+  for (const v of [...m.versions].reverse()) opts.push([v.version, v.version + (v.note ? ` — ${v.note}` : "")]);
+  return opts;
+}
+
+function initGallery() {
+  const names = Object.keys(state.models).filter((n) => familyOf(n) === "image");
+  fillSelect($("#g-model"), names.map((n) => [n, n]), names.includes("nebula") ? "nebula" : names[0]);
+  const sizes = [1, 4, 9, 16, 25, 36, 49, 64, 100, 144, 256].filter((n) => n <= state.config.max_generate_n);
+  fillSelect($("#g-n"), sizes.map((n) => [String(n), String(n)]), sizes.includes(16) ? "16" : String(sizes.at(-1)));
+  applyGalleryLink();
+  $("#g-model").addEventListener("change", () => { refreshVersionPickers(); renderGallery(); });
+  for (const id of ["#g-seed", "#g-n", "#g-version", "#g-version-b"]) $(id).addEventListener("change", renderGallery);
+  $("#g-compare").addEventListener("change", () => {
+    $("#g-version-b").disabled = !$("#g-compare").checked;
+    renderGallery();
+  });
+  const step = (d) => { $("#g-seed").value = Math.max(0, (parseInt($("#g-seed").value, 10) || 0) + d); renderGallery(); };
+  $("#g-prev").addEventListener("click", () => step(-1));
+  $("#g-next").addEventListener("click", () => step(1));
+  $("#g-random").addEventListener("click", () => { $("#g-seed").value = Math.floor(Math.random() * 1e6); renderGallery(); });
+  // ← and → browse seeds, as in an image viewer (not while typing in a field)
+  document.addEventListener("keydown", (ev) => {
+    if ($("#gallery").hidden || ev.target.closest("input, select, textarea")) return;
+    if (ev.key === "ArrowLeft") step(-1);
+    if (ev.key === "ArrowRight") step(1);
+  });
+}
+
+// settings from a link such as #gallery?model=nebula&seed=9&n=4&version=v2
+function applyGalleryLink() {
+  const params = new URLSearchParams(location.hash.split("?")[1] || "");
+  const has = (select, v) => [...select.options].some((o) => o.value === v);
+  if (params.get("seed")) $("#g-seed").value = params.get("seed");
+  if (has($("#g-model"), params.get("model"))) $("#g-model").value = params.get("model");
+  if (has($("#g-n"), params.get("n"))) $("#g-n").value = params.get("n");
+  refreshVersionPickers();
+  if (has($("#g-version"), params.get("version"))) $("#g-version").value = params.get("version");
+}
+
+function refreshVersionPickers() {
+  const opts = versionOptions($("#g-model").value);
+  fillSelect($("#g-version"), opts, $("#g-version").value);
+  fillSelect($("#g-version-b"), opts, $("#g-version-b").value || opts.at(-1)[0]);
+}
+
+function generateUrl(model, version, seed, n) {
+  const q = new URLSearchParams({ seed, n, model });
+  if (version) q.set("version", version);
+  return `/generate?${q}`;
+}
+
+function renderGallery() {
+  const model = $("#g-model").value;
+  if (!model) {
+    $("#g-panels").replaceChildren(el("p", { class: "hint" }, "No image model is registered."));
+    return;
+  }
+  const seed = Math.max(0, parseInt($("#g-seed").value, 10) || 0);
+  const n = $("#g-n").value;
+  const versions = [$("#g-version").value];
+  if ($("#g-compare").checked) versions.push($("#g-version-b").value);
+  const active = state.models[model]?.active;
+  // the address bar holds the picture's settings: a link to the page shows the same grid
+  const link = new URLSearchParams({ model, seed, n });
+  if (versions[0]) link.set("version", versions[0]);
+  if (!$("#gallery").hidden) history.replaceState(null, "", `#gallery?${link}`);
+  $("#g-panels").replaceChildren(...versions.map((v) => {
+    const url = generateUrl(model, v, seed, n);
+    const label = `${model}@${v || active}`;
+    const status = el("span", { class: "hint" }, "generating…");
+    const img = el("img", { src: url, alt: `${label}, seed ${seed}`, "data-seed": seed });
+    img.addEventListener("load", () => status.replaceChildren(`${n} images, seed ${seed}`));
+    img.addEventListener("error", async () => {
+      try { await api("GET", url); } catch (e) { status.replaceChildren(el("span", { class: "error" }, e.message)); }
+    });
+    return el("div", { class: "panel" },
+      el("h3", {}, label + (v ? "" : " (active)")), img,
+      el("div", { class: "meta" }, status, el("code", {}, url),
+        el("a", { href: url, download: `${model}-${v || active}-seed${seed}-n${n}.png` }, "Download PNG")));
+  }));
+}
+
+// ----------------------------------------------------------------------------- training
+function initTraining() {
+  const presets = Object.keys(state.config.presets);
+  fillSelect($("#t-preset"), presets.map((p) => [p, `${p} (${state.config.presets[p].family})`]), "balrog");
+  $("#t-preset").addEventListener("change", showPresetDefaults);
+  showPresetDefaults();
+  $("#t-form").addEventListener("submit", startJob);
+  $("#t-refresh").addEventListener("click", refreshJobs);
+  $("#t-cancel").addEventListener("click", cancelJob);
+  $("#t-resume").addEventListener("click", resumeJob);
+  $("#t-activate-btn").addEventListener("click", activateJobModel);
+  $("#t-smooth").addEventListener("input", redrawLosses);
+  setInterval(() => { if (!$("#training").hidden) refreshJobs(); }, 3000);
+}
+
+function showPresetDefaults() {
+  const d = state.config.presets[$("#t-preset").value].defaults;
+  $("#t-epochs").placeholder = d.epochs;
+  $("#t-defaults").replaceChildren(...Object.entries(d).map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", {}, fmt(v)))));
+}
+
+async function startJob(ev) {
+  ev.preventDefault();
+  let overrides;
+  try {
+    overrides = JSON.parse($("#t-overrides").value || "{}");
+    if (typeof overrides !== "object" || Array.isArray(overrides)) throw new Error("an object");
+  } catch (e) {
+    toast(`Other overrides must be a JSON object: ${e.message}`, true);
+    return;
+  }
+  const num = (id) => (($(id).value || "").trim() ? parseInt($(id).value, 10) : undefined);
+  if (num("#t-epochs") !== undefined) overrides.epochs = num("#t-epochs");
+  if (num("#t-max-steps") !== undefined) overrides.max_steps = num("#t-max-steps");
+  if ($("#t-dry-run").checked) overrides.dry_run = true;
+  const body = { preset: $("#t-preset").value, overrides, activate: $("#t-activate").checked };
+  if ($("#t-data").value.trim()) body.data = $("#t-data").value.trim();
+  try {
+    const r = await (await api("POST", "/train", { json: body, auth: true })).json();
+    toast(`Job ${r.job_id.slice(0, 8)} ${r.state}`);
+    await refreshJobs();
+    openJob(r.job_id);
+  } catch (e) {
+    toast(e.message, true);
+  }
+}
+
+async function refreshJobs() {
+  let jobs;
+  try {
+    jobs = (await getJSON("/train?limit=50")).jobs;
+  } catch (e) {
+    return;
+  }
+  const rows = jobs.map((j) => {
+    const pct = j.total_steps ? Math.round((100 * j.step) / j.total_steps) : null;
+    const tr = el("tr", { "data-job": j.job_id, class: state.job === j.job_id ? "selected" : "", onclick: () => openJob(j.job_id) },
+      el("td", {}, el("code", {}, j.job_id.slice(0, 8))),
+      el("td", {}, j.preset),
+      el("td", {}, el("span", { class: `state ${j.state}` }, j.state + (j.stalled ? " (stalled)" : ""))),
+      el("td", {}, pct === null ? "—" : `${j.step}/${j.total_steps} (${pct}%)`),
+      el("td", {}, fmtTime(j.started_at || j.created_at)),
+      el("td", {}, j.model || ""));
+    return tr;
+  });
+  $("#t-jobs tbody").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 6, class: "hint" }, "No jobs yet."))]));
+}
+
+function newLossChart() {
+  if (state.chart) state.chart.destroy();
+  state.chart = new Chart($("#t-chart"), {
+    type: "line",
+    data: { datasets: [] },
+    options: {
+      animation: false, parsing: false, normalized: true, maintainAspectRatio: false,
+      interaction: { mode: "nearest", intersect: false },
+      elements: { point: { radius: 0 }, line: { borderWidth: 1.5 } },
+      scales: {
+        x: { type: "linear", title: { display: true, text: "step", color: "#8b949e" }, ticks: { color: "#8b949e" }, grid: { color: "#21262d" } },
+        y: { title: { display: true, text: "loss", color: "#8b949e" }, ticks: { color: "#8b949e" }, grid: { color: "#21262d" } },
+      },
+      plugins: { legend: { labels: { color: "#e6edf3" } } },
+    },
+  });
+}
+
+function addLosses(step, losses) {
+  const chart = state.chart;
+  for (const [key, value] of Object.entries(losses || {})) {
+    if (typeof value !== "number" || !isFinite(value)) continue;
+    let ds = chart.data.datasets.find((d) => d.label === key);
+    if (!ds) {
+      const color = COLORS[chart.data.datasets.length % COLORS.length];
+      ds = { label: key, data: [], raw: [], borderColor: color, backgroundColor: color };
+      chart.data.datasets.push(ds);
+    }
+    const last = ds.raw.at(-1);
+    if (last && last.x === step) last.y = value;
+    else ds.raw.push({ x: step, y: value });
+  }
+  clearTimeout(addLosses.timer); // many replayed events: draw once they stop coming
+  addLosses.timer = setTimeout(redrawLosses, 50);
+}
+
+// the curves as drawn: each raw series through an exponential moving average
+function redrawLosses() {
+  const chart = state.chart;
+  if (!chart) return;
+  const w = Number($("#t-smooth").value);
+  $("#t-smooth-value").textContent = w.toFixed(2);
+  for (const ds of chart.data.datasets) {
+    let avg = null;
+    ds.data = ds.raw.map(({ x, y }) => {
+      avg = avg === null ? y : w * avg + (1 - w) * y;
+      return { x, y: avg };
+    });
+  }
+  chart.update("none");
+}
+
+function showJob(rec) {
+  $("#t-live-state").textContent = rec.state + (rec.cancel_requested && !TERMINAL.has(rec.state) ? " (cancelling)" : "");
+  $("#t-live-state").className = `state ${rec.state}`;
+  const pct = rec.total_steps ? (100 * (rec.step || 0)) / rec.total_steps : rec.state === "succeeded" ? 100 : 0;
+  $("#t-bar").style.width = `${Math.min(100, pct)}%`;
+  const parts = [];
+  if (rec.total_steps) parts.push(`step ${rec.step || 0} of ${rec.total_steps} (${pct.toFixed(0)}%)`);
+  if (rec.epochs) parts.push(`epoch ${rec.epoch || 0} of ${rec.epochs}`);
+  if (!TERMINAL.has(rec.state) && rec.eta_s !== undefined && rec.eta_s !== null) parts.push(`ETA ${fmtDuration(rec.eta_s)}`);
+  if (rec.model) parts.push(`model ${rec.model}`);
+  $("#t-progress-text").textContent = parts.join(" · ") || rec.state;
+  $("#t-cancel").disabled = TERMINAL.has(rec.state);
+  $("#t-resume").disabled = !(rec.state === "cancelled" || rec.state === "failed");
+  $("#t-activate-btn").disabled = !(rec.state === "succeeded" && rec.model);
+  $("#t-error").hidden = !rec.error;
+  $("#t-error").textContent = rec.error || "";
+  if (rec.samples) showSamples(rec.samples.map((s) => (s.startsWith("/") ? s : `/train/${rec.job_id}/samples/${s}`)));
+  const metrics = Object.entries(rec.metrics || {}).filter(([, v]) => typeof v !== "object" || v === null);
+  $("#t-metrics").replaceChildren(...metrics.map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", {}, fmt(v)))));
+}
+
+function showSamples(urls) {
+  if (!urls.length) return;
+  const img = $("#t-sample");
+  const latest = urls.at(-1);
+  if (img.getAttribute("src") !== latest) img.src = latest;
+  img.hidden = false;
+  $("#t-sample-list").replaceChildren(...urls.map((u) => el("a", { href: "#training", onclick: (e) => { e.preventDefault(); img.src = u; } },
+    u.split("/").pop().replace(".png", ""))));
+}
+
+async function openJob(jobId) {
+  if (state.es) state.es.close();
+  state.job = jobId;
+  state.rec = null;
+  document.querySelectorAll("#t-jobs tbody tr").forEach((tr) => tr.classList.toggle("selected", tr.dataset.job === jobId));
+  $("#t-live").hidden = false;
+  $("#t-live-id").textContent = jobId;
+  $("#t-sample").hidden = true;
+  $("#t-sample").removeAttribute("src");
+  $("#t-sample-list").replaceChildren();
+  newLossChart();
+  try {
+    state.rec = await getJSON(`/train/${jobId}`);
+    showJob(state.rec);
+  } catch (e) {
+    toast(e.message, true);
+    return;
+  }
+  follow(jobId, "0-0"); // replay the whole history for the loss curves, then go on live
+}
+
+function follow(jobId, cursor) {
+  const es = new EventSource(`/train/${jobId}/events?last_event_id=${encodeURIComponent(cursor)}`);
+  state.es = es;
+  let last = cursor;
+  const handle = (ev) => {
+    if (state.job !== jobId) return;
+    last = ev.lastEventId || last;
+    const data = JSON.parse(ev.data);
+    const rec = (state.rec = { ...state.rec, ...data });
+    if (data.step !== undefined && data.losses) addLosses(data.step, data.losses);
+    if (data.samples) rec.samples = data.samples;
+    showJob(rec);
+    if (ev.type === "state" && TERMINAL.has(data.state)) finishJob(jobId);
+  };
+  for (const type of ["snapshot", "progress", "state"]) es.addEventListener(type, handle);
+  // the server ends the stream when the job ends; EventSource would reconnect and replay
+  // the history, so stop here and reopen from the last event only if the job goes on
+  es.onerror = async () => {
+    es.close();
+    if (state.job !== jobId) return;
+    try {
+      const rec = await getJSON(`/train/${jobId}`);
+      if (!TERMINAL.has(rec.state)) setTimeout(() => state.job === jobId && follow(jobId, last), 1000);
+    } catch (_) { /* the job is gone */ }
+  };
+}
+
+async function finishJob(jobId) {
+  const rec = await getJSON(`/train/${jobId}`);
+  if (state.job !== jobId) return;
+  state.rec = rec;
+  showJob(rec);
+  refreshJobs();
+  if (rec.model) loadModels().then(refreshVersionPickers);
+}
+
+async function cancelJob() {
+  try {
+    const rec = await (await api("DELETE", `/train/${state.job}`, { auth: true })).json();
+    showJob({ ...state.rec, ...rec });
+    toast("Cancel requested: the job stops at its next checkpoint");
+  } catch (e) { toast(e.message, true); }
+}
+
+async function resumeJob() {
+  const jobId = state.job;
+  try {
+    await api("POST", "/train", { json: { preset: state.rec.preset, resume: jobId }, auth: true });
+    toast(`Job ${jobId.slice(0, 8)} resumed`);
+    openJob(jobId);
+  } catch (e) { toast(e.message, true); }
+}
+
+async function activate(name, version) {
+  await api("POST", `/models/${encodeURIComponent(name)}/activate`, { json: { version }, auth: true });
+  await loadModels();
+  refreshVersionPickers();
+  toast(`${name}@${version} is now served`);
+}
+
+async function activateJobModel() {
+  const [name, version] = state.rec.model.split("@");
+  try { await activate(name, version); } catch (e) { toast(e.message, true); }
+}
+
+// ----------------------------------------------------------------------------- emulator
+function mulberry32(seed) {
+  return () => {
+    seed |= 0; seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+// a DES-like toy catalog: faint-heavy magnitudes, red colours, typical sky noise and seeing
+function exampleCatalog(n) {
+  const rand = mulberry32(42);
+  const gauss = () => Math.sqrt(-2 * Math.log(1 - rand())) * Math.cos(2 * Math.PI * rand());
+  const cols = state.config.emulator_inputs;
+  const lines = [cols.join(",")];
+  for (let k = 0; k < n; k++) {
+    const r = 25.5 - 7 * Math.pow(rand(), 1.6);
+    const i = r - (0.35 + 0.2 * gauss());
+    const z = i - (0.2 + 0.12 * gauss());
+    const sky = [4.1, 7.1, 13.5].map((s) => s * (1 + 0.15 * gauss()));
+    const psf = [0.95, 0.88, 0.84].map((p) => p * (1 + 0.12 * gauss()));
+    lines.push([r, i, z, ...sky, ...psf].map((v) => v.toFixed(3)).join(","));
+  }
+  return lines.join("\n");
+}
+
+function initEmulator() {
+  const emus = Object.keys(state.models).filter((n) => familyOf(n) === "emulator");
+  const name = emus.includes("balrog") ? "balrog" : emus[0];
+  state.emuModel = name;
+  fillSelect($("#e-version"), name ? versionOptions(name) : [["", "none registered"]]);
+  $("#e-samples").max = state.config.max_emulate_samples;
+  $("#e-example").addEventListener("click", () => {
+    $("#e-text").value = exampleCatalog(Math.min(2000, state.config.max_emulate_rows));
+    $("#e-file").value = "";
+  });
+  $("#e-run").addEventListener("click", runEmulator);
+  $("#e-dl-csv").addEventListener("click", () => download(new Blob([toCsv(state.emu.rows)], { type: "text/csv" }), "emulated.csv"));
+  $("#e-dl-json").addEventListener("click", () => download(new Blob([JSON.stringify(state.emu)], { type: "application/json" }), "emulated.json"));
+  $("#e-dl-parquet").addEventListener("click", async () => {
+    try {
+      const resp = await postEmulate(state.emu.request, state.emu.seed, "application/vnd.apache.parquet");
+      download(await resp.blob(), "emulated.parquet");
+    } catch (e) { toast(e.message, true); }
+  });
+}
+
+const FILE_TYPES = { csv: "text/csv", parquet: "application/vnd.apache.parquet", pq: "application/vnd.apache.parquet", fits: "application/fits", fit: "application/fits", json: "application/json" };
+
+// what to send: {type, body} from the file picker or the text box
+async function emulatorInput() {
+  const file = $("#e-file").files[0];
+  if (file) {
+    const ext = file.name.split(".").pop().toLowerCase();
+    const type = FILE_TYPES[ext];
+    if (!type) throw new Error(`unsupported file type .${ext}: use CSV, Parquet, FITS or JSON`);
+    return { type, body: type === "application/json" ? await file.text() : file, name: file.name };
+  }
+  const text = $("#e-text").value.trim();
+  if (!text) throw new Error("paste rows, load the example catalog or choose a file");
+  return { type: /^[[{]/.test(text) ? "application/json" : "text/csv", body: text };
+}
+
+async function postEmulate(input, seed, accept = "application/json") {
+  const samples = parseInt($("#e-samples").value, 10) || 1;
+  const version = $("#e-version").value;
+  const q = new URLSearchParams({ samples });
+  if (seed !== undefined && seed !== null && seed !== "") q.set("seed", seed);
+  if (state.emuModel) q.set("model", state.emuModel);
+  if (version) q.set("version", version);
+  let body = input.body;
+  if (input.type === "application/json") {
+    const parsed = typeof body === "string" ? JSON.parse(body) : body;
+    const rows = Array.isArray(parsed) ? parsed : parsed.rows;
+    if (!Array.isArray(rows)) throw new Error('JSON must be a list of rows or {"rows": [...]}');
+    const req = { rows, samples };
+    if (q.has("seed")) req.seed = Number(q.get("seed"));
+    if (state.emuModel) req.model = state.emuModel;
+    if (version) req.version = version;
+    body = JSON.stringify(req);
+    q.delete("samples");
+  }
+  return api("POST", `/emulate?${q}`, { body, headers: { "content-type": input.type, accept } });
+}
+
+async function runEmulator() {
+  const status = $("#e-status");
+  let input;
+  try {
+    input = await emulatorInput();
+  } catch (e) {
+    status.replaceChildren(el("span", { class: "error" }, e.message));
+    return;
+  }
+  status.textContent = "emulating…";
+  $("#e-run").disabled = true;
+  const t0 = performance.now();
+  try {
+    const out = await (await postEmulate(input, $("#e-seed").value)).json();
+    state.emu = { ...out, request: input };
+    const det = out.rows.filter((r) => r.detected).length;
+    status.textContent = `${out.rows.length} rows from ${out.model}@${out.version}, seed ${out.seed}, ` +
+      `${out.samples} realization(s); ${det} detected (${((100 * det) / Math.max(1, out.rows.length)).toFixed(1)}%) ` +
+      `in ${((performance.now() - t0) / 1000).toFixed(2)} s`;
+    $("#e-downloads").hidden = false;
+    drawEmulatorPlots(out.rows);
+    showTable(out.rows.slice(0, 50));
+  } catch (e) {
+    status.replaceChildren(el("span", { class: "error" }, e.message));
+  } finally {
+    $("#e-run").disabled = false;
+  }
+}
+
+function toCsv(rows) {
+  if (!rows.length) return "";
+  const cols = [...new Set(rows.flatMap((r) => Object.keys(r)))];
+  const cell = (v) => {
+    if (v === null || v === undefined) return "";
+    const s = String(v);
+    return /[",\n]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s;
+  };
+  return [cols.join(","), ...rows.map((r) => cols.map((c) => cell(r[c])).join(","))].join("\n") + "\n";
+}
+
+function showTable(rows) {
+  const cols = [...new Set(rows.flatMap((r) => Object.keys(r)))];
+  $("#e-table").replaceChildren(
+    el("thead", {}, el("tr", {}, cols.map((c) => el("th", {}, c)))),
+    el("tbody", {}, rows.map((r) => el("tr", {}, cols.map((c) => el("td", {}, fmt(r[c])))))));
+  $("#e-table-wrap").hidden = false;
+}
+
+// the column that holds a band's true magnitude: canonical name or a DES alias
+function trueMagColumn(rows, band) {
+  const keys = Object.keys(rows[0] || {});
+  const want = `true_mag_${band}`;
+  return keys.find((k) => k === want) || keys.find((k) => state.config.true_mag_aliases[k.toLowerCase()] === want);
+}
+
+function thin(points, max) {
+  if (points.length <= max) return points;
+  const step = points.length / max;
+  return Array.from({ length: max }, (_, k) => points[Math.floor(k * step)]);
+}
+
+function plot(id, config) {
+  if (state.charts[id]) state.charts[id].destroy();
+  const axis = (text) => ({ type: "linear", title: { display: true, text, color: "#8b949e" }, ticks: { color: "#8b949e" }, grid: { color: "#21262d" } });
+  config.options = {
+    animation: false, parsing: false, maintainAspectRatio: false,
+    plugins: { legend: { labels: { color: "#e6edf3" } } },
+    ...config.options,
+    scales: { x: axis(config.x), y: { ...axis(config.y), ...(config.yRange || {}) } },
+  };
+  state.charts[id] = new Chart(document.getElementById(id), config);
+}
+
+function drawEmulatorPlots(rows) {
+  const bands = ["r", "i", "z"];
+  const trueCol = Object.fromEntries(bands.map((b) => [b, trueMagColumn(rows, b)]));
+  if (bands.some((b) => !trueCol[b])) {
+    $("#e-plots").hidden = true;
+    return;
+  }
+  $("#e-plots").hidden = false;
+  const num = (v) => (typeof v === "number" && isFinite(v) ? v : null);
+
+  // detection completeness in 0.25 mag bins of true magnitude
+  const completeness = bands.map((b) => {
+    const bins = new Map();
+    for (const r of rows) {
+      const m = num(r[trueCol[b]]);
+      if (m === null) continue;
+      const k = Math.floor(m * 4) / 4;
+      const cell = bins.get(k) || [0, 0];
+      cell[0] += r.detected ? 1 : 0;
+      cell[1] += 1;
+      bins.set(k, cell);
+    }
+    const data = [...bins.entries()].sort((a, c) => a[0] - c[0]).filter(([, [, n]]) => n >= 3)
+      .map(([k, [d, n]]) => ({ x: k + 0.125, y: d / n }));
+    return { label: `${b} band`, data, borderColor: BAND_COLORS[b], backgroundColor: BAND_COLORS[b], pointRadius: 2, tension: 0.2 };
+  });
+  plot("e-completeness", { type: "line", data: { datasets: completeness }, x: "true magnitude", y: "fraction detected", yRange: { min: 0, max: 1.02 } });
+
+  // colour–colour: emulated observed colours of detected objects, true colours beneath
+  const det = rows.filter((r) => r.detected && bands.every((b) => num(r[`mag_${b}`]) !== null));
+  const observed = thin(det.map((r) => ({ x: r.mag_r - r.mag_i, y: r.mag_i - r.mag_z })), 4000);
+  const truth = thin(det.map((r) => ({ x: r[trueCol.r] - r[trueCol.i], y: r[trueCol.i] - r[trueCol.z] })), 4000);
+  plot("e-colour", {
+    type: "scatter",
+    data: { datasets: [
+      { label: "true colours", data: truth, pointRadius: 1.2, backgroundColor: "rgba(139,148,158,0.45)" },
+      { label: "emulated (observed)", data: observed, pointRadius: 1.5, backgroundColor: "rgba(122,162,247,0.7)" },
+    ] },
+    x: "r − i", y: "i − z",
+  });
+
+  // observed − true magnitude against true magnitude, per band
+  plot("e-residual", {
+    type: "scatter",
+    data: { datasets: bands.map((b) => ({
+      label: `${b} band`,
+      data: thin(rows.filter((r) => r.detected && num(r[`mag_${b}`]) !== null)
+        .map((r) => ({ x: r[trueCol[b]], y: r[`mag_${b}`] - r[trueCol[b]] })), 3000),
+      pointRadius: 1.3, backgroundColor: BAND_COLORS[b] + "b0",
+    })) },
+    x: "true magnitude", y: "observed − true (mag)",
+  });
+}
+
+// ------------------------------------------------------------------------------- models
+function flatMetrics(metrics) {
+  const out = {};
+  for (const [k, v] of Object.entries(metrics || {})) {
+    if (typeof v === "number" || typeof v === "string" || typeof v === "boolean") out[k] = v;
+  }
+  return out;
+}
+
+function button(v, action, disabled, onclick) {
+  return el("button", { class: "small", "data-version": v.version, "data-action": action, disabled, onclick,
+    title: disabled ? `not for the active version` : undefined }, action);
+}
+
+async function renderModels() {
+  let models;
+  try { models = await loadModels(); } catch (e) { toast(e.message, true); return; }
+  const blocks = Object.entries(models).map(([name, m]) => {
+    const versions = [...m.versions].reverse();
+    const metrics = versions.map((v) => flatMetrics(v.metrics));
+    const keys = [...new Set(metrics.flatMap((x) => Object.keys(x)))].sort();
+    const head = el("tr", {}, el("th", {}, "version"), versions.map((v) => el("th", {},
+      el("code", {}, v.version), v.version === m.active ? el("span", { class: "state succeeded" }, " active") : "")));
+    const info = (label, f) => el("tr", {}, el("td", {}, label), versions.map((v) => el("td", {}, f(v))));
+    const actions = el("tr", {}, el("td", {}, ""), versions.map((v) => el("td", {},
+      button(v, "activate", v.version === m.active, () => activate(name, v.version).then(renderModels).catch((e) => toast(e.message, true))), " ",
+      button(v, "note", false, () => editNote(name, v)), " ",
+      button(v, "delete", v.version === m.active, () => deleteVersion(name, v.version)))));
+    const rows = keys.map((k) => el("tr", {}, el("td", {}, k), metrics.map((x) => el("td", { class: "num" }, fmt(x[k])))));
+    return el("div", { class: "card model", "data-model": name },
+      el("h2", {}, name, el("span", { class: "hint" }, `${familyOf(name)} · active: ${m.active || "none"}`)),
+      el("div", { class: "hscroll" }, el("table", { class: "grid" },
+        el("thead", {}, head),
+        el("tbody", {},
+          info("created", (v) => fmtTime(v.created)),
+          info("source", (v) => v.source || ""),
+          info("job", (v) => (v.job_id ? el("code", {}, v.job_id.slice(0, 8)) : "")),
+          info("note", (v) => el("span", { class: "note" }, v.note || "")),
+          actions, rows))));
+  });
+  $("#m-list").replaceChildren(...(blocks.length ? blocks : [el("p", { class: "hint" }, "No models registered.")]));
+}
+
+async function editNote(name, v) {
+  const note = prompt(`Note for ${name}@${v.version}`, v.note || "");
+  if (note === null) return;
+  try {
+    await api("PATCH", `/models/${encodeURIComponent(name)}/${encodeURIComponent(v.version)}`, { json: { note }, auth: true });
+    renderModels();
+  } catch (e) { toast(e.message, true); }
+}
+
+async function deleteVersion(name, version) {
+  if (!confirm(`Delete ${name}@${version}? Its weights are removed from the registry.`)) return;
+  try {
+    await api("DELETE", `/models/${encodeURIComponent(name)}/${encodeURIComponent(version)}`, { auth: true });
+    toast(`${name}@${version} deleted`);
+    renderModels();
+    refreshVersionPickers();
+  } catch (e) { toast(e.message, true); }
+}
+
+// --------------------------------------------------------------------------------- start
+async function main() {
+  const key = $("#api-key");
+  key.value = apiKey();
+  key.addEventListener("input", () => sessionStorage.setItem(KEY_STORE, key.value.trim()));
+  checkReady();
+  setInterval(checkReady, 30000);
+  try {
+    [state.config] = await Promise.all([getJSON("/ui/config"), loadModels()]);
+  } catch (e) {
+    toast(`The service does not answer: ${e.message}`, true);
+    return;
+  }
+  initGallery();
+  initTraining();
+  initEmulator();
+  window.addEventListener("hashchange", showTab);
+  showTab();
+  document.body.dataset.ready = "1"; // for tests: every section is wired
+}
+
+main();
