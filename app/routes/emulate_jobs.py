@@ -18,6 +18,7 @@ from app.deps import CeleryDep, JobsDep, RegistryDep, SettingsDep
 from app.errors import ApiError
 from app.inference import resolve
 from app.schemas import DEFAULT_EMULATOR_MODEL, JOB_ID_PATTERN, MAX_SEED, NAME_PATTERN
+from models.atomic import atomic_write
 from models.kinds import EMULATOR
 from worker import emulate_jobs
 from worker.celery_app import INFERENCE_QUEUE
@@ -127,24 +128,15 @@ async def create_job(
 
 async def _save_body(request: Request, path: os.PathLike) -> None:
     """Stream the body to `path` (written whole or not at all), refusing it past the limit."""
-    tmp = f"{path}.part"
-    os.makedirs(os.path.dirname(tmp), exist_ok=True)
     size = 0
-    try:
-        with open(tmp, "wb") as f:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > MAX_JOB_BODY_BYTES:
-                    raise ApiError(
-                        413, f"the catalog is larger than {MAX_JOB_BODY_BYTES >> 30} GiB"
-                    )
-                await asyncio.to_thread(f.write, chunk)
+    with atomic_write(path) as f:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_JOB_BODY_BYTES:
+                raise ApiError(413, f"the catalog is larger than {MAX_JOB_BODY_BYTES >> 30} GiB")
+            await asyncio.to_thread(f.write, chunk)
         if size == 0:
             raise ApiError(422, "the body is empty")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 async def _record(jobs: Any, job_id: str) -> dict[str, Any]:

@@ -54,6 +54,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from models import columns
+from models.atomic import atomic_write
 from training.data import minibalrog
 
 log = logging.getLogger(__name__)
@@ -178,12 +179,8 @@ def assign_split(rows: int, seed: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # building
 def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as f:
+        pq.write_table(table, f)
 
 
 def _simulate_chunk(
