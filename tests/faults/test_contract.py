@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,8 +47,8 @@ def schemathesis(svc: FaultService, *selection: str, budget_s: int = BUDGET_S) -
         "--no-color",
         *selection,
     ]
-    # run from the service's folder: Schemathesis keeps a cache of its findings in its cwd
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=budget_s + 120, cwd=svc.home)
+    with tempfile.TemporaryDirectory() as cwd:  # its crash cache goes there, not in the tree
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=budget_s + 120, cwd=cwd)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     print(*re.findall(r"\d+ generated.*", proc.stdout))
     return proc.stdout
