@@ -298,22 +298,37 @@ def job_figures(model: str | Path, data: str | Path, out_dir: str | Path) -> dic
 
     Runs `evaluate_emulator` with the command's defaults (test split, seed 0, Gaussian fitted
     on the train split), writes the report to `<out_dir>/evaluation.json` and returns its
-    headline figures flattened to numbers (`test_<figure>`, `test_c2st_auc`, and how many
-    figures beat, tie or lose to the Gaussian), so that a job's result and the command show
-    the same numbers.
+    headline figures under the metric schema every training job records (see
+    `training.metrics.figures_vs_floor`): `figures`, `floor` and `ratio` (empty here: a
+    user's catalog has no second simulator draw), `evaluated_on`, plus `baseline` (the
+    Gaussian's figures) and `vs_baseline` (how many figures beat, tie or lose to it), so that
+    a job's result and the command show the same numbers.
     """
     from models.registry import write_json_atomic
 
     report = evaluate_emulator(model, data=data, device="cpu", timing_rows=10_000)
     write_json_atomic(Path(out_dir) / "evaluation.json", report)
-    ours = report["figures"]["ours"]
-    flat: dict[str, Any] = {f"test_{k}": ours[k] for k in HEADLINE if ours.get(k) is not None}
-    flat["test_c2st_auc"] = report["classifier_auc"]["ours"]["auc"]
+    point = report["figures"]
+
+    def headline(name: str) -> dict[str, float]:
+        figs = point.get(name) or {}
+        return {k: figs[k] for k in HEADLINE if figs.get(k) is not None}
+
+    figures = {**headline("ours"), "c2st_auc": report["classifier_auc"]["ours"]["auc"]}
+    floor = headline("floor")
     goal = report["goals"].get("ours", {})
-    for key in ("better_than_gaussian", "tie_with_gaussian", "worse_than_gaussian"):
-        if key in goal:
-            flat[f"test_figures_{key}"] = len(goal[key])
-    return flat
+    return {
+        "figures": figures,
+        "floor": floor,
+        "ratio": {k: figures[k] / v for k, v in floor.items() if v and k in figures},
+        "evaluated_on": {"rows": report["rows"], "split": report["split"]},
+        "baseline": headline("gaussian"),
+        "vs_baseline": {
+            key.removesuffix("_than_gaussian").removesuffix("_with_gaussian"): len(goal[key])
+            for key in ("better_than_gaussian", "tie_with_gaussian", "worse_than_gaussian")
+            if key in goal
+        },
+    }
 
 
 __all__ = ["compare", "default_baseline", "evaluate_emulator", "job_figures", "load_test"]

@@ -363,7 +363,7 @@ function showJob(rec) {
   $("#t-error").hidden = !rec.error;
   $("#t-error").textContent = rec.error || "";
   if (rec.samples) showSamples(rec.samples.map((s) => (s.startsWith("/") ? s : `/train/${rec.job_id}/samples/${s}`)));
-  const metrics = Object.entries(rec.metrics || {}).filter(([, v]) => typeof v !== "object" || v === null);
+  const metrics = Object.entries(flatMetrics(rec.metrics));
   $("#t-metrics").replaceChildren(...metrics.map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", {}, fmt(v)))));
 }
 
@@ -677,10 +677,12 @@ function drawEmulatorPlots(rows) {
 }
 
 // ------------------------------------------------------------------------------- models
-function flatMetrics(metrics) {
+// every job records {figures, floor, ratio, evaluated_on, ...}: one level is shown as "figures.swd"
+function flatMetrics(metrics, prefix = "") {
   const out = {};
   for (const [k, v] of Object.entries(metrics || {})) {
-    if (typeof v === "number" || typeof v === "string" || typeof v === "boolean") out[k] = v;
+    if (typeof v === "number" || typeof v === "string" || typeof v === "boolean") out[prefix + k] = v;
+    else if (v && typeof v === "object" && !Array.isArray(v) && !prefix) Object.assign(out, flatMetrics(v, `${k}.`));
   }
   return out;
 }
