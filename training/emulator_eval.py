@@ -203,6 +203,7 @@ def evaluate_emulator(
     floor_path = Path(floor_data) if floor_data else None
     split = split or ("all" if floor_path else "test")
     test, floor = load_test(data, split, seed, floor_path)
+    log.info("evaluating %s on %d rows of %s (%s split)", checkpoint, len(test.x), data, split)
     bins = Bins.from_inputs(test.x.astype(np.float64))
 
     emulators: dict[str, Emulator] = {"ours": Emulator.load(checkpoint, device=device)}
@@ -217,6 +218,7 @@ def evaluate_emulator(
     detection: dict[str, dict[str, float]] = {}
     x64 = test.x.astype(np.float64)
     for name, em in emulators.items():
+        log.info("emulating the test rows with %s", name)
         rows = em.emulate(test.x, 1, seed)
         outputs[name] = Output(rows.mags, rows.detected, rows.magerr)
         detection[name] = calibration_report(em.detection_probability(test.x), test.detected)
@@ -234,6 +236,11 @@ def evaluate_emulator(
         outputs["floor"] = floor
 
     t0 = time.perf_counter()
+    log.info(
+        "figures of %s, %d bootstrap replicates and two-sample classifiers (the longest step)",
+        ", ".join(outputs),
+        bootstrap,
+    )
     point = {name: figures(test, o, bins) for name, o in outputs.items()}
     boots = bootstrap_figures(test, outputs, bins, bootstrap, seed) if bootstrap >= 2 else {}
     noise = {
