@@ -222,9 +222,10 @@ def wait_ready(
 
 
 def _settings(env: Mapping[str, str]) -> Settings:
-    """The settings the children will read from `env` (every field is a plain scalar)."""
-    values = {name: env.get(f"COSMOGAN_{name.upper()}") for name in Settings.model_fields}
-    return Settings(**{k: v for k, v in values.items() if v is not None})
+    """The settings the children will read from `env` (every field is a plain scalar); a
+    field `env` lacks takes its default, not this process's variable."""
+    fields = Settings.model_fields.items()
+    return Settings(**{name: env.get(f"COSMOGAN_{name.upper()}", f.default) for name, f in fields})
 
 
 def _family(pids: set[int]) -> dict[int, int]:
