@@ -20,7 +20,8 @@ def test_two_api_processes_share_their_metrics(service: Service) -> None:
     stale.write_bytes(b"left by an earlier run")
     cmd = [sys.executable, "-m", "launcher", "api", "--port", str(port), "--workers", "2"]
     sup, log = Supervisor(), service.log_path("api-workers")
-    proc = sup.start("api", cmd, service.env, output=log.open("ab")).proc
+    out = log.open("ab")
+    proc = sup.start("api", cmd, service.env, output=out).proc
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
             wait_ready(c, {"api": proc}, log)
@@ -45,3 +46,4 @@ def test_two_api_processes_share_their_metrics(service: Service) -> None:
         assert re.search(r'cosmogan_inference_batch_size_count\{task="generate"\} [1-9]', text)
     finally:
         sup.stop_all()
+        out.close()
