@@ -1,6 +1,6 @@
 """Inference benchmark: the real service against the raw model calls it wraps, in one run.
 
-Starts a private service (embedded Redis, `cosmogan worker`, `cosmogan api`) in a temporary
+Starts a private service (embedded Redis, a worker per queue, the API) in a temporary
 home serving the shipped `nebula` and `balrog` weights on `--device`, then measures
   1. `GET /generate` (16 × 128²) p50/p95 vs the raw generator forward + PNG encode;
   2. its throughput with 1, 8 and 32 concurrent clients (the worker coalesces requests),
@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -44,7 +43,8 @@ from bench.common import (
     time_calls,
 )
 from bench.training import ROOT, synthetic_folder
-from launcher.supervisor import Supervisor, free_port, redis_command, wait_for_redis
+from launcher.service import Service
+from launcher.service import start_service as launch
 from worker.celery_app import torch_threads
 
 PARQUET = "application/vnd.apache.parquet"
@@ -80,43 +80,27 @@ MICRO_BATCHES = (1, 2, 4, 8, 16, 32, 64)  # candidates for the forward-alone fig
 
 def start_service(
     home: Path, device: str = "cpu", code: Path = ROOT, name: str = "service"
-) -> tuple[Supervisor, str]:
-    """Redis, one `cosmogan worker` (both queues) and the API, as `cosmogan serve` runs them.
+) -> Service:
+    """Redis, a worker per queue and the API, as `cosmogan serve` runs them, ready.
 
-    `code` is the checkout whose launcher runs (this one, or a baseline to compare with).
+    `code` is the checkout whose worker and API run (this one, or a baseline to compare with).
     """
-    rport, aport = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("COSMOGAN_")}
-    env.update(
-        COSMOGAN_HOME=str(home),
-        COSMOGAN_REDIS_URL=f"redis://127.0.0.1:{rport}/0",
-        COSMOGAN_DEVICE=device,
-        COSMOGAN_API_KEY=API_KEY,
-        PYTHONPATH=str(code),
-    )
-    (home / "redis").mkdir(parents=True)
-    sup = Supervisor(stop_timeout_s=15)
-    log = (home / f"{name}.log").open("ab")
-    redis = sup.start("redis", redis_command(rport, home / "redis"), env, output=log)
-    wait_for_redis(env["COSMOGAN_REDIS_URL"], proc=redis.proc)
-    cli = [sys.executable, "-m", "launcher", "-q"]
-    os.chdir(code)  # the children run the launcher of `code`
+    env["PYTHONPATH"] = str(code)
+    settings = {"COSMOGAN_DEVICE": device, "COSMOGAN_API_KEY": API_KEY}
+    os.chdir(code)  # `python -m` puts the working folder first on the path: the children's code
     try:
-        for part, args in (("worker", ["worker"]), ("api", ["api", "--port", str(aport)])):
-            sup.start(part, [*cli, *args], env, output=log)
+        service = launch(
+            home, settings=settings, env=env, log_dir=home / name, stop_timeout_s=15, watch=True
+        )
     finally:
         os.chdir(ROOT)
-    base = f"http://127.0.0.1:{aport}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=10).status_code == 200:
-                return sup, base
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    sup.stop_all()
-    raise TimeoutError(f"the service did not become ready; see {home / f'{name}.log'}")
+    try:
+        service.wait_ready()
+    except BaseException:
+        service.stop(check=False)
+        raise
+    return service
 
 
 def process_tree(pid: int) -> list[int]:
@@ -156,9 +140,8 @@ def label(pid: int) -> str:
         queue = args[args.index("-Q") + 1] if "-Q" in args else "?"
         role = "pool process" if "celery" in args_of(parent(pid)) else "main"
         return f"celery worker [{queue}], {role}"
-    if "launcher" in args:
-        rest = [a for a in args[args.index("launcher") + 1 :] if a and not a.startswith("-")]
-        return "cosmogan " + (rest[0] if rest else "")
+    if "uvicorn" in args:
+        return "API (uvicorn)"
     return Path(args[0]).name if args else "?"
 
 
@@ -405,7 +388,8 @@ def run(
     raw: dict[str, Any] = {"torch_threads": threads, "sizes": sizes.__dict__, "device": device}
     with tempfile.TemporaryDirectory(prefix="cosmogan-bench-") as tmp:
         home = Path(tmp) / "home"
-        sup, base = start_service(home, device)
+        service = start_service(home, device)
+        base = service.base_url
         try:
             with httpx.Client(base_url=base, timeout=300) as client:
                 models = client.get("/models").json()["models"]
@@ -474,11 +458,11 @@ def run(
                 # 7. memory
                 raw["peak_rss_mib"] = {
                     f"{label(pid)}, pid {pid}": peak_rss_mib(pid)
-                    for child in sup.children
-                    for pid in process_tree(child.proc.pid)
+                    for proc in service.procs.values()
+                    for pid in process_tree(proc.pid)
                 }
         finally:
-            sup.stop_all()
+            service.stop()
         if baseline is not None:
             raw["baseline"] = baseline_figures(
                 baseline, Path(tmp) / "baseline", device, sampler, best_mb, emulator, frame, sizes
@@ -498,7 +482,8 @@ def baseline_figures(
     sizes: Sizes,
 ) -> dict[str, Any]:
     """8 clients of /generate n=16 and /emulate rates against the service of other code."""
-    sup, base = start_service(home, device, code=code.resolve(), name="baseline")
+    service = start_service(home, device, code=code.resolve(), name="baseline")
+    base = service.base_url
     try:
         with httpx.Client(base_url=base, timeout=300) as client:
             version = client.get("/models").json()["models"]["nebula"]["active"]
@@ -513,7 +498,7 @@ def baseline_figures(
                 "emulate": emulate_rates(client, emulator, frame, sizes.emulate_repeats),
             }
     finally:
-        sup.stop_all()
+        service.stop()
 
 
 # --------------------------------------------------------------------------------------------

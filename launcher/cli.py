@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------------------------
 # service
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from launcher.supervisor import serve
+    from launcher.service import serve
 
     return serve(
         host=args.host,

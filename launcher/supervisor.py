@@ -11,7 +11,8 @@ group is killed: an orphaned pool process must not go on running a job the new w
 resume. A child that keeps dying (MAX_RESTARTS within RESTART_WINDOW_S) stops everything.
 
 This module only spawns processes: it never imports torch or FastAPI, and takes the worker
-policy (queues, prefetch, torch threads) from `worker.celery_app`.
+policy (queues, prefetch, torch threads) from `worker.celery_app`. `launcher.service` puts the
+pieces together into the one service that `serve`, the tests and the benchmark start.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
-from urllib.parse import quote
 
 from models.registry import Registry, RegistryError
 from models.settings import get_settings
@@ -52,6 +53,7 @@ class Child:
     env: dict[str, str] = field(default_factory=dict)
     output: IO[bytes] | None = None
     restarts: list[float] = field(default_factory=list)  # monotonic times of recent restarts
+    restart_on_exit: bool = True  # off while a fault test keeps it down on purpose
 
 
 @dataclass
@@ -71,7 +73,7 @@ class Supervisor:
     ) -> Child:
         """Start `cmd`; its output goes to `output` (default: this process's stdout/stderr)."""
         log.info("starting %s: %s", name, " ".join(cmd))
-        child = Child(name, _spawn(cmd, env, output), stop_signal, cmd, env, output)
+        child = Child(name, spawn(cmd, env, output), stop_signal, cmd, env, output)
         self.children.append(child)
         return child
 
@@ -89,7 +91,7 @@ class Supervisor:
         time.sleep(RESTART_BACKOFF_S[min(len(child.restarts), len(RESTART_BACKOFF_S) - 1)])
         child.restarts.append(now)
         log.warning("restarting %s", child.name)
-        child.proc = _spawn(child.cmd, child.env, child.output)
+        child.proc = spawn(child.cmd, child.env, child.output)
         return True
 
     def wait(self) -> int:
@@ -103,15 +105,8 @@ class Supervisor:
             stop.set()
 
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        code = 0
         try:
-            while not stop.wait(POLL_S):
-                dead = [c for c in self.children if c.proc.poll() is not None]
-                for c in dead:
-                    log.error("%s exited with code %s", c.name, c.proc.returncode)
-                if not all(self.restart(c) for c in dead):
-                    code = 1
-                    break
+            code = 0 if self.watch(stop) else 1
             if received:
                 log.info("received %s; stopping", signal.Signals(received[0]).name)
         finally:
@@ -119,6 +114,16 @@ class Supervisor:
                 signal.signal(s, handler)
             self.stop_all()
         return code
+
+    def watch(self, stop: threading.Event) -> bool:
+        """Restart children that die until `stop` is set; False when one keeps dying."""
+        while not stop.wait(POLL_S):
+            dead = [c for c in self.children if c.restart_on_exit and c.proc.poll() is not None]
+            for c in dead:
+                log.error("%s exited with code %s", c.name, c.proc.returncode)
+            if not all(self.restart(c) for c in dead):
+                return False
+        return True
 
     def stop_all(self) -> None:
         for child in reversed(self.children):
@@ -144,7 +149,7 @@ class Supervisor:
             log.error("%s (pid %d) did not exit", child.name, proc.pid)
 
 
-def _spawn(cmd: list[str], env: dict[str, str], output: IO[bytes] | None) -> subprocess.Popen:
+def spawn(cmd: list[str], env: dict[str, str], output: IO[bytes] | None) -> subprocess.Popen:
     return subprocess.Popen(
         cmd,
         env=env,
@@ -242,9 +247,10 @@ def wait_for_redis(url: str, timeout_s: float = 15.0, proc: subprocess.Popen | N
             client.close()
 
 
-def worker_command(queue: str, concurrency: int) -> list[str]:
+def worker_command(queue: str, concurrency: int, batch_max_size: int | None = None) -> list[str]:
     """A Celery worker for one queue (separate processes so inference never waits on training)."""
-    concurrency, prefetch = pool_policy(queue, concurrency, get_settings().batch_max_size)
+    batch = get_settings().batch_max_size if batch_max_size is None else batch_max_size
+    concurrency, prefetch = pool_policy(queue, concurrency, batch)
     return [
         sys.executable,
         "-m",
@@ -277,11 +283,10 @@ def worker_env(queue: str, base: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def ensure_default_models() -> None:
+def ensure_default_models(registry_dir: Path | None = None) -> None:
     """Register the shipped weights so a fresh home serves without training."""
-    settings = get_settings()
     try:
-        added = Registry(settings.registry_dir).ensure_defaults()
+        added = Registry(registry_dir or get_settings().registry_dir).ensure_defaults()
     except RegistryError as exc:  # another process registered them at the same moment
         log.info("default models: %s", exc)
         return
@@ -289,14 +294,23 @@ def ensure_default_models() -> None:
         log.info("registered shipped models: %s", ", ".join(f"{n}@default" for n in added))
 
 
-def _start_workers(sup: Supervisor, queues: list[str], concurrency: int, env: dict) -> None:
+def start_workers(
+    sup: Supervisor,
+    queues: list[str],
+    concurrency: int,
+    env: dict[str, str],
+    batch_max_size: int | None = None,
+    output: Callable[[str], IO[bytes] | None] = lambda _name: None,
+) -> None:
+    """A Celery worker per queue; `output(name)` is where each one's output goes."""
     for queue in queues:
         # training: a cold shutdown (SIGQUIT) hands a running job's message back to Redis at
         # once, and the job resumes from its last checkpoint on the next start; a warm one
         # would wait for the job to finish. Inference tasks are short: warm shutdown.
         stop = signal.SIGQUIT if queue == "training" else signal.SIGTERM
-        sup.start(f"worker[{queue}]", worker_command(queue, concurrency), worker_env(queue, env))
-        sup.children[-1].stop_signal = stop
+        name = f"worker[{queue}]"
+        cmd = worker_command(queue, concurrency, batch_max_size)
+        sup.start(name, cmd, worker_env(queue, env), stop, output(name))
 
 
 def warn_if_exposed(host: str) -> None:
@@ -319,51 +333,6 @@ def _parse_queues(queues: str | list[str]) -> list[str]:
 # entry points
 
 
-def serve(
-    host: str | None = None,
-    port: int | None = None,
-    concurrency: int = 1,
-    api_processes: int | None = None,
-) -> int:
-    """Redis (embedded unless COSMOGAN_REDIS_URL is set), both workers and the API."""
-    settings = get_settings()
-    host = host or settings.host
-    port = port or settings.port
-    settings.home.mkdir(parents=True, exist_ok=True)
-    ensure_default_models()
-    env = dict(os.environ)
-    env["COSMOGAN_HOME"] = str(settings.home.resolve())
-    sup = Supervisor()
-    try:
-        if not settings.redis_url:
-            data_dir = settings.home.resolve() / "redis"
-            data_dir.mkdir(parents=True, exist_ok=True)
-            rport = free_port()
-            password = settings.redis_password and settings.redis_password.get_secret_value()
-            redis = sup.start("redis", redis_command(rport, data_dir, password), env)
-            auth = f":{quote(password, safe='')}@" if password else ""
-            url = f"redis://{auth}127.0.0.1:{rport}/0"
-            wait_for_redis(url, proc=redis.proc)
-            env["COSMOGAN_REDIS_URL"] = url
-            log.info(
-                "embedded Redis on 127.0.0.1:%d%s (data in %s)",
-                rport,
-                " with a password" if password else "",
-                data_dir,
-            )
-        else:
-            wait_for_redis(settings.redis_url)
-        _start_workers(sup, list(QUEUES), concurrency, env)
-        workers = api_workers(api_processes)
-        sup.start("api", _api_command(host, port, workers), api_env(env, settings.home, port))
-    except BaseException:
-        sup.stop_all()
-        raise
-    warn_if_exposed(host)
-    log.info("cosmogan is serving on http://%s:%d (Ctrl-C stops it)", host, port)
-    return sup.wait()
-
-
 def run_api(host: str | None = None, port: int | None = None, workers: int | None = None) -> int:
     """The HTTP API alone (uvicorn, `workers` processes), for compose or behind a proxy."""
     import uvicorn
@@ -383,7 +352,7 @@ def run_worker(queues: str | list[str] = "training,inference", concurrency: int 
     ensure_default_models()
     sup = Supervisor()
     try:
-        _start_workers(sup, wanted, concurrency, dict(os.environ))
+        start_workers(sup, wanted, concurrency, dict(os.environ))
     except BaseException:
         sup.stop_all()
         raise
@@ -409,7 +378,7 @@ def api_env(base: dict[str, str], home: Path, port: int) -> dict[str, str]:
     return {**base, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
 
 
-def _api_command(host: str, port: int, workers: int = 1) -> list[str]:
+def api_command(host: str, port: int, workers: int = 1) -> list[str]:
     return [
         sys.executable,
         "-m",

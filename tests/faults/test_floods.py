@@ -165,7 +165,7 @@ def test_jobs_that_could_only_fail_are_refused_at_the_door(
     with svc.client() as client:
         # the training worker reports its devices when it starts (this host: no GPU)
         poll_devices = time.monotonic() + 30
-        while not svc.store().devices():
+        while not JobStore.from_url(svc.redis_url).devices():
             assert time.monotonic() < poll_devices
             time.sleep(0.2)
         r = client.post("/train", json={"preset": "balrog", **body}, headers=svc.auth)

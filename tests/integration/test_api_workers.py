@@ -8,8 +8,8 @@ import sys
 
 import httpx
 
-from launcher.supervisor import free_port
-from tests.integration.conftest import Service, _spawn, _stop, wait_ready
+from launcher.service import Service, wait_ready
+from launcher.supervisor import Supervisor, free_port
 
 
 def test_two_api_processes_share_their_metrics(service: Service) -> None:
@@ -18,12 +18,13 @@ def test_two_api_processes_share_their_metrics(service: Service) -> None:
     folder.mkdir(parents=True)
     stale = folder / "counter_99999.db"
     stale.write_bytes(b"left by an earlier run")
-    logs = service.home.parent / "logs"
     cmd = [sys.executable, "-m", "launcher", "api", "--port", str(port), "--workers", "2"]
-    proc = _spawn(cmd, service.env, logs / "api-workers.log")
+    sup, log = Supervisor(), service.log_path("api-workers")
+    out = log.open("ab")
+    proc = sup.start("api", cmd, service.env, output=out).proc
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
-            wait_ready(c, {"api": proc}, logs)
+            wait_ready(c, {"api": proc}, log)
             assert not stale.exists()
             children = subprocess.run(
                 ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
@@ -44,4 +45,5 @@ def test_two_api_processes_share_their_metrics(service: Service) -> None:
         assert count and float(count.group(1)) == 20, count
         assert re.search(r'cosmogan_inference_batch_size_count\{task="generate"\} [1-9]', text)
     finally:
-        _stop(proc)
+        sup.stop_all()
+        out.close()

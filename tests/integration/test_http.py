@@ -352,9 +352,10 @@ def test_worker_parent_never_loads_torch(service: Service, dcgan: dict[str, Any]
     """The Celery parents route messages only; torch lives in their pool children."""
     ps = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True)
     procs = [line.split(None, 2) for line in ps.stdout.splitlines()]
-    worker_sup = service.procs["worker"].pid
-    parents = [int(p) for p, pp, args in procs if int(pp) == worker_sup and "celery" in args]
-    assert len(parents) == 2
+    parents = [service.procs[f"worker[{q}]"].pid for q in ("training", "inference")]
+    assert sorted(int(p) for p, _, args in procs if "celery" in args and int(p) in parents) == (
+        sorted(parents)
+    )
     children = [int(p) for p, pp, _ in procs if int(pp) in parents]
     assert children
 

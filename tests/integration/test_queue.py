@@ -43,7 +43,7 @@ def test_a_full_queue_answers_503_with_retry_after(service: Service) -> None:
 
 
 def test_work_for_clients_that_left_is_dropped(service: Service) -> None:
-    log = service.home.parent / "logs" / "worker.log"
+    log = service.log_path("worker[inference]")
     before = log.read_text(errors="replace").count("nobody waits for")
     answers = burst(service, 4, timeout=0.02)  # every client gives up almost at once
     assert all(isinstance(r, httpx.TimeoutException) for r in answers), answers
