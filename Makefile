@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv serve test lint bench bench-smoke clean
+.PHONY: venv serve test test-faults lint bench bench-smoke clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,12 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
+
+# faults injected for real under a running service: kill -9 of Redis and of training
+# processes, floods, Schemathesis over every operation (about 4 minutes)
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest -ra -m faults $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "no fault test was collected" >&2; exit 1; fi; exit $$rc
 
 # the benchmark suite's smoke run as a test (every benchmark end to end, about a minute)
 bench-smoke: $(STAMP)
