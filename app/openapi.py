@@ -78,12 +78,13 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
         f'  -d \'{{"rows": [{ROW}], "samples": 3, "seed": 7}}\''
     ),
     ("post", "/emulate/jobs"): "For catalogs too large for one request (a million rows "
-    "and more): the CSV, Parquet or FITS body is stored, a worker emulates it chunk by chunk "
+    "and more; needs the API key): the CSV, Parquet or FITS body is stored, a worker "
+    "emulates it chunk by chunk "
     "(the same code as `cosmogan emulate`), and the job's record reports progress; `202` with "
     "`Location: /emulate/jobs/{job_id}`. `output` picks the result's format (default: the "
     "input's)."
     + example(
-        f"curl -X POST '{BASE}/emulate/jobs?samples=1&seed=7' \\\n"
+        f"curl -X POST '{BASE}/emulate/jobs?samples=1&seed=7' {AUTH} \\\n"
         "  -H 'content-type: application/vnd.apache.parquet' --data-binary @catalog.parquet"
     ),
     ("get", "/emulate/jobs/{job_id}"): "State (queued/running/succeeded/failed), rows done "

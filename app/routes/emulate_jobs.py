@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from app import tables
-from app.deps import CeleryDep, JobsDep, RegistryDep, SettingsDep
+from app.deps import ApiKey, CeleryDep, JobsDep, RegistryDep, SettingsDep
 from app.errors import ApiError
 from app.inference import resolve
 from app.schemas import DEFAULT_EMULATOR_MODEL, JOB_ID_PATTERN, MAX_SEED, NAME_PATTERN
@@ -61,6 +61,8 @@ def _out(rec: dict[str, Any]) -> EmulateJobOut:
 @router.post(
     "/emulate/jobs",
     status_code=202,
+    # a background job and gigabytes of disk: for key holders, as training is
+    dependencies=[ApiKey],
     response_model=EmulateJobOut,
     openapi_extra={
         "requestBody": {

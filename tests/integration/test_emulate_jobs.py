@@ -17,7 +17,7 @@ PARQUET = "application/vnd.apache.parquet"
 
 @pytest.fixture(scope="module")
 def client(service: Service):
-    with service.client() as c:
+    with service.client(headers=service.auth) as c:  # starting a job needs the API key
         yield c
 
 
@@ -76,7 +76,10 @@ def test_a_bad_catalog_fails_with_a_message(client: httpx.Client) -> None:
     assert res.status_code == 409 and "failed" in res.json()["detail"]
 
 
-def test_job_request_errors(client: httpx.Client) -> None:
+def test_job_request_errors(client: httpx.Client, service: Service) -> None:
+    with service.client() as anonymous:
+        r = anonymous.post("/emulate/jobs", content=b"x", headers={"content-type": "text/csv"})
+        assert r.status_code == 401
     r = client.post("/emulate/jobs", json={"rows": [ROW]})
     assert r.status_code == 415 and "POST /emulate" in r.json()["detail"]
     r = client.post("/emulate/jobs", content=b"x", headers={"content-type": "text/csv"},
