@@ -107,6 +107,21 @@ def load_emulator_catalog(path: str | Path, *, seed: int = 0) -> dict[str, Split
     return {s: rows.take(labels == s) for s in SPLITS}
 
 
+def training_splits(
+    data: str | Path | None, *, seed: int, dry_run: bool, max_rows: int | None
+) -> tuple[Split, Split]:
+    """(train, val) of an emulator run: the catalog's, or generated rows for a dry run;
+    `max_rows` keeps only the first training rows."""
+    if dry_run or data is None:
+        if not dry_run:
+            raise ValueError("no training catalog given (pass data, or use a dry run)")
+        splits = fake_catalog(3000, seed=seed)
+    else:
+        splits = load_emulator_catalog(data, seed=seed)
+    train = splits["train"] if max_rows is None else splits["train"].head(max_rows)
+    return train, splits["val"]
+
+
 def fake_catalog(rows: int = 3000, seed: int = 0) -> dict[str, Split]:
     """Generated rows with the catalog's shape, for dry runs (not a physical model)."""
     rng = np.random.default_rng(seed)

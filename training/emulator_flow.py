@@ -16,16 +16,15 @@ from typing import Any
 
 import torch
 
-from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from models.checkpoint import Checkpoint, save_checkpoint
 from models.columns import INPUTS
 from models.device import resolve_device
 from models.emulator import Detector, EmulatorScalers
 from models.flow import FlowConfig, OffsetFlow
 from training.emulator_data import (
-    fake_catalog,
     fit_scalers,
-    load_emulator_catalog,
     target_tensors,
+    training_splits,
 )
 from training.emulator_detector import train_detector
 from training.presets import FlowTrainConfig, config_to_dict
@@ -74,23 +73,14 @@ def train_emulator_flow(
     torch.manual_seed(config.seed)
 
     # ---- data ------------------------------------------------------------------------------
-    if config.dry_run or data is None:
-        if not config.dry_run:
-            raise ValueError("no training catalog given (pass data, or use a dry run)")
-        splits = fake_catalog(3000, seed=config.seed)
-    else:
-        splits = load_emulator_catalog(data, seed=config.seed)
-    train = splits["train"] if config.max_rows is None else splits["train"].head(config.max_rows)
-    val = splits["val"]
+    train, val = training_splits(
+        data, seed=config.seed, dry_run=config.dry_run, max_rows=config.max_rows
+    )
     if len(train.only_detected()) < 2:
         raise ValueError(f"{data} has fewer than 2 detected objects in its 'train' split")
 
     # ---- resume or start -----------------------------------------------------------------------
-    previous: Checkpoint | None = None
-    if run.resumable(resume):
-        previous = load_checkpoint(run.checkpoint, map_location=device)
-        if previous.training_state is None:
-            raise ValueError(f"{run.checkpoint} holds no training state to resume from")
+    previous = run.previous(resume, map_location=device)
     if previous is not None:
         scalers = EmulatorScalers.from_dict(previous.preprocessing)
         net_cfg = FlowConfig.from_dict(previous.config)

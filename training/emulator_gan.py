@@ -20,16 +20,15 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from models.checkpoint import Checkpoint, save_checkpoint
 from models.columns import INPUTS
 from models.device import resolve_device
 from models.emulator import Critic, Detector, EmulatorConfig, EmulatorScalers, Generator
 from training.emulator_data import (
     Split,
-    fake_catalog,
     fit_scalers,
-    load_emulator_catalog,
     target_tensors,
+    training_splits,
 )
 from training.emulator_detector import train_detector
 from training.losses import gradient_penalty, wgan_critic_loss, wgan_generator_loss
@@ -104,23 +103,14 @@ def train_emulator_gan(
     torch.manual_seed(config.seed)
 
     # ---- load data -------------------------------------------------------------------------
-    if config.dry_run or data is None:
-        if not config.dry_run:
-            raise ValueError("no training catalog given (pass data, or use a dry run)")
-        splits = fake_catalog(3000, seed=config.seed)
-    else:
-        splits = load_emulator_catalog(data, seed=config.seed)
-    train = splits["train"] if config.max_rows is None else splits["train"].head(config.max_rows)
+    train, val = training_splits(
+        data, seed=config.seed, dry_run=config.dry_run, max_rows=config.max_rows
+    )
     if len(train) == 0:
         raise ValueError(f"{data} has no rows in the 'train' split")
-    val = splits["val"]
 
     # ---- resume or start: preprocessing and networks -----------------------------------------
-    previous: Checkpoint | None = None
-    if run.resumable(resume):
-        previous = load_checkpoint(run.checkpoint, map_location=device)
-        if previous.training_state is None:
-            raise ValueError(f"{run.checkpoint} holds no training state to resume from")
+    previous = run.previous(resume, map_location=device)
     if previous is not None:
         scalers = EmulatorScalers.from_dict(previous.preprocessing)
         net_cfg = EmulatorConfig.from_dict(previous.config)

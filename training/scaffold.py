@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from models.atomic import atomic_write
-from models.checkpoint import Checkpoint, save_checkpoint
+from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from training.presets import config_to_dict
 from training.progress import EventKind, ProgressFn, Schedule, progress_event
 
@@ -73,6 +73,15 @@ class RunFolder:
     def resumable(self, resume: bool) -> bool:
         """Whether this run continues from its last checkpoint."""
         return resume and self.checkpoint.is_file()
+
+    def previous(self, resume: bool, map_location: str | torch.device) -> Checkpoint | None:
+        """The full-state checkpoint this run resumes from, or None for a fresh start."""
+        if not self.resumable(resume):
+            return None
+        ckpt = load_checkpoint(self.checkpoint, map_location=map_location)
+        if ckpt.training_state is None:
+            raise ValueError(f"{self.checkpoint} holds no training state to resume from")
+        return ckpt
 
     def sample_grid(self, epoch: int) -> str:
         """The run-relative path of the grid written after `epoch` completed epochs."""
