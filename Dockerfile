@@ -10,8 +10,8 @@ WORKDIR /srv/cosmogan
 
 # Dependency layer: only pyproject.toml, so code edits do not reinstall torch.
 COPY pyproject.toml README.md ./
-RUN mkdir -p launcher app worker training/data models \
-    && for p in launcher app worker training training/data models; do touch "$p/__init__.py"; done \
+RUN mkdir -p launcher app worker training/image training/emulator models \
+    && for p in launcher app worker training training/image training/emulator models; do touch "$p/__init__.py"; done \
     && pip install . \
     && pip install --no-deps 'pzflow==4.0.0' \
     && pip uninstall -y cosmogan

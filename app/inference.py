@@ -29,7 +29,6 @@ from models.kinds import Family
 from models.registry import ModelVersion, Registry
 from models.settings import Settings
 from training.presets import PRESETS, family
-from worker.celery_app import INFERENCE_QUEUE
 from worker.payload import (
     BLOB_SUFFIX,
     BLOB_TTL_S,
@@ -38,6 +37,7 @@ from worker.payload import (
     DROPPED_PREFIX,
     blob_key,
 )
+from worker.policy import INFERENCE_QUEUE
 
 log = logging.getLogger(__name__)
 

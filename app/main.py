@@ -29,8 +29,9 @@ from app.results import ResultWaiter
 from app.routes import emulate, generate, health, models, train, ui
 from models.settings import get_settings
 from worker.celery_app import app as celery_app
-from worker.celery_app import redis_url, send_training
+from worker.celery_app import send_training
 from worker.jobs import JobStore
+from worker.policy import redis_url
 
 log = logging.getLogger(__name__)
 

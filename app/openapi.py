@@ -11,9 +11,8 @@ from fastapi.openapi.utils import get_openapi
 
 from app.limits import RateLimitMiddleware
 from app.schemas import ErrorOut
-from models.columns import INPUTS, SKY_SIGMA, TRUE_MAG
+from models.columns import INPUTS, MAG_RANGE, PSF_FWHM_RANGE, SKY_SIGMA, SKY_SIGMA_RANGE, TRUE_MAG
 from models.settings import get_settings
-from training.data.catalog import MAG_RANGE, PSF_FWHM_RANGE, SKY_SIGMA_RANGE
 from training.presets import PRESETS, family
 
 BASE = "http://127.0.0.1:8000"
@@ -253,7 +252,7 @@ def _set_max(schema: dict[str, Any], maximum: int) -> None:
 
 
 def _column(name: str) -> dict[str, Any]:
-    """What the server accepts in an input column (see `training.data.catalog`)."""
+    """What the server accepts in an input column (see `training.emulator.catalog`)."""
     if name in TRUE_MAG:
         return {"type": "number", "minimum": MAG_RANGE[0], "maximum": MAG_RANGE[1]}
     if name in SKY_SIGMA:

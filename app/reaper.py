@@ -28,8 +28,8 @@ from collections.abc import Callable
 import redis
 from kombu.exceptions import OperationalError
 
-from worker.celery_app import TRAINING_QUEUE
 from worker.jobs import HEARTBEAT_S, QUEUED, RUNNING, JobStore
+from worker.policy import TRAINING_QUEUE
 
 log = logging.getLogger(__name__)
 

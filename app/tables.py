@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from models import columns
-from training.data.catalog import (
+from models.columns import (
     ALIASES,
     CatalogError,
     fits_provenance,
@@ -129,7 +129,7 @@ class Catalog:
     def inputs(self) -> np.ndarray:
         """The (rows, 9) float64 emulator inputs in `columns.INPUTS` order, or TableError(422).
 
-        The one validation rule of `training.data.catalog` applies. Plain numeric columns
+        The one validation rule of `models.columns` applies. Plain numeric columns
         that pass its range checks are taken as they are; anything else (text, nulls,
         variances to convert, values out of range) goes through the full validation, which
         names every bad row.
@@ -324,7 +324,7 @@ def _check_decoded(size: int) -> None:
 def _read_fits(data: bytes, max_rows: int) -> Catalog:
     from astropy.io import fits
 
-    from training.data.catalog import _native
+    from models.columns import native_order
 
     with fits.open(io.BytesIO(data), memmap=False, lazy_load_hdus=True) as hdul:
         hdu = next((h for h in hdul if isinstance(h, fits.BinTableHDU | fits.TableHDU)), None)
@@ -336,7 +336,7 @@ def _read_fits(data: bytes, max_rows: int) -> Catalog:
         table = hdu.data
         names = list(table.columns.names)
         _check_names([n.lower() for n in names])
-        cols = {n: pa.array(_native(table[n])) for n in names if table[n].ndim == 1}
+        cols = {n: pa.array(native_order(table[n])) for n in names if table[n].ndim == 1}
     return Catalog(cols, rows)
 
 

@@ -45,7 +45,7 @@ from bench.common import (
 from bench.training import ROOT, synthetic_folder
 from launcher.service import Service
 from launcher.service import start_service as launch
-from worker.celery_app import torch_threads
+from worker.policy import torch_threads
 
 PARQUET = "application/vnd.apache.parquet"
 API_KEY = "bench"
@@ -299,8 +299,8 @@ def emulate_rates(
 def per_object_times(emulator: Any, truth_dir: Path, sizes: Sizes) -> dict[str, float]:
     """Seconds per object: the emulator on a large batch, the mini-Balrog simulators."""
     from models.columns import INPUTS
-    from training.data.balrog import sample_inputs
-    from training.data.minibalrog import simulate
+    from training.emulator.balrog import sample_inputs
+    from training.emulator.minibalrog import simulate
 
     big = sample_inputs(sizes.raw_rows, seed=11, data_dir=truth_dir)
     x = big[list(INPUTS)].to_numpy()
@@ -376,10 +376,10 @@ def run(
     """
     import torch
 
-    from models.emulator_sampler import Emulator
+    from models.emulator_sampler import EmulatorSampler
     from models.image_sampler import ImageSampler
     from models.registry import Registry
-    from training.data.balrog import sample_inputs
+    from training.emulator.balrog import sample_inputs
 
     sizes = QUICK if quick else FULL
     device = resolve_device(device)
@@ -397,7 +397,9 @@ def run(
                 registry = Registry(home / "registry")
                 path = registry.get("nebula", versions["nebula"]).path
                 sampler = ImageSampler.load(path, device)
-                emulator = Emulator.load(registry.get("balrog", versions["balrog"]).path, device)
+                emulator = EmulatorSampler.load(
+                    registry.get("balrog", versions["balrog"]).path, device
+                )
 
                 # 1. GET /generate n=16 vs the raw call
                 raw["generate_n16"] = generate_latency(

@@ -114,14 +114,14 @@ def own_peak_rss_mib() -> float:
 
 
 def real_images(data: Path, split: str, augment: bool = False) -> Any:
-    from training.data.images import ImageFolder
+    from training.image.images import ImageFolder
 
     return ImageFolder(data, 128, split=split, heldout_fraction=HELDOUT_FRACTION, augment=augment)
 
 
 def quality(fake01: Any, data: Path) -> dict[str, float]:
     """SWD (and PSD, colour) of generated images in [0, 1] against the held-out real ones."""
-    from training.metrics import image_distances
+    from training.image.metrics import image_distances
 
     held = (real_images(data, "heldout").center() + 1) / 2
     return image_distances(fake01.double(), held.double(), seed=0)
@@ -144,7 +144,7 @@ def trial_ours(recipe: str, data: Path, budget_s: float, epochs: int | None, **o
     import torch
 
     from models.image_sampler import ImageSampler
-    from training.image_gan import train_image_gan
+    from training.image.gan import train_image_gan
 
     def run(config: Any, **kw: Any) -> Any:
         with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
@@ -265,7 +265,7 @@ def synthetic_folder(root: Path, n: int = 24, size: int = 96) -> Path:
 
 
 def train_files(data: Path) -> list[Path]:
-    from training.data.images import is_heldout, list_images
+    from training.image.images import is_heldout, list_images
 
     rel = lambda p: p.relative_to(data).as_posix()  # noqa: E731
     return [p for p in list_images(data) if not is_heldout(rel(p), HELDOUT_FRACTION)]
@@ -273,7 +273,7 @@ def train_files(data: Path) -> list[Path]:
 
 def subset_folder(data: Path, root: Path, n: int) -> Path:
     """The first `n` training images of `data` as a folder of links (for image-count scaling)."""
-    from training.data.images import list_images
+    from training.image.images import list_images
 
     root.mkdir(parents=True, exist_ok=True)
     files = train_files(data)
@@ -408,7 +408,7 @@ def budget_tables(
 
 
 def scaling_trials(data: Path, tmp: Path, quick: bool, threads: int) -> list[dict[str, Any]]:
-    from training.data.images import is_heldout, list_images
+    from training.image.images import is_heldout, list_images
 
     n_train = sum(
         1 for p in list_images(data) if not is_heldout(p.relative_to(data).as_posix(), 0.1)

@@ -8,7 +8,7 @@ import sys
 from importlib import metadata
 from typing import Any
 
-from training import cli as training_cli
+from training import commands as training_commands
 from training.presets import PresetError
 
 
@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="less logging, no progress bar")
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
-    training_cli.add_commands(sub)
+    training_commands.add_commands(sub)
 
     host_help = "address to listen on (default: COSMOGAN_HOST, else 127.0.0.1)"
     port_help = "port to listen on (default: COSMOGAN_PORT, else 8000)"

@@ -33,7 +33,7 @@ from launcher.supervisor import (
     warn_if_exposed,
 )
 from models.settings import Settings, get_settings
-from worker.celery_app import QUEUES
+from worker.policy import QUEUES
 
 log = logging.getLogger(__name__)
 

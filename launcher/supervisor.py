@@ -11,7 +11,7 @@ group is killed: an orphaned pool process must not go on running a job the new w
 resume. A child that keeps dying (MAX_RESTARTS within RESTART_WINDOW_S) stops everything.
 
 This module only spawns processes: it never imports torch or FastAPI, and takes the worker
-policy (queues, prefetch, torch threads) from `worker.celery_app`. `launcher.service` puts the
+policy (queues, prefetch, torch threads) from `worker.policy`. `launcher.service` puts the
 pieces together into the one service that `serve`, the tests and the benchmark start.
 """
 
@@ -33,7 +33,7 @@ from typing import IO
 
 from models.registry import Registry, RegistryError
 from models.settings import get_settings
-from worker.celery_app import QUEUES, pool_policy, torch_threads
+from worker.policy import QUEUES, pool_policy, torch_threads
 
 log = logging.getLogger(__name__)
 

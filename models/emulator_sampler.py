@@ -72,7 +72,7 @@ def build_offset_model(kind: str, config: dict[str, Any]) -> tuple[nn.Module, De
     return Generator(gan_cfg), Detector(gan_cfg)
 
 
-class Emulator:
+class EmulatorSampler:
     """A trained emulator: calibrated detection classifier + EMA generator (or flow) + scalers."""
 
     def __init__(
@@ -90,14 +90,14 @@ class Emulator:
         self.meta = meta or {}
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "auto") -> Emulator:
+    def load(cls, path: str | Path, device: str | torch.device = "auto") -> EmulatorSampler:
         """Rebuild from an emulator checkpoint (inference-only or full)."""
         return cls.from_checkpoint(load_checkpoint(path, map_location="cpu"), device, str(path))
 
     @classmethod
     def from_checkpoint(
         cls, ckpt: Checkpoint, device: str | torch.device = "auto", name: str = "model"
-    ) -> Emulator:
+    ) -> EmulatorSampler:
         """Build from an already loaded checkpoint."""
         if ckpt.kind not in EMULATOR_KINDS:
             raise CheckpointError(f"{name} holds a {ckpt.kind!r} model, not an emulator")
@@ -242,4 +242,4 @@ def _check_inputs(x: np.ndarray) -> np.ndarray:
     return x
 
 
-__all__ = ["BLOCK_ROWS", "EmulatedRows", "Emulator", "build_offset_model", "random_seed"]
+__all__ = ["BLOCK_ROWS", "EmulatedRows", "EmulatorSampler", "build_offset_model", "random_seed"]

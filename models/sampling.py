@@ -7,11 +7,11 @@ from pathlib import Path
 import torch
 
 from models.checkpoint import load_checkpoint
-from models.emulator_sampler import Emulator
+from models.emulator_sampler import EmulatorSampler
 from models.image_sampler import ImageSampler, file_tag
 from models.kinds import EMULATOR, IMAGE, family_of
 
-Sampler = ImageSampler | Emulator
+Sampler = ImageSampler | EmulatorSampler
 
 
 def load_sampler(path: str | Path, device: str | torch.device = "auto") -> Sampler:
@@ -19,7 +19,7 @@ def load_sampler(path: str | Path, device: str | torch.device = "auto") -> Sampl
     ckpt = load_checkpoint(path, map_location="cpu")
     if family_of(ckpt.kind) == IMAGE:
         return ImageSampler.from_checkpoint(ckpt, file_tag(path), device, str(path))
-    return Emulator.from_checkpoint(ckpt, device, str(path))
+    return EmulatorSampler.from_checkpoint(ckpt, device, str(path))
 
 
 def sampler_family(sampler: Sampler) -> str:

@@ -8,16 +8,8 @@ import pytest
 from astropy.table import Table
 
 from models import columns
-from training.data.catalog import (
-    CatalogError,
-    CatalogWriter,
-    iter_catalog,
-    normalize_columns,
-    read_catalog,
-    read_catalog_bytes,
-    rows_to_frame,
-    validate_inputs,
-)
+from models.columns import CatalogError, normalize_columns, validate_inputs
+from training.emulator.catalog import CatalogWriter, iter_catalog, read_catalog
 
 
 def _frame(n: int = 10, seed: int = 0) -> pd.DataFrame:
@@ -146,20 +138,6 @@ def test_valid_inputs_come_back_float32_in_order():
     arr = validate_inputs(df.iloc[:, ::-1])  # column order in the file does not matter
     assert arr.dtype == np.float32 and arr.shape == (6, 9)
     np.testing.assert_allclose(arr[:, 4], df["sky_sigma_i"], rtol=1e-6)
-
-
-def test_json_rows_and_bodies():
-    rows = [{"BDF_MAG_DERED_CALIB_R": 22.0, "true_mag_i": 21.5, "TRUE_MAG_Z": 21.2}]
-    df = rows_to_frame(rows)
-    assert {"true_mag_r", "true_mag_i", "true_mag_z"} <= set(df.columns)
-    with pytest.raises(CatalogError, match="no rows"):
-        rows_to_frame([])
-    with pytest.raises(CatalogError, match="list of JSON objects"):
-        rows_to_frame([1, 2])  # type: ignore[list-item]
-    body = _frame(4).to_csv(index=False).encode()
-    assert len(read_catalog_bytes(body, "csv")) == 4
-    with pytest.raises(CatalogError, match="parquet"):
-        read_catalog_bytes(b"garbage", "parquet")
 
 
 def test_unknown_format_and_missing_file(tmp_path):

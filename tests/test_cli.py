@@ -15,7 +15,7 @@ import pytest
 
 from launcher.cli import _parser, main
 from tests.integration.conftest import make_images
-from training.cli import StepBar
+from training.commands import StepBar
 
 TINY = ["--set", "width=8", "--set", "sample_count=4", "--set", "heldout_fraction=0.0"]
 

@@ -11,12 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from models.columns import DETECTED, INPUTS, MAGERR, OBSERVED
+from models.columns import DETECTED, INPUTS, MAGERR, OBSERVED, CatalogError
 from models.emulator import Critic, Detector, EmulatorConfig, Generator
-from models.emulator_sampler import BLOCK_ROWS, Emulator
-from training.data.catalog import CatalogError
-from training.emulate import emulate_file
-from training.emulator_gan import train_emulator_gan
+from models.emulator_sampler import BLOCK_ROWS, EmulatorSampler
+from training.emulator.files import emulate_file
+from training.emulator.gan import train_emulator_gan
 from training.losses import gradient_penalty
 from training.presets import build_config
 
@@ -77,7 +76,7 @@ def test_rows_do_not_interact():
 
 
 def test_sample_shapes_and_reproducibility(dry_model, inputs):
-    emu = Emulator.load(dry_model, device="cpu")
+    emu = EmulatorSampler.load(dry_model, device="cpu")
     x = _x(inputs)[:50]
     mags, det = emu.sample(x, samples=3, seed=11)
     assert mags.shape == (150, 3) and mags.dtype == np.float64 and det.shape == (150,)
@@ -96,7 +95,7 @@ def test_sample_shapes_and_reproducibility(dry_model, inputs):
 
 def test_batched_requests_match_separate_requests(dry_model, inputs):
     """The service concatenates requests with their own draws into one forward pass."""
-    emu = Emulator.load(dry_model, device="cpu")
+    emu = EmulatorSampler.load(dry_model, device="cpu")
     xa, xb = _x(inputs)[:40], _x(inputs)[40:47]
     ma, da = emu.sample(xa, samples=2, seed=5)
     mb, db = emu.sample(xb, samples=3, seed=99)
@@ -109,7 +108,7 @@ def test_batched_requests_match_separate_requests(dry_model, inputs):
 
 
 def test_draws_do_not_depend_on_where_a_chunk_starts(dry_model):
-    emu = Emulator.load(dry_model, device="cpu")
+    emu = EmulatorSampler.load(dry_model, device="cpu")
     rows = 2 * BLOCK_ROWS + 300
     noise, uniforms = emu.draws(rows, 2, seed=7)
     start, n = BLOCK_ROWS - 50, 500  # straddles a block boundary
@@ -120,7 +119,7 @@ def test_draws_do_not_depend_on_where_a_chunk_starts(dry_model):
 
 
 def test_bad_inputs_are_rejected(dry_model):
-    emu = Emulator.load(dry_model, device="cpu")
+    emu = EmulatorSampler.load(dry_model, device="cpu")
     with pytest.raises(ValueError, match="shape"):
         emu.sample(np.zeros((3, 8), np.float32))
     bad = np.ones((2, 9), np.float32)
@@ -174,7 +173,7 @@ def test_emulate_file_reports_bad_rows_and_writes_nothing(dry_model, inputs, tmp
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Emulator, pd.DataFrame]:
+def trained(tmp_path_factory) -> tuple[EmulatorSampler, pd.DataFrame]:
     tmp = tmp_path_factory.mktemp("phys")
     cat = make_analytic_catalog(tmp / "c.parquet", 20_000)
     # a faster schedule than the preset (higher lr, 2 critic steps) so that ~15 s suffice
@@ -195,7 +194,7 @@ def trained(tmp_path_factory) -> tuple[Emulator, pd.DataFrame]:
     )
     result = train_emulator_gan(cfg, cat, tmp / "run")
     df = pd.read_parquet(cat)
-    return Emulator.load(result["model"], device="cpu"), df[df["split"] == "test"]
+    return EmulatorSampler.load(result["model"], device="cpu"), df[df["split"] == "test"]
 
 
 def _scaled(x: np.ndarray, sky: float = 1.0, psf: float = 1.0) -> np.ndarray:

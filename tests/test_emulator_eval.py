@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from training.data import balrog
-from training.emulator_baselines import GaussianBaseline
-from training.emulator_c2st import auc, classifier_auc
-from training.emulator_data import Split, load_emulator_catalog
-from training.emulator_eval import evaluate_emulator, load_test
-from training.emulator_flow import train_emulator_flow
-from training.emulator_gan import train_emulator_gan
-from training.emulator_metrics import Bins, Output, figures, ks_statistic
-from training.emulator_plots import write_plots
+from training.emulator import balrog
+from training.emulator.baselines import GaussianBaseline
+from training.emulator.c2st import auc, classifier_auc
+from training.emulator.data import Split, load_emulator_catalog
+from training.emulator.evaluate import evaluate_emulator, load_test
+from training.emulator.flow import train_emulator_flow
+from training.emulator.gan import train_emulator_gan
+from training.emulator.metrics import Bins, Output, figures, ks_statistic
+from training.emulator.plots import write_plots
 from training.evaluate import evaluate
 from training.presets import FlowTrainConfig, build_config
 

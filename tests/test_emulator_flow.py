@@ -12,11 +12,11 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from models.columns import INPUTS, MAGERR
-from models.emulator_sampler import Emulator
+from models.emulator_sampler import EmulatorSampler
 from models.flow import FlowConfig, OffsetFlow
 from models.kinds import EMULATOR, family_of
-from training.emulate import emulate_file
-from training.emulator_flow import train_emulator_flow
+from training.emulator.files import emulate_file
+from training.emulator.flow import train_emulator_flow
 from training.presets import FlowTrainConfig
 
 from .test_emulator_gan import make_analytic_catalog
@@ -51,7 +51,7 @@ def test_flow_maps_noise_row_by_row_and_inverts():
 def test_trained_flow_is_a_weights_only_checkpoint_served_with_errors(model, catalog):
     ckpt = load_checkpoint(model)  # weights_only loading
     assert ckpt.kind == "cflow" and ckpt.training_state is None
-    em = Emulator.load(model, device="cpu")
+    em = EmulatorSampler.load(model, device="cpu")
     assert em.emulates_errors and em.noise_dim == 6
     df = pd.read_parquet(catalog)
     x = df[list(INPUTS)].to_numpy(np.float32)[:3000]
@@ -67,7 +67,7 @@ def test_trained_flow_is_a_weights_only_checkpoint_served_with_errors(model, cat
 
 
 def test_a_row_depends_only_on_seed_and_position(model, catalog):
-    em = Emulator.load(model, device="cpu")
+    em = EmulatorSampler.load(model, device="cpu")
     x = pd.read_parquet(catalog)[list(INPUTS)].to_numpy(np.float32)[:2500]
     whole = em.emulate(x, 1, seed=9)
     noise, u = em.draws(500, 1, seed=9, start=1500)

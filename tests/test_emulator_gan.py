@@ -12,8 +12,8 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from models.columns import INPUTS, TRUE_MAG
-from training.data import balrog, minibalrog
-from training.emulator_gan import train_emulator_gan
+from training.emulator import balrog, minibalrog
+from training.emulator.gan import train_emulator_gan
 from training.presets import build_config
 
 torch.set_num_threads(1)

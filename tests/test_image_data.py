@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from training.data import nebulae
-from training.data.augment import diff_augment
-from training.data.images import (
+from training.image import nebulae
+from training.image.augment import diff_augment
+from training.image.images import (
     EmptyDatasetError,
     ImageFolder,
     is_heldout,

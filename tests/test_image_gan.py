@@ -13,8 +13,8 @@ from PIL import Image
 from models import image_format
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.image_sampler import ImageSampler, generate_png
-from training.image_gan import train_image_gan
-from training.metrics import evaluate_image_generator
+from training.image.gan import train_image_gan
+from training.image.metrics import evaluate_image_generator
 from training.presets import build_config
 
 TINY = {"width": 4, "batch_size": 4, "n_critic": 2, "sample_count": 4, "checkpoint_every": 2}

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from training.image_gan import train_image_gan
-from training.metrics import (
+from training.image.gan import train_image_gan
+from training.image.metrics import (
     color_histogram_distance,
     evaluate_image_generator,
     laplacian_pyramid,

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from models import columns
-from training.data import balrog, minibalrog
+from training.emulator import balrog, minibalrog
 
 SIMULATORS = ("analytic", "galsim")
 # enough objects for stable statistics, few enough for GalSim (~4 ms each) to stay fast

@@ -6,13 +6,14 @@ import io
 
 import numpy as np
 import orjson
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from app import tables
 from models import columns
-from models.columns import INPUTS
+from models.columns import INPUTS, resolve_names
 
 ROW = dict(zip(INPUTS, [22.1, 21.7, 21.5, 5.0, 6.0, 8.0, 1.0, 0.9, 0.95], strict=True))
 
@@ -35,7 +36,7 @@ def test_rows_with_different_keys_become_columns_with_nulls() -> None:
 def test_plain_numbers_give_the_numbers_of_the_full_validation() -> None:
     import pandas as pd
 
-    from training.data.catalog import validate_inputs
+    from models.columns import validate_inputs
 
     rng = np.random.default_rng(3)
     rows = [{k: v * rng.uniform(0.95, 1.05) for k, v in ROW.items()} for _ in range(50)]
@@ -155,3 +156,17 @@ def test_json_columns_of_nested_values_are_a_clear_error() -> None:
     with pytest.raises(tables.TableError) as err:
         tables.from_rows(rows, 100).inputs()
     assert err.value.status == 422 and "psf_fwhm_i" in str(err.value)
+
+
+def test_json_rows_and_bodies() -> None:
+    rows = [{"BDF_MAG_DERED_CALIB_R": 22.0, "true_mag_i": 21.5, "TRUE_MAG_Z": 21.2}]
+    chosen = resolve_names(tables.from_rows(rows, 100).columns)
+    assert {"true_mag_r", "true_mag_i", "true_mag_z"} <= set(chosen)
+    with pytest.raises(tables.TableError, match="non-empty list"):
+        tables.from_rows([], 100)
+    with pytest.raises(tables.TableError, match="must be an object"):
+        tables.from_rows([1, 2], 100)
+    body = pd.DataFrame([ROW] * 4).to_csv(index=False).encode()
+    assert tables.read_table(body, "csv", 100).rows == 4
+    with pytest.raises(tables.TableError, match="PARQUET"):
+        tables.read_table(b"garbage", "parquet", 100)

@@ -26,7 +26,7 @@ def evaluate(
     """Quality figures for an image generator or an emulator, as plain JSON."""
     kind = load_checkpoint(checkpoint).kind
     if family_of(kind) == EMULATOR:
-        from training.emulator_eval import evaluate_emulator
+        from training.emulator.evaluate import evaluate_emulator
 
         return evaluate_emulator(
             checkpoint,
@@ -41,6 +41,6 @@ def evaluate(
             split=split,
             bootstrap=bootstrap,
         )
-    from training.metrics import evaluate_image_generator
+    from training.image.metrics import evaluate_image_generator
 
     return evaluate_image_generator(checkpoint, data=data, seed=seed, device=device)

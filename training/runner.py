@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.kinds import EMULATOR, IMAGE, family_of
-from training.emulator_flow import train_emulator_flow
-from training.emulator_gan import train_emulator_gan
-from training.image_gan import train_image_gan
+from training.emulator.flow import train_emulator_flow
+from training.emulator.gan import train_emulator_gan
+from training.image.gan import train_image_gan
 from training.presets import EmulatorTrainConfig, FlowTrainConfig, ImageTrainConfig
 from training.progress import ProgressFn, StopFn, TrainResult
 

@@ -13,53 +13,13 @@ that dies is replaced and its message redelivered).
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 from celery import Celery, signals
 
 from models.settings import get_settings
-
-TRAINING_QUEUE = "training"
-INFERENCE_QUEUE = "inference"
-QUEUES = (TRAINING_QUEUE, INFERENCE_QUEUE)
-
-TRAIN_TASK = "cosmogan.train"
-GENERATE_TASK = "cosmogan.generate"
-EMULATE_TASK = "cosmogan.emulate"
-PING_TASK = "cosmogan.ping"
-
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-def torch_threads(queue: str) -> int:
-    """CPU threads for torch in a worker of `queue`.
-
-    Training gets all cores but one, inference one (up to 4 on big machines), so that a
-    running training job leaves a core to answer requests.
-    """
-    cores = os.cpu_count() or 2
-    if queue == TRAINING_QUEUE:
-        return max(1, cores - 1)
-    return max(1, min(4, cores // 4))
-
-
-def pool_policy(queue: str, concurrency: int, batch_max_size: int) -> tuple[int, int]:
-    """(processes, prefetch multiplier) for a worker of `queue`.
-
-    Training: one job per process at a time, prefetch 1, so late acks hand a job back if the
-    process dies. Inference: one process whose celery-batches buffer is fed by prefetching;
-    the prefetch must exceed a full batch or a batch could never fill.
-    """
-    if queue == TRAINING_QUEUE:
-        return max(1, concurrency), 1
-    return 1, 2 * batch_max_size
-
-
-def redis_url() -> str:
-    """The broker/result-store URL: settings, else a Redis on the default local port."""
-    return get_settings().redis_url or DEFAULT_REDIS_URL
+from worker.policy import INFERENCE_QUEUE, ROUTES, TRAIN_TASK, TRAINING_QUEUE, redis_url
 
 
 def create_app() -> Celery:
@@ -72,12 +32,7 @@ def create_app() -> Celery:
         accept_content=["json"],
         result_accept_content=["json"],
         task_default_queue=INFERENCE_QUEUE,
-        task_routes={
-            TRAIN_TASK: {"queue": TRAINING_QUEUE},
-            GENERATE_TASK: {"queue": INFERENCE_QUEUE},
-            EMULATE_TASK: {"queue": INFERENCE_QUEUE},
-            PING_TASK: {"queue": INFERENCE_QUEUE},
-        },
+        task_routes=ROUTES,
         # Redis redelivers an unacknowledged message after the visibility timeout: it must
         # be longer than any training job, or a running job would be handed out twice.
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},

@@ -20,7 +20,6 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-EMULATE_FILE_TASK = "cosmogan.emulate_file"
 KEY = "cosmogan:emulate-job:"
 TTL_S = 7 * 24 * 3600
 STALLED_S = 60.0  # no heartbeat for this long while queued or running: the worker is gone
@@ -107,9 +106,10 @@ def _heartbeat(client: Any, job_id: str, stop: threading.Event) -> None:
 
 
 def _run(client_factory: Any, home: Path, job_id: str) -> None:
-    from training.data.catalog import CatalogError, count_rows
-    from training.emulate import emulate_file
-    from worker.inference import RequestError, get_engine
+    from models.columns import CatalogError
+    from training.emulator.catalog import count_rows
+    from training.emulator.files import emulate_file
+    from worker.engine import RequestError, get_engine
 
     client = client_factory()
     rec = read(client, job_id)

@@ -7,7 +7,7 @@ between the two (start vs cancel, resume) are compare-and-set Lua scripts.
 Keys:
     cosmogan:job:<id>          the record (hash)
     cosmogan:job:<id>:events   progress and state events (stream, trimmed)
-    cosmogan:job:<id>:lock     the lease: held by the one live run of the job (TTL, renewed)
+    cosmogan:job:<id>:lease    held by the one live run of the job (TTL, renewed)
     cosmogan:jobs              every job id, scored by creation time (sorted set)
 
 A run owns its job through the lease: a token under the lock key with a short TTL that the
@@ -23,6 +23,7 @@ import os
 import re
 import time
 import uuid
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,14 @@ return 0
 """
 
 
+class Renewal(IntEnum):
+    """What renewing a lease found (the codes of `_RENEW`)."""
+
+    LOST = 0  # the job moved on, or another run holds the lease
+    RENEWED = 1
+    TAKEN_BACK = 2  # it had expired (Redis was unreachable) and no other run took it
+
+
 def new_job_id() -> str:
     return uuid.uuid4().hex
 
@@ -126,8 +135,8 @@ def events_key(job_id: str) -> str:
     return f"cosmogan:job:{job_id}:events"
 
 
-def lock_key(job_id: str) -> str:
-    return f"cosmogan:job:{job_id}:lock"
+def lease_key(job_id: str) -> str:
+    return f"cosmogan:job:{job_id}:lease"
 
 
 INDEX_KEY = "cosmogan:jobs"
@@ -285,7 +294,7 @@ class JobStore:
         With `if_no_lease`, a `running` job whose run holds no lease qualifies too.
         """
         res = self._cas(
-            keys=[record_key(job_id), lock_key(job_id)],
+            keys=[record_key(job_id), lease_key(job_id)],
             args=[time.time(), new, "1" if if_no_lease else "0", *allowed_from],
         )
         if res is None:
@@ -298,20 +307,20 @@ class JobStore:
 
     # -- the lease ---------------------------------------------------------------------------
     def acquire_lease(self, job_id: str, token: str) -> bool:
-        return bool(self.r.set(lock_key(job_id), token, nx=True, px=int(LEASE_TTL_S * 1000)))
+        return bool(self.r.set(lease_key(job_id), token, nx=True, px=int(LEASE_TTL_S * 1000)))
 
-    def renew_lease(self, job_id: str, token: str, beat: bool = True) -> int:
-        """1 renewed, 2 taken back after it expired, 0 lost (see `_RENEW`); `beat`: also
-        write the heartbeat time (the run is making progress)."""
-        keys = [record_key(job_id), lock_key(job_id)]
+    def renew_lease(self, job_id: str, token: str, beat: bool = True) -> Renewal:
+        """Renew the lease of `token` (see `_RENEW`); `beat`: also write the heartbeat time
+        (the run is making progress)."""
+        keys = [record_key(job_id), lease_key(job_id)]
         args = [token, int(LEASE_TTL_S * 1000), time.time(), "1" if beat else "0"]
-        return int(self._renew(keys=keys, args=args))
+        return Renewal(int(self._renew(keys=keys, args=args)))
 
     def release_lease(self, job_id: str, token: str) -> bool:
-        return bool(self._release(keys=[lock_key(job_id)], args=[token]))
+        return bool(self._release(keys=[lease_key(job_id)], args=[token]))
 
     def has_lease(self, job_id: str) -> bool:
-        return bool(self.r.exists(lock_key(job_id)))
+        return bool(self.r.exists(lease_key(job_id)))
 
     def requeue_orphan(self, job_id: str, reason: str) -> bool:
         """A `running` job without a lease back to `queued` (the caller sends it again)."""
@@ -341,7 +350,7 @@ class JobStore:
         pipe = self.r.pipeline(transaction=False)
         for jid in ids:
             pipe.hget(record_key(jid), "state")
-            pipe.exists(lock_key(jid))
+            pipe.exists(lease_key(jid))
         res = pipe.execute()
         out = []
         for jid, raw, held in zip(ids, res[::2], res[1::2], strict=True):

@@ -20,9 +20,9 @@ from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
 from models.settings import get_settings
-from worker.celery_app import EMULATE_TASK, GENERATE_TASK, PING_TASK, TRAIN_TASK, app
-from worker.emulate_jobs import EMULATE_FILE_TASK
+from worker.celery_app import app
 from worker.payload import DEADLINE, DROPPED_PREFIX, fetch_inputs, store_outputs
+from worker.policy import EMULATE_FILE_TASK, EMULATE_TASK, GENERATE_TASK, PING_TASK, TRAIN_TASK
 
 log = logging.getLogger(__name__)
 _settings = get_settings()
@@ -113,7 +113,7 @@ def _wanted(requests: list[SimpleRequest]) -> list[SimpleRequest]:
 
 
 def _answer(req: SimpleRequest, res: Any, meta: dict[str, Any]) -> None:
-    from worker.inference import RequestError
+    from worker.engine import RequestError
 
     if isinstance(res, RequestError):
         body: dict[str, Any] = {"ok": False, "status": res.status, "detail": res.detail}
@@ -125,7 +125,7 @@ def _answer(req: SimpleRequest, res: Any, meta: dict[str, Any]) -> None:
 
 def _answer_later(req: SimpleRequest, res: dict[str, Any], meta: dict[str, Any]) -> None:
     """Answer once the result's pending parts (futures: PNG encodes) are done."""
-    from worker.inference import RequestError
+    from worker.engine import RequestError
 
     pending = {k: v for k, v in res.items() if isinstance(v, Future)}
     if not pending:
@@ -144,7 +144,7 @@ def _answer_later(req: SimpleRequest, res: dict[str, Any], meta: dict[str, Any])
 
 
 def _answer_batch(kind: str, requests: list[SimpleRequest]) -> int:
-    from worker.inference import RequestError, get_engine
+    from worker.engine import RequestError, get_engine
 
     requests = _wanted(requests)
     if not requests:
@@ -192,7 +192,7 @@ def emulate_file(job_id: str) -> None:
 @app.task(name=PING_TASK)
 def ping() -> dict[str, Any]:
     """Readiness: loads the active versions if needed and says what is loaded."""
-    from worker.inference import get_engine
+    from worker.engine import get_engine
 
     return get_engine().status()
 
@@ -206,10 +206,11 @@ def ping() -> dict[str, Any]:
     ignore_result=True,
 )
 def train(self: Any, job_id: str) -> dict[str, Any]:
-    from worker.training_job import LOCK_TTL_S, LockHeld, run_job
+    from worker.jobs import LEASE_TTL_S
+    from worker.training_job import LeaseHeld, run_job
 
     try:
         return run_job(job_id)
-    except LockHeld as exc:
-        # Another delivery is running this job; look again once its lock could expire.
-        raise self.retry(countdown=LOCK_TTL_S / 2, exc=exc) from exc
+    except LeaseHeld as exc:
+        # Another delivery is running this job; look again once its lease could expire.
+        raise self.retry(countdown=LEASE_TTL_S / 2, exc=exc) from exc

@@ -34,7 +34,6 @@ from worker.jobs import (
     CANCELLED,
     FAILED,
     HEARTBEAT_S,
-    LEASE_TTL_S,
     QUEUED,
     RUNNING,
     SUCCEEDED,
@@ -42,6 +41,7 @@ from worker.jobs import (
     JobNotFound,
     JobStateError,
     JobStore,
+    Renewal,
     check_data_path,
     record_key,
 )
@@ -49,7 +49,6 @@ from worker.jobs import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-LOCK_TTL_S = LEASE_TTL_S  # the task retries a refused delivery after half of it
 STOP_CHECK_S = 1.0  # how often `should_stop` reads the cancel flag from Redis
 REDIS_BACKOFF_S = 2.0  # after a failed Redis call, progress writes pause this long
 FINISH_WAIT_S = 120.0  # how long a finished run waits for Redis to record its final state
@@ -58,7 +57,7 @@ PROGRESS_EVERY_S = 0.5  # step events are written at most this often
 MAX_ATTEMPTS = 3  # deliveries that crash before a job is marked failed
 
 
-class LockHeld(RuntimeError):
+class LeaseHeld(RuntimeError):
     """Another live run holds this job; the delivery should be retried later."""
 
 
@@ -109,16 +108,13 @@ class _Heartbeat(threading.Thread):
                     log.warning("job %s: heartbeat failed (retrying): %s", self.job_id, exc)
                 failing = True
                 continue
-            if failing or renewed == 2:
-                log.warning("job %s: Redis is back; lease %s", self.job_id, _RENEWED[renewed])
+            if failing or renewed == Renewal.TAKEN_BACK:
+                log.warning("job %s: Redis is back; lease %s", self.job_id, renewed.name.lower())
             failing = False
-            if not renewed:
+            if renewed == Renewal.LOST:
                 log.error("job %s: lost its lease; stopping this run", self.job_id)
                 self.lost.set()
                 return
-
-
-_RENEWED = {0: "lost", 1: "renewed", 2: "taken back"}
 
 
 class _RedisGate:
@@ -210,10 +206,10 @@ def release_dead_leases(store: JobStore) -> list[str]:
 
 
 def run_job(job_id: str, store: JobStore | None = None) -> dict[str, Any]:
-    """Run (or resume) job `job_id`; returns its final record fields. Raises LockHeld."""
+    """Run (or resume) job `job_id`; returns its final record fields. Raises LeaseHeld."""
     settings = get_settings()
     if store is None:
-        from worker.celery_app import redis_url
+        from worker.policy import redis_url
 
         store = JobStore.from_url(redis_url())
     try:
@@ -231,7 +227,7 @@ def run_job(job_id: str, store: JobStore | None = None) -> dict[str, Any]:
             # a live run owns the job; if it dies the reaper re-sends the job
             log.info("job %s: a live run holds it; dropping this duplicate delivery", job_id)
             return {"job_id": job_id, "state": RUNNING}
-        raise LockHeld(f"job {job_id} is running elsewhere")
+        raise LeaseHeld(f"job {job_id} is running elsewhere")
     heartbeat = _Heartbeat(store, job_id, token)
     shutting_down = False
     try:
@@ -255,7 +251,7 @@ def run_job(job_id: str, store: JobStore | None = None) -> dict[str, Any]:
         heartbeat.start()
         # A cold worker shutdown terminates this pool process with SIGTERM and hands the
         # unacknowledged message back to the broker. Put the record back to `queued` and free
-        # the lock first, so the next delivery resumes at once from the last checkpoint.
+        # the lease first, so the next delivery resumes at once from the last checkpoint.
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return _train(store, job_id, rec, settings.runs_dir / job_id, heartbeat)
@@ -434,6 +430,6 @@ def report_devices(store: JobStore) -> None:
 def _limit_torch_threads() -> None:
     import torch
 
-    from worker.celery_app import TRAINING_QUEUE, torch_threads
+    from worker.policy import TRAINING_QUEUE, torch_threads
 
     torch.set_num_threads(torch_threads(TRAINING_QUEUE))

@@ -26,8 +26,8 @@ from app.schemas import (
 from models import columns
 from models.kinds import EMULATOR
 from models.settings import Settings
-from worker.celery_app import EMULATE_TASK
 from worker.payload import from_bytes, to_bytes
+from worker.policy import EMULATE_TASK
 
 router = APIRouter(tags=["inference"])
 router.include_router(emulate_jobs.router)  # catalogs too large for one request

@@ -21,7 +21,7 @@ from app.schemas import DEFAULT_EMULATOR_MODEL, JOB_ID_PATTERN, MAX_SEED, NAME_P
 from models.atomic import atomic_write
 from models.kinds import EMULATOR
 from worker import emulate_jobs
-from worker.celery_app import INFERENCE_QUEUE
+from worker.policy import EMULATE_FILE_TASK, INFERENCE_QUEUE
 
 router = APIRouter(tags=["inference"])
 
@@ -119,7 +119,7 @@ async def create_job(
     await asyncio.to_thread(emulate_jobs.create, jobs.r, job_id, fields)
     await asyncio.to_thread(
         celery.send_task,
-        emulate_jobs.EMULATE_FILE_TASK,
+        EMULATE_FILE_TASK,
         args=[job_id],
         queue=INFERENCE_QUEUE,
     )

@@ -14,7 +14,7 @@ from app.inference import infer, resolve
 from app.schemas import DEFAULT_IMAGE_MODEL, MAX_QUERY_N, MAX_SEED, NAME_PATTERN
 from models.image_format import BYTES_VERSION
 from models.kinds import IMAGE
-from worker.celery_app import GENERATE_TASK
+from worker.policy import GENERATE_TASK
 
 router = APIRouter(tags=["inference"])
 

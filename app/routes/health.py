@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from app.deps import JobsDep, WaiterDep
 from app.metrics import JOBS, exposition
 from app.results import BrokerUnavailable, ResultTimeout, TaskFailed
-from worker.celery_app import INFERENCE_QUEUE, PING_TASK
+from worker.policy import INFERENCE_QUEUE, PING_TASK
 
 router = APIRouter(tags=["health"])
 

@@ -79,7 +79,7 @@ def ui_config(settings: SettingsDep) -> dict[str, Any]:
     curl http://127.0.0.1:8000/ui/config
     ```
     """
-    from training.data.catalog import ALIASES
+    from models.columns import ALIASES
 
     return {
         "max_generate_n": settings.max_generate_n,

@@ -1,7 +1,7 @@
 """The seed notebook's WGAN-GP for 128² nebulae, re-created as written, flaws kept.
 
 It is the baseline the training benchmark measures ours against: the same data and the same
-wall-clock budget. What it does differently from `training.image_gan` (on purpose here):
+wall-clock budget. What it does differently from `training.image.gan` (on purpose here):
   - the critic ends in a 4×4 patch map (16 scores per image) instead of one score;
   - its gradient penalty back-propagates `grad_outputs=ones` over all 16 patch scores, so the
     penalised norm is that of the sum of the patch gradients, not of a per-sample score;

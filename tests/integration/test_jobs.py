@@ -1,4 +1,4 @@
-"""Job records and the one-live-run lock against the real Redis of the test service."""
+"""Job records and the one-live-run lease against the real Redis of the test service."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from redis.lock import Lock
 
 from tests.integration.conftest import Service
-from worker.jobs import JobStateError, JobStore, lock_key, new_job_id
-from worker.training_job import LockHeld, run_job
+from worker.jobs import JobStateError, JobStore, Renewal, lease_key, new_job_id
+from worker.training_job import LeaseHeld, run_job
 
 
 @pytest.fixture
@@ -50,18 +50,22 @@ def test_the_lease_is_renewed_taken_back_or_lost(store: JobStore) -> None:
     store.create(job_id, {"preset": "balrog", "config": {"preset": "balrog"}})
     store.transition(job_id, "running", ("queued",))
     assert store.acquire_lease(job_id, "a") and not store.acquire_lease(job_id, "b")
-    assert store.renew_lease(job_id, "a") == 1
+    assert store.renew_lease(job_id, "a") == Renewal.RENEWED
     beat = store.field(job_id, "heartbeat_at")
-    assert store.renew_lease(job_id, "a", beat=False) == 1  # a silent loop: lease only
+    assert (
+        store.renew_lease(job_id, "a", beat=False) == Renewal.RENEWED
+    )  # a silent loop: lease only
     assert store.field(job_id, "heartbeat_at") == beat
     assert not store.release_lease(job_id, "b") and store.has_lease(job_id)
-    store.r.delete(lock_key(job_id))  # expired while Redis was unreachable
-    assert store.renew_lease(job_id, "a") == 2 and store.has_lease(job_id)  # taken back
-    store.r.set(lock_key(job_id), "b")  # another run took it
-    assert store.renew_lease(job_id, "a") == 0
-    store.r.delete(lock_key(job_id))
+    store.r.delete(lease_key(job_id))  # expired while Redis was unreachable
+    assert store.renew_lease(job_id, "a") == Renewal.TAKEN_BACK and store.has_lease(
+        job_id
+    )  # taken back
+    store.r.set(lease_key(job_id), "b")  # another run took it
+    assert store.renew_lease(job_id, "a") == Renewal.LOST
+    store.r.delete(lease_key(job_id))
     store.transition(job_id, "queued", ("running",))  # re-queued meanwhile
-    assert store.renew_lease(job_id, "a") == 0 and not store.has_lease(job_id)
+    assert store.renew_lease(job_id, "a") == Renewal.LOST and not store.has_lease(job_id)
 
 
 def test_the_reaper_resends_orphans_after_a_grace_period(store: JobStore) -> None:
@@ -89,10 +93,10 @@ def test_the_reaper_resends_orphans_after_a_grace_period(store: JobStore) -> Non
 def test_a_second_delivery_does_not_start_a_second_run(store: JobStore) -> None:
     job_id = new_job_id()
     store.create(job_id, {"preset": "balrog", "config": {"preset": "balrog", "dry_run": True}})
-    held = Lock(store.r, lock_key(job_id), timeout=30, blocking=False, thread_local=False)
+    held = Lock(store.r, lease_key(job_id), timeout=30, blocking=False, thread_local=False)
     assert held.acquire()
     try:
-        with pytest.raises(LockHeld):
+        with pytest.raises(LeaseHeld):
             run_job(job_id, store)
         assert store.get(job_id)["state"] == "queued"  # untouched by the refused delivery
     finally:

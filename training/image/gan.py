@@ -16,8 +16,9 @@ from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save
 from models.device import resolve_device
 from models.image import build_critic, build_generator
 from models.kinds import IMAGE_KINDS
-from training.data.augment import diff_augment
-from training.data.images import EmptyDatasetError, ImageFolder, is_heldout, list_images
+from training.image.augment import diff_augment
+from training.image.images import EmptyDatasetError, ImageFolder, is_heldout, list_images
+from training.image.metrics import run_figures
 from training.losses import (
     bce_discriminator_loss,
     bce_generator_loss,
@@ -25,7 +26,6 @@ from training.losses import (
     wgan_critic_loss,
     wgan_generator_loss,
 )
-from training.metrics import run_figures
 from training.presets import ImageTrainConfig, config_to_dict
 from training.progress import ProgressFn, Schedule, StopFn, TrainResult, never_stop
 from training.scaffold import (

@@ -16,8 +16,8 @@ import torch
 from scipy.stats import rankdata
 from torch import nn
 
-from training.emulator_data import Split
-from training.emulator_metrics import Output
+from training.emulator.data import Split
+from training.emulator.metrics import Output
 
 EPOCHS = 12
 BATCH = 512

@@ -78,7 +78,8 @@ def split_labels(rows: int, seed: int) -> np.ndarray:
 
 def read_rows(path: str | Path) -> tuple[Split, np.ndarray | None]:
     """All rows of a catalog with observations, and its `split` labels (None if it has none)."""
-    from training.data.catalog import read_catalog, validate_inputs
+    from models.columns import validate_inputs
+    from training.emulator.catalog import read_catalog
 
     path = Path(path)
     if not path.exists():

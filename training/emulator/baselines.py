@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.emulator_data import Split
-from training.emulator_metrics import Output
+from training.emulator.data import Split
+from training.emulator.metrics import Output
 
 
 class GaussianBaseline:

@@ -185,7 +185,7 @@ def _evaluation_sets(
     from models.checkpoint import load_checkpoint
     from models.image_sampler import ImageSampler
     from models.settings import get_settings
-    from training.data.images import ImageFolder
+    from training.image.images import ImageFolder
 
     ckpt = load_checkpoint(checkpoint)
     sampler = ImageSampler.load(checkpoint, device=device)

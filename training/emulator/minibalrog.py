@@ -4,7 +4,7 @@ Both simulators take the nine emulator inputs (`columns.INPUTS`) and return the 
 magnitudes `mag_{r,i,z}`, their measured 1σ errors `magerr_{r,i,z}` (both NaN when not
 detected) and `detected`.
 
-Units (shared with `training.data.balrog`)
+Units (shared with `training.emulator.balrog`)
 ------------------------------------------
 - magnitudes are AB; fluxes are in counts at zero-point 30: ``flux = 10**(0.4 * (30 - mag))``.
 - ``sky_sigma_b``: RMS of the sky noise per 0.263″ DECam pixel, in those flux units.

@@ -6,7 +6,7 @@ Models scored on the same simulated test rows, one realization per object each:
 - `seed_mse` — the seed's variant (cWGAN-GP with the generator's MSE term): pass
   `baseline_checkpoint`, or put it in the sibling run folder `<run>-mse/model.pt`;
 - any other checkpoints passed in `compare` (e.g. the flow next to the cWGAN-GP);
-- `gaussian` — `training.emulator_baselines.GaussianBaseline`, fitted on a train split;
+- `gaussian` — `training.emulator.baselines.GaussianBaseline`, fitted on a train split;
 - `floor` — with `floor_data`, a second, independent simulator draw of the same objects
   (`cosmogan data balrog --seed S --draw-seed D`): what a perfect emulator would score.
 
@@ -15,7 +15,7 @@ same resample for every model); `noise` holds each figure's bootstrap standard d
 and `vs_gaussian` each model's difference from the Gaussian with the standard deviation of
 that paired difference. A difference beyond 2 of those is "better" or "worse", else "tie".
 `vs_floor` divides each figure by the floor's. The classifier two-sample AUC
-(`training.emulator_c2st`) is reported with its own bootstrap error.
+(`training.emulator.c2st`) is reported with its own bootstrap error.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 
 from models.checkpoint import load_checkpoint
-from models.emulator_sampler import Emulator
-from training.emulator_baselines import GaussianBaseline
-from training.emulator_c2st import classifier_auc
-from training.emulator_data import Split, load_emulator_catalog, read_rows, split_labels
-from training.emulator_detector import calibration_report
-from training.emulator_metrics import (
+from models.emulator_sampler import EmulatorSampler
+from training.emulator.baselines import GaussianBaseline
+from training.emulator.c2st import classifier_auc
+from training.emulator.data import Split, load_emulator_catalog, read_rows, split_labels
+from training.emulator.detector import calibration_report
+from training.emulator.metrics import (
     KS_MEAN_FACTOR,
     Bins,
     Output,
@@ -206,14 +206,16 @@ def evaluate_emulator(
     log.info("evaluating %s on %d rows of %s (%s split)", checkpoint, len(test.x), data, split)
     bins = Bins.from_inputs(test.x.astype(np.float64))
 
-    emulators: dict[str, Emulator] = {"ours": Emulator.load(checkpoint, device=device)}
+    emulators: dict[str, EmulatorSampler] = {
+        "ours": EmulatorSampler.load(checkpoint, device=device)
+    }
     baseline = Path(baseline_checkpoint) if baseline_checkpoint else default_baseline(checkpoint)
     if baseline.is_file():
-        emulators["seed_mse"] = Emulator.load(baseline, device=device)
+        emulators["seed_mse"] = EmulatorSampler.load(baseline, device=device)
     else:
         log.warning("no seed-variant checkpoint at %s: that baseline is skipped", baseline)
     for name, path in (compare_checkpoints or {}).items():
-        emulators[name] = Emulator.load(path, device=device)
+        emulators[name] = EmulatorSampler.load(path, device=device)
     outputs: dict[str, Output] = {}
     detection: dict[str, dict[str, float]] = {}
     x64 = test.x.astype(np.float64)
@@ -294,7 +296,7 @@ def evaluate_emulator(
     if out_dir is not None:
         out = Path(out_dir)
         write_json_atomic(out / "report.json", report)  # first: plots must never lose it
-        from training.emulator_plots import write_plots
+        from training.emulator.plots import write_plots
 
         report["plots"] = write_plots(test, outputs, bins, report, out)
     return report
@@ -306,7 +308,7 @@ def job_figures(model: str | Path, data: str | Path, out_dir: str | Path) -> dic
     Runs `evaluate_emulator` with the command's defaults (test split, seed 0, Gaussian fitted
     on the train split), writes the report to `<out_dir>/evaluation.json` and returns its
     headline figures under the metric schema every training job records (see
-    `training.metrics.figures_vs_floor`): `figures`, `floor` and `ratio` (empty here: a
+    `training.image.metrics.figures_vs_floor`): `figures`, `floor` and `ratio` (empty here: a
     user's catalog has no second simulator draw), `evaluated_on`, plus `baseline` (the
     Gaussian's figures) and `vs_baseline` (how many figures beat, tie or lose to it), so that
     a job's result and the command show the same numbers.

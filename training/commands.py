@@ -19,7 +19,7 @@ from training.presets import PRESETS, PresetError, build_config, default_data
 # --------------------------------------------------------------------------------------------
 # data
 def _cmd_data_nebulae(args: argparse.Namespace) -> int:
-    from training.data.nebulae import build_nebula_dataset
+    from training.image.nebulae import build_nebula_dataset
 
     out = Path(args.out or get_settings().data_dir / "nebulae")
     summary = build_nebula_dataset(out, deb=args.deb)
@@ -28,7 +28,7 @@ def _cmd_data_nebulae(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_balrog(args: argparse.Namespace) -> int:
-    from training.data.balrog import build_catalog
+    from training.emulator.balrog import build_catalog
 
     out = Path(args.out or get_settings().data_dir / "balrog.parquet")
     summary = build_catalog(
@@ -203,7 +203,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_emulate(args: argparse.Namespace) -> int:
-    from training.emulate import emulate_file
+    from training.emulator.files import emulate_file
 
     path = _resolve_model(args.model, args.checkpoint, "balrog")
     summary = emulate_file(

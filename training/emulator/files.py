@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from models.emulator_sampler import Emulator
+from models.emulator_sampler import EmulatorSampler
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def emulate_file(
     seed: int = 0,
     chunk_rows: int = 100_000,
     device: str = "auto",
-    emulator: Emulator | None = None,
+    emulator: EmulatorSampler | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Stream a catalog through the emulator: input rows (× samples) + observed columns.
@@ -38,13 +38,8 @@ def emulate_file(
     result. Invalid rows raise `CatalogError` naming them. An already loaded `emulator`
     replaces `checkpoint`; `progress(rows_done)` is called after every chunk.
     """
-    from training.data.catalog import (
-        CatalogWriter,
-        catalog_format,
-        iter_catalog,
-        validate_inputs,
-        with_emulated,
-    )
+    from models.columns import validate_inputs
+    from training.emulator.catalog import CatalogWriter, catalog_format, iter_catalog, with_emulated
 
     if samples < 1:
         raise ValueError(f"--samples must be at least 1, got {samples}")
@@ -55,7 +50,7 @@ def emulate_file(
         raise FileNotFoundError(f"input catalog not found: {input}")
     catalog_format(input), catalog_format(output)  # an unknown suffix fails before any work
     if emulator is None:
-        emulator = Emulator.load(checkpoint, device=device)
+        emulator = EmulatorSampler.load(checkpoint, device=device)
     t0 = time.perf_counter()
     rows = detected = chunks = outside = 0
     meta = {"checkpoint": str(checkpoint), "seed": seed, "samples": samples}

@@ -29,7 +29,7 @@ import numpy as np
 from scipy import stats
 
 from models.columns import BANDS, CONDITIONS
-from training.emulator_data import Split
+from training.emulator.data import Split
 
 MAG_BIN = 1.0  # width of the true-magnitude bins for KS/W1 of the offsets
 COMPLETENESS_BIN = 0.5  # width of the true-magnitude bins for completeness

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from models.emulator import Detector, EmulatorScalers
-from training.emulator_data import Split
+from training.emulator.data import Split
 from training.progress import StopFn
 from training.scaffold import Reporter
 

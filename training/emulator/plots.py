@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from models.columns import BANDS
-from training.emulator_data import Split
-from training.emulator_metrics import Bins, Output, figures
+from training.emulator.data import Split
+from training.emulator.metrics import Bins, Output, figures
 
 log = logging.getLogger(__name__)
 

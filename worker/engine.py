@@ -50,7 +50,7 @@ class Loaded:
     version: str
     created: float
     family: str  # models.kinds.IMAGE or EMULATOR
-    model: Any  # models.sampling.Sampler: an ImageSampler or an Emulator
+    model: Any  # models.sampling.Sampler: an ImageSampler or an EmulatorSampler
 
 
 class Engine:
@@ -287,8 +287,8 @@ class Engine:
 def emulate_coalesced(emulator: Any, xs: list[Any], samples: list[int], seeds: list[int]) -> list:
     """Several requests through one forward pass; each keeps its own seed's randomness.
 
-    Each request's draws come from `Emulator.draws(rows, samples, seed)` exactly as a lone
-    `Emulator.sample` call would make them, and rows never interact in the networks, so the
+    Each request's draws come from `EmulatorSampler.draws(rows, samples, seed)` exactly as a lone
+    `EmulatorSampler.sample` call would make them, and rows never interact in the networks, so the
     numbers are identical to separate calls.
     """
     import numpy as np
@@ -316,7 +316,7 @@ def get_engine() -> Engine:
         import torch
 
         from models.settings import get_settings
-        from worker.celery_app import INFERENCE_QUEUE, torch_threads
+        from worker.policy import INFERENCE_QUEUE, torch_threads
 
         torch.set_num_threads(torch_threads(INFERENCE_QUEUE))
         settings = get_settings()

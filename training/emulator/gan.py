@@ -24,13 +24,13 @@ from models.checkpoint import Checkpoint, save_checkpoint
 from models.columns import INPUTS
 from models.device import resolve_device
 from models.emulator import Critic, Detector, EmulatorConfig, EmulatorScalers, Generator
-from training.emulator_data import (
+from training.emulator.data import (
     Split,
     fit_scalers,
     target_tensors,
     training_splits,
 )
-from training.emulator_detector import train_detector
+from training.emulator.detector import train_detector
 from training.losses import gradient_penalty, wgan_critic_loss, wgan_generator_loss
 from training.presets import EmulatorTrainConfig, config_to_dict
 from training.progress import ProgressFn, Schedule, StopFn, TrainResult, never_stop
@@ -303,7 +303,7 @@ def train_emulator_gan(
     save_checkpoint(final, run.checkpoint)
     model = run.save_model(final)
     if data is not None and not config.dry_run:
-        from training.emulator_eval import job_figures
+        from training.emulator.evaluate import job_figures
 
         metrics.update(job_figures(model, data, run.root))  # = `cosmogan evaluate`
     return result(status, model)

@@ -21,12 +21,12 @@ from models.columns import INPUTS
 from models.device import resolve_device
 from models.emulator import Detector, EmulatorScalers
 from models.flow import FlowConfig, OffsetFlow
-from training.emulator_data import (
+from training.emulator.data import (
     fit_scalers,
     target_tensors,
     training_splits,
 )
-from training.emulator_detector import train_detector
+from training.emulator.detector import train_detector
 from training.presets import FlowTrainConfig, config_to_dict
 from training.progress import ProgressFn, Schedule, StopFn, TrainResult, never_stop
 from training.scaffold import (
@@ -237,7 +237,7 @@ def train_emulator_flow(
     save_checkpoint(final, run.checkpoint)
     model = run.save_model(final)
     if data is not None and not config.dry_run:
-        from training.emulator_eval import job_figures
+        from training.emulator.evaluate import job_figures
 
         metrics.update(job_figures(model, data, run.root))  # = `cosmogan evaluate`
     return result(status, model)

@@ -55,7 +55,7 @@ import pyarrow.parquet as pq
 
 from models import columns
 from models.atomic import atomic_write
-from training.data import minibalrog
+from training.emulator import minibalrog
 
 log = logging.getLogger(__name__)
 

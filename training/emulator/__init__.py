@@ -1,0 +1,1 @@
+"""The emulator family: the cWGAN-GP and flow loops, catalogs, the mini-Balrog, evaluation."""

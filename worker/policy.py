@@ -1,0 +1,62 @@
+"""What every process agrees on about the queues, torch-free and Celery-free: queue and task
+names, where each task goes, the pool and torch-thread policy, the broker's address.
+
+Importing this module builds nothing, so the API, the launcher and the training job can read
+a constant without building the Celery app (`worker.celery_app`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from models.settings import get_settings
+
+TRAINING_QUEUE = "training"
+INFERENCE_QUEUE = "inference"
+QUEUES = (TRAINING_QUEUE, INFERENCE_QUEUE)
+
+TRAIN_TASK = "cosmogan.train"
+GENERATE_TASK = "cosmogan.generate"
+EMULATE_TASK = "cosmogan.emulate"
+PING_TASK = "cosmogan.ping"
+EMULATE_FILE_TASK = "cosmogan.emulate_file"
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+# Where each task goes: every task has a route.
+ROUTES = {
+    TRAIN_TASK: {"queue": TRAINING_QUEUE},
+    GENERATE_TASK: {"queue": INFERENCE_QUEUE},
+    EMULATE_TASK: {"queue": INFERENCE_QUEUE},
+    EMULATE_FILE_TASK: {"queue": INFERENCE_QUEUE},
+    PING_TASK: {"queue": INFERENCE_QUEUE},
+}
+
+
+def torch_threads(queue: str) -> int:
+    """CPU threads for torch in a worker of `queue`.
+
+    Training gets all cores but one, inference one (up to 4 on big machines), so that a
+    running training job leaves a core to answer requests.
+    """
+    cores = os.cpu_count() or 2
+    if queue == TRAINING_QUEUE:
+        return max(1, cores - 1)
+    return max(1, min(4, cores // 4))
+
+
+def pool_policy(queue: str, concurrency: int, batch_max_size: int) -> tuple[int, int]:
+    """(processes, prefetch multiplier) for a worker of `queue`.
+
+    Training: one job per process at a time, prefetch 1, so late acks hand a job back if the
+    process dies. Inference: one process whose celery-batches buffer is fed by prefetching;
+    the prefetch must exceed a full batch or a batch could never fill.
+    """
+    if queue == TRAINING_QUEUE:
+        return max(1, concurrency), 1
+    return 1, 2 * batch_max_size
+
+
+def redis_url() -> str:
+    """The broker/result-store URL: settings, else a Redis on the default local port."""
+    return get_settings().redis_url or DEFAULT_REDIS_URL
