@@ -10,9 +10,11 @@ STAMP  := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# the Python client (`import cosmogan`) is its own torch-free distribution
+	$(BIN)/python -m pip install --quiet -e ./client
 	# pzflow is only a carrier for the Buzzard truth catalog: its own deps (jax) are not needed
 	$(BIN)/python -m pip install --quiet --no-deps 'pzflow==4.0.0'
 	@touch $(STAMP)

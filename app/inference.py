@@ -72,9 +72,14 @@ class Call:
 
 def resolve(registry: Registry, model: str, version: str | None, want: Family) -> ModelVersion:
     """The registered version to serve (404 if unknown, 422 for the other model family)."""
-    if model in PRESETS and family(model) != want:
+    # the family is the versions' (a name serves one family); a preset's name, before it
+    # has any version, is taken for that preset's family
+    have = registry.family(model)
+    if have is None and model in PRESETS:
+        have = family(model)
+    if have is not None and have != want:
         other = "an emulator" if want == "image" else "an image generator"
-        raise ApiError(422, f"model {model!r} is {other}; use {OTHER_ROUTE[family(model)]}")
+        raise ApiError(422, f"model {model!r} is {other}; use {OTHER_ROUTE[have]}")
     return registry.get(model, version)  # RegistryError → 404
 
 

@@ -6,13 +6,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.kinds import EMULATOR, IMAGE
+from models.registry import DEFAULT_MODEL
 from training.presets import PRESETS
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 JOB_ID_PATTERN = r"^[a-f0-9]{32}$"
 MAX_SEED = 2**63 - 1
-DEFAULT_IMAGE_MODEL = "nebula"  # what GET /generate serves without `model`
-DEFAULT_EMULATOR_MODEL = "balrog"  # what POST /emulate serves without `model`
+DEFAULT_IMAGE_MODEL = DEFAULT_MODEL[IMAGE]  # what GET /generate serves without `model`
+DEFAULT_EMULATOR_MODEL = DEFAULT_MODEL[EMULATOR]  # what POST /emulate serves without `model`
 MAX_QUERY_N = 1024  # the schema's bound; COSMOGAN_MAX_GENERATE_N is the server's
 
 
@@ -55,6 +57,14 @@ class TrainRequest(BaseModel):
     overrides: dict[str, Any] = Field(
         default_factory=dict, max_length=64, description="Preset settings to change."
     )
+    model: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        description="The model name the trained version is registered under (what `GET "
+        "/generate?model=` and `POST /emulate` `model` call). Default: `nebula` for an image "
+        "preset, `balrog` for an emulator preset, so that activating the version changes "
+        "what the default calls answer. The network kind is recorded on the version.",
+    )
     activate: bool = Field(default=False, description="Serve the model once the job succeeds.")
     resume: str | None = Field(
         default=None,
@@ -93,6 +103,7 @@ class JobOut(JobProgress):
     samples: list[str] = Field(default=[], description="URLs of the sample grids so far.")
     error: str | None = None
     model: str | None = Field(default=None, description="`name@version` once registered.")
+    target: str | None = Field(default=None, description="The model name it trains into.")
     cancel_requested: bool = False
     attempts: int = 0
     stalled: bool = Field(default=False, description="Running, but no heartbeat for a while.")

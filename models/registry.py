@@ -2,8 +2,15 @@
 
 Layout under `<home>/registry/<name>/`:
     versions/<version>/model.pt     inference-only checkpoint (EMA weights, config, scalers)
-    versions/<version>/meta.json    {"version", "created", "job_id", "metrics", "source", "note"?}
+    versions/<version>/meta.json    {"version", "created", "job_id", "metrics", "source",
+                                     "kind", "preset"?, "note"?}
     active.json                     {"version": ...}
+
+A model name is what a user calls (`nebula`, `balrog`, or any name a training job was
+given); the network kind (`cflow`, `cwgan-gp`, ...) is an attribute of each version, so one
+name may hold versions of several kinds of one family, and activating any of them changes
+what calls to that name answer. Versions registered before the kind was recorded (under
+their preset's name, e.g. `balrog-flow`) get theirs from that name.
 
 Every JSON write is atomic (temp file + rename), so readers never see half a file; the
 worker notices a new active version by re-reading `active.json` and swaps models then.
@@ -20,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from models.atomic import atomic_write
+from models.kinds import EMULATOR, IMAGE, Family, family_of
 
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -33,7 +41,24 @@ class VersionInUse(RegistryError):
     """The version is the active one: activate another before deleting it."""
 
 
+class FamilyMismatch(RegistryError):
+    """A version of one family (images, emulator) under a name that serves the other."""
+
+
 MAX_NOTE_CHARS = 500
+
+# what a training job trains into when it names no model, and what the serving routes answer
+# without one: one name per family, so that activating a trained version changes the answer
+DEFAULT_MODEL: dict[Family, str] = {IMAGE: "nebula", EMULATOR: "balrog"}
+
+# versions registered before `kind` was recorded were registered under their preset's name
+LEGACY_KINDS = {
+    "nebula": "wgan-gp-128",
+    "nebula-cpu": "wgan-gp-128",
+    "nebula-dcgan": "dcgan-64",
+    "balrog": "cwgan-gp",
+    "balrog-flow": "cflow",
+}
 
 
 @dataclass(frozen=True)
@@ -42,6 +67,27 @@ class ModelVersion:
     version: str
     path: Path  # the model.pt file
     meta: dict[str, Any]
+
+    @property
+    def kind(self) -> str | None:
+        """The network kind (`models.kinds`), or None for an unknown legacy version."""
+        if self.meta.get("kind"):
+            return str(self.meta["kind"])
+        if self.meta.get("source") == "shipped":
+            sidecar = DEFAULT_WEIGHTS_DIR / f"{self.name}.json"
+            if sidecar.is_file():
+                kind = json.loads(sidecar.read_text()).get("kind")
+                if kind:
+                    return str(kind)
+        return LEGACY_KINDS.get(str(self.meta.get("preset") or self.name))
+
+    @property
+    def family(self) -> Family | None:
+        kind = self.kind
+        try:
+            return family_of(kind) if kind else None
+        except ValueError:
+            return None
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -88,18 +134,33 @@ class Registry:
         except (FileNotFoundError, KeyError, json.JSONDecodeError):
             return None
 
+    def family(self, name: str) -> Family | None:
+        """What `name` serves (`image` or `emulator`): its versions' family, None when empty."""
+        for v in reversed(self.versions(name)):
+            if v.family is not None:
+                return v.family
+        return None
+
     def describe(self) -> dict[str, Any]:
-        """Everything, as plain JSON: names, versions with their metrics, the active one."""
-        return {
-            name: {
+        """Everything, as plain JSON: names with their family, versions with their kind and
+        metrics, the active one."""
+        out = {}
+        for name in self.names():
+            versions = self.versions(name)
+            out[name] = {
                 "active": self.active_version(name),
+                "family": next((v.family for v in reversed(versions) if v.family), None),
                 "versions": [
-                    {"version": v.version, **{k: x for k, x in v.meta.items() if k != "version"}}
-                    for v in self.versions(name)
+                    {
+                        "version": v.version,
+                        **{k: x for k, x in v.meta.items() if k != "version"},
+                        "kind": v.kind,
+                        "family": v.family,
+                    }
+                    for v in versions
                 ],
             }
-            for name in self.names()
-        }
+        return out
 
     # -- writing ---------------------------------------------------------------------------
     def register(
@@ -111,10 +172,17 @@ class Registry:
         metrics: dict[str, Any] | None = None,
         job_id: str | None = None,
         source: str = "training",
+        kind: str | None = None,
+        preset: str | None = None,
     ) -> ModelVersion:
-        """Copy an inference-only checkpoint in as `name@version` (idempotent for one job)."""
+        """Copy an inference-only checkpoint in as `name@version` (idempotent for one job).
+
+        A name serves one family: a version of the other family is refused.
+        """
         self._check_name(name, "model name")
         self._check_name(version, "version")
+        if kind is not None:
+            self.check_family(name, family_of(kind))
         vdir = self.root / name / "versions" / version
         meta_path = vdir / "meta.json"
         if meta_path.is_file():
@@ -132,6 +200,10 @@ class Registry:
             "metrics": metrics or {},
             "source": source,
         }
+        if kind is not None:
+            meta["kind"] = kind
+        if preset is not None:
+            meta["preset"] = preset
         write_json_atomic(meta_path, meta)  # written last: a version exists once meta exists
         return self._read(name, version)
 
@@ -171,11 +243,29 @@ class Registry:
             meta_file = path.with_suffix(".json")
             info = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
             if not (self.root / name / "versions" / "default" / "meta.json").is_file():
-                self.register(name, "default", path, metrics=info.get("metrics"), source="shipped")
+                self.register(
+                    name,
+                    "default",
+                    path,
+                    metrics=info.get("metrics"),
+                    source="shipped",
+                    kind=info.get("kind"),
+                    preset=info.get("preset"),
+                )
                 added.append(name)
             if self.active_version(name) is None:
                 self.activate(name, "default")
         return added
+
+    def check_family(self, name: str, want: Family) -> None:
+        """Refuse `name` for a model of family `want` when it already serves the other one."""
+        have = self.family(name)
+        if have is not None and have != want:
+            what = {IMAGE: "an image generator", EMULATOR: "an emulator"}
+            raise FamilyMismatch(
+                f"model {name!r} is {what[have]}; a {want} model cannot be added to it "
+                f"(pick another name, e.g. {DEFAULT_MODEL[want]!r})"
+            )
 
     # -- helpers ---------------------------------------------------------------------------
     def _read(self, name: str, version: str) -> ModelVersion:

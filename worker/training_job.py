@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 
 import redis
 
-from models.registry import Registry, RegistryError
+from models.kinds import family_of
+from models.registry import DEFAULT_MODEL, LEGACY_KINDS, Registry, RegistryError
 from models.settings import get_settings
 from worker.jobs import (
     CANCELLED,
@@ -360,10 +361,21 @@ def _train(
 
 
 def _register(rec: dict[str, Any], job_id: str, result: dict[str, Any], root: Path) -> str:
-    """`<preset>@<job_id>` into the registry (idempotent), activated if the job asked."""
+    """`<model>@<job_id>` into the registry (idempotent), activated if the job asked: the
+    model the job named, else its family's default (`nebula`, `balrog`); the network kind
+    is recorded on the version."""
     reg = Registry(root)
-    name = rec["preset"]
-    reg.register(name, job_id, result["model"], metrics=result.get("metrics"), job_id=job_id)
+    kind = (rec.get("config") or {}).get("kind") or LEGACY_KINDS[rec["preset"]]
+    name = rec.get("target") or DEFAULT_MODEL[family_of(kind)]
+    reg.register(
+        name,
+        job_id,
+        result["model"],
+        metrics=result.get("metrics"),
+        job_id=job_id,
+        kind=kind,
+        preset=rec["preset"],
+    )
     if rec.get("activate"):
         reg.activate(name, job_id)
     return f"{name}@{job_id}"

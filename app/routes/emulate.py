@@ -33,6 +33,7 @@ router = APIRouter(tags=["inference"])
 router.include_router(emulate_jobs.router)  # catalogs too large for one request
 
 _TABLE = {"schema": {"type": "string", "format": "binary"}}
+JOBS_HINT = "; send larger catalogs to POST /emulate/jobs (any size, in the background)"
 
 
 async def read_body(request: Request) -> bytes:
@@ -40,12 +41,12 @@ async def read_body(request: Request) -> bytes:
     limit = tables.MAX_BODY_BYTES
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"request body is larger than {limit // 2**20} MiB")
+        raise ApiError(413, f"request body is larger than {limit // 2**20} MiB{JOBS_HINT}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, f"request body is larger than {limit // 2**20} MiB")
+            raise ApiError(413, f"request body is larger than {limit // 2**20} MiB{JOBS_HINT}")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -118,7 +119,8 @@ async def emulate(
         mv = await asyncio.to_thread(
             resolve, registry, opts.model or DEFAULT_EMULATOR_MODEL, opts.version, EMULATOR
         )
-        seed = secrets.randbits(63) if opts.seed is None else opts.seed
+        # a drawn seed is at most 2**53 - 1: a JavaScript number holds it exactly
+        seed = secrets.randbits(53) if opts.seed is None else opts.seed
         call = await infer(
             request,
             settings,
@@ -139,7 +141,10 @@ async def emulate(
         meta = {"model": result["model"], "version": result["version"], "seed": seed, "samples": n}
         content = await asyncio.to_thread(_respond, cat, result, n, media, meta)
     except tables.TableError as exc:
-        raise ApiError(exc.status, exc.message, problems=exc.problems) from exc
+        message = exc.message
+        if exc.status == 413:
+            message += JOBS_HINT
+        raise ApiError(exc.status, message, problems=exc.problems) from exc
     headers = {
         "X-Model-Version": f"{result['model']}@{result['version']}",
         "X-Emulate-Seed": str(seed),

@@ -112,7 +112,8 @@ async def create_job(
         "model": mv.name,
         "version": version,
         "samples": samples,
-        "seed": secrets.randbits(63) if seed is None else seed,
+        # a drawn seed is at most 2**53 - 1: a JavaScript number holds it exactly
+        "seed": secrets.randbits(53) if seed is None else seed,
         "input_format": fmt,
         "output_format": output or fmt,
     }

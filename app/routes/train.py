@@ -30,6 +30,7 @@ from app.schemas import (
     TrainAccepted,
     TrainRequest,
 )
+from models.registry import DEFAULT_MODEL, FamilyMismatch, Registry
 from models.settings import Settings
 from training.presets import build_config, config_to_dict, default_data, family
 from training.progress import RECORD_FIELDS
@@ -148,6 +149,8 @@ def create_job(
             raise ApiError(
                 422, f"job {body.resume} trained preset {rec['preset']!r}, not {body.preset!r}"
             )
+        if body.model is not None and body.model != rec.get("target", body.model):
+            raise ApiError(422, "model cannot change when resuming; omit it")
         if body.overrides and body.overrides != rec.get("overrides"):
             raise ApiError(422, "overrides cannot change when resuming; omit them")
         if body.data is not None and resolve_data(
@@ -160,12 +163,18 @@ def create_job(
         config = build_config(body.preset, body.overrides)
         check_runnable(config, jobs)
         data = resolve_data(body.preset, body.data, config.dry_run, settings)
+        target = body.model or DEFAULT_MODEL[family(body.preset)]
+        try:
+            Registry(settings.registry_dir).check_family(target, family(body.preset))
+        except FamilyMismatch as exc:
+            raise ApiError(422, str(exc)) from None
         job_id = new_job_id()
         jobs.create(
             job_id,
             {
                 "preset": body.preset,
                 "data": data,
+                "target": target,
                 "overrides": body.overrides,
                 "config": config_to_dict(config),
                 "activate": body.activate,

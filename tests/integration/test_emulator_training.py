@@ -42,17 +42,19 @@ def test_flow_job_reports_the_figures_of_cosmogan_evaluate_and_is_served(
     job = wait_for_state(client, r.json()["job_id"], {"succeeded", "failed"}, timeout=240)
     assert job["state"] == "succeeded", job
     figures = job["metrics"]["figures"]
-    model = service.home / "registry" / "balrog-flow" / "versions" / job["job_id"] / "model.pt"
+    # registered under the emulator's default name, the kind recorded on the version
+    assert job["model"] == f"balrog@{job['job_id']}"
+    model = service.home / "registry" / "balrog" / "versions" / job["job_id"] / "model.pt"
     report = evaluate(model, data=path, device="cpu")
     for key in ("ks_i", "ks_z", "w1_r", "ks_r-i", "ks_magerr_i", "completeness_mae"):
         assert figures[key] == pytest.approx(report["figures"]["ours"][key]), key
     assert figures["c2st_auc"] == pytest.approx(report["classifier_auc"]["ours"]["auc"])
 
-    # served like the cWGAN-GP, under the preset's name
+    # served like the cWGAN-GP, by its model name and version
     inputs = [c for c in df.columns if c.startswith(("true_", "BDF", "sky", "SKY", "psf"))]
     rows = df[inputs].head(3).to_dict(orient="records")
     out = client.post(
-        "/emulate", json={"rows": rows, "seed": 4, "model": "balrog-flow", "version": job["job_id"]}
+        "/emulate", json={"rows": rows, "seed": 4, "model": "balrog", "version": job["job_id"]}
     )
     assert out.status_code == 200, out.text
     assert len(out.json()["rows"]) == 3

@@ -52,6 +52,7 @@ def dcgan(service: Service, client: httpx.Client) -> dict[str, Any]:
     """A tiny nebula-dcgan run on real files in the data root (not activated on its own)."""
     body = {
         "preset": "nebula-dcgan",
+        "model": "nebula-dcgan",  # its own name: the shipped `nebula` keeps serving
         "data": "tiny",
         "overrides": {**TINY_DCGAN, "max_steps": 3, "epochs": 1},
     }
