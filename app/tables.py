@@ -195,7 +195,11 @@ def _check_names(names: Sequence[str]) -> None:
 
 def _check_rows(n: int, max_rows: int, too_many: int = 413) -> None:
     if n > max_rows:
-        raise TableError(too_many, f"{n} rows is more than the {max_rows} allowed per request")
+        raise TableError(
+            too_many,
+            f"{n} rows is more than the {max_rows} allowed per request; "
+            "send larger catalogs to POST /emulate/jobs (any size, in the background)",
+        )
     if n == 0:
         raise TableError(422, "the catalog has no rows")
 

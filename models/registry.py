@@ -263,7 +263,7 @@ class Registry:
         if have is not None and have != want:
             what = {IMAGE: "an image generator", EMULATOR: "an emulator"}
             raise FamilyMismatch(
-                f"model {name!r} is {what[have]}; a {want} model cannot be added to it "
+                f"model {name!r} is {what[have]}; {what[want]} cannot be added to it "
                 f"(pick another name, e.g. {DEFAULT_MODEL[want]!r})"
             )
 

@@ -52,6 +52,7 @@ STALE_AFTER_S = 3 * HEARTBEAT_S
 FIELDS = (
     "job_id",
     "preset",
+    "target",  # the model name the job registers its version under
     "data",
     "overrides",
     "config",

@@ -142,7 +142,7 @@ async def emulate(
         content = await asyncio.to_thread(_respond, cat, result, n, media, meta)
     except tables.TableError as exc:
         message = exc.message
-        if exc.status == 413:
+        if exc.status == 413 and "/emulate/jobs" not in message:
             message += JOBS_HINT
         raise ApiError(exc.status, message, problems=exc.problems) from exc
     headers = {

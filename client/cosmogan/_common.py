@@ -268,15 +268,23 @@ class SSEParser:
                 yield ev
 
 
+def model_params(model: str | None, version: str | None) -> dict[str, str]:
+    """`model` and `version` query parameters; `model` may be a `name@version` reference
+    (what `Job.model` gives)."""
+    if model and "@" in model:
+        model, version = split_ref(model, version)
+    out = {}
+    if model:
+        out["model"] = model
+    if version:
+        out["version"] = version
+    return out
+
+
 def emulate_job_params(
     samples: int, seed: int, model: str | None, version: str | None
 ) -> dict[str, Any]:
-    params: dict[str, Any] = {"samples": samples, "seed": seed, "output": "parquet"}
-    if model:
-        params["model"] = model
-    if version:
-        params["version"] = version
-    return params
+    return {"samples": samples, "seed": seed, "output": "parquet", **model_params(model, version)}
 
 
 def split_ref(model: str, version: str | None) -> tuple[str, str]:

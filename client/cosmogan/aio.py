@@ -23,6 +23,7 @@ from cosmogan._common import (
     emulate_job_params,
     grid_columns,
     headers_for,
+    model_params,
     prepare_catalog,
     random_seed,
     read_parquet,
@@ -119,11 +120,7 @@ class AsyncClient:
         output: str = "pil",
     ) -> Any:
         nrow = grid_columns(n)
-        params: dict[str, Any] = {"seed": seed, "n": n, "nrow": nrow}
-        if model:
-            params["model"] = model
-        if version:
-            params["version"] = version
+        params = {"seed": seed, "n": n, "nrow": nrow, **model_params(model, version)}
         png = (await self.request("GET", "/generate", params=params)).content
         if output == "png":
             return png

@@ -22,6 +22,7 @@ from cosmogan._common import (
     emulate_job_params,
     grid_columns,
     headers_for,
+    model_params,
     prepare_catalog,
     random_seed,
     read_parquet,
@@ -133,11 +134,7 @@ class Client:
         (n, H, W, 3) uint8 array (`"array"`) or the PNG grid's bytes (`"png"`). The same
         seed and version always give the same pixels."""
         nrow = grid_columns(n)
-        params: dict[str, Any] = {"seed": seed, "n": n, "nrow": nrow}
-        if model:
-            params["model"] = model
-        if version:
-            params["version"] = version
+        params = {"seed": seed, "n": n, "nrow": nrow, **model_params(model, version)}
         png = self.request("GET", "/generate", params=params).content
         if output == "png":
             return png
