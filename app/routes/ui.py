@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from app.deps import SettingsDep
 from models import columns
 from models.kinds import family_of
+from models.registry import DEFAULT_MODEL
 from training.presets import PRESETS, config_to_dict
 
 router = APIRouter(tags=["page"])
@@ -59,6 +60,7 @@ UI_CONFIG_EXAMPLE = {
     "presets": {"balrog": {"family": "emulator", "defaults": {"epochs": 200, "lr": 0.0001}}},
     "emulator_inputs": list(columns.INPUTS),
     "true_mag_aliases": {"bdf_mag_dered_calib_r": "true_mag_r"},
+    "default_models": {"image": "nebula", "emulator": "balrog"},
 }
 
 
@@ -71,7 +73,8 @@ def ui_config(settings: SettingsDep) -> dict[str, Any]:
     """What the web page needs to build its forms: the server's limits for `GET /generate`
     and `POST /emulate`, each training preset with its model family and default settings
     (every key is a valid `overrides` key of `POST /train`), the emulator's input columns,
-    and the catalog aliases that name a true magnitude.
+    the catalog aliases that name a true magnitude, and the model name each family trains
+    into and serves by default.
 
     Example:
 
@@ -91,6 +94,7 @@ def ui_config(settings: SettingsDep) -> dict[str, Any]:
         },
         "emulator_inputs": list(columns.INPUTS),
         "true_mag_aliases": {a: c for a, (c, _) in ALIASES.items() if c in columns.TRUE_MAG},
+        "default_models": dict(DEFAULT_MODEL),
     }
 
 

@@ -102,9 +102,17 @@ function fillSelect(select, options, value) {
   if (value !== undefined && options.some(([v]) => v === value)) select.value = value;
 }
 
+// a model name serves one family, recorded on its versions; the preset table is only the
+// fallback for a name that has no version yet
 function familyOf(name) {
+  const m = state.models[name];
+  if (m && m.family) return m.family;
   const p = state.config?.presets?.[name];
-  return p ? p.family : "image"; // registry names outside the presets are served by /generate
+  return p ? p.family : "image";
+}
+
+function modelsOf(family) {
+  return Object.keys(state.models).filter((n) => familyOf(n) === family);
 }
 
 // --------------------------------------------------------------------------------- tabs
@@ -149,18 +157,19 @@ function versionOptions(name) {
 }
 
 function initGallery() {
-  const names = Object.keys(state.models).filter((n) => familyOf(n) === "image");
+  const names = modelsOf("image");
   fillSelect($("#g-model"), names.map((n) => [n, n]), names.includes("nebula") ? "nebula" : names[0]);
   const sizes = [1, 4, 9, 16, 25, 36, 49, 64, 100, 144, 256].filter((n) => n <= state.config.max_generate_n);
   fillSelect($("#g-n"), sizes.map((n) => [String(n), String(n)]), sizes.includes(16) ? "16" : String(sizes.at(-1)));
   applyGalleryLink();
   $("#g-model").addEventListener("change", () => { refreshVersionPickers(); renderGallery(); });
-  for (const id of ["#g-seed", "#g-n", "#g-version", "#g-version-b"]) $(id).addEventListener("change", renderGallery);
+  $("#g-version").addEventListener("change", () => { refreshVersionPickers(); renderGallery(); });
+  for (const id of ["#g-seed", "#g-n", "#g-version-b"]) $(id).addEventListener("change", renderGallery);
   $("#g-compare").addEventListener("change", () => {
     $("#g-version-b").disabled = !$("#g-compare").checked;
     renderGallery();
   });
-  const step = (d) => { $("#g-seed").value = Math.max(0, (parseInt($("#g-seed").value, 10) || 0) + d); renderGallery(); };
+  const step = (d) => { const v = BigInt(gallerySeed()) + BigInt(d); $("#g-seed").value = String(v < 0n ? 0n : v); renderGallery(); };
   $("#g-prev").addEventListener("click", () => step(-1));
   $("#g-next").addEventListener("click", () => step(1));
   $("#g-random").addEventListener("click", () => { $("#g-seed").value = Math.floor(Math.random() * 1e6); renderGallery(); });
@@ -184,9 +193,24 @@ function applyGalleryLink() {
 }
 
 function refreshVersionPickers() {
-  const opts = versionOptions($("#g-model").value);
+  const model = $("#g-model").value;
+  const opts = versionOptions(model);
   fillSelect($("#g-version"), opts, $("#g-version").value);
-  fillSelect($("#g-version-b"), opts, $("#g-version-b").value || opts.at(-1)[0]);
+  // "compare with" starts on a version other than the one shown (the newest such)
+  const shown = $("#g-version").value || state.models[model]?.active || "";
+  const others = opts.filter(([v]) => v && v !== shown);
+  const keep = others.some(([v]) => v === $("#g-version-b").value) ? $("#g-version-b").value : others[0]?.[0];
+  fillSelect($("#g-version-b"), others.length ? others : [["", "no other version"]], keep);
+  $("#g-compare").disabled = !others.length;
+  if (!others.length) $("#g-compare").checked = false;
+  $("#g-version-b").disabled = !$("#g-compare").checked;
+  refreshEmulatorPickers();
+}
+
+// the seed as typed, digits only: a JS number would round seeds above 2^53
+function gallerySeed() {
+  const v = String($("#g-seed").value || "").trim();
+  return /^[0-9]+$/.test(v) ? v.replace(/^0+(?=.)/, "") : "0";
 }
 
 function generateUrl(model, version, seed, n) {
@@ -201,11 +225,16 @@ function renderGallery() {
     $("#g-panels").replaceChildren(el("p", { class: "hint" }, "No image model is registered."));
     return;
   }
-  const seed = Math.max(0, parseInt($("#g-seed").value, 10) || 0);
+  const seed = gallerySeed();
   const n = $("#g-n").value;
   const versions = [$("#g-version").value];
-  if ($("#g-compare").checked) versions.push($("#g-version-b").value);
+  if ($("#g-compare").checked && $("#g-version-b").value) versions.push($("#g-version-b").value);
   const active = state.models[model]?.active;
+  if (!versions[0] && !active) {
+    $("#g-panels").replaceChildren(el("p", { class: "hint" },
+      `${model} has no active version: pick a version above, or activate one on the Models tab.`));
+    return;
+  }
   // the address bar holds the picture's settings: a link to the page shows the same grid
   const link = new URLSearchParams({ model, seed, n });
   if (versions[0]) link.set("version", versions[0]);
@@ -242,7 +271,11 @@ function initTraining() {
 }
 
 function showPresetDefaults() {
-  const d = state.config.presets[$("#t-preset").value].defaults;
+  const preset = state.config.presets[$("#t-preset").value];
+  const d = preset.defaults;
+  // the default name of the preset's family; the names of that family already registered
+  $("#t-model").placeholder = `default: ${state.config.default_models?.[preset.family] || ""}`;
+  $("#t-model-names").replaceChildren(...modelsOf(preset.family).map((n) => el("option", { value: n })));
   $("#t-epochs").placeholder = d.epochs;
   $("#t-defaults").replaceChildren(...Object.entries(d).map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", {}, fmt(v)))));
 }
@@ -262,6 +295,7 @@ async function startJob(ev) {
   if (num("#t-max-steps") !== undefined) overrides.max_steps = num("#t-max-steps");
   if ($("#t-dry-run").checked) overrides.dry_run = true;
   const body = { preset: $("#t-preset").value, overrides, activate: $("#t-activate").checked };
+  if ($("#t-model").value.trim()) body.model = $("#t-model").value.trim();
   if ($("#t-data").value.trim()) body.data = $("#t-data").value.trim();
   try {
     const r = await (await api("POST", "/train", { json: body, auth: true })).json();
@@ -342,6 +376,8 @@ function redrawLosses() {
       avg = avg === null ? y : w * avg + (1 - w) * y;
       return { x, y: avg };
     });
+    // a series logged at one or two steps (the detection classifier's) shows as dots
+    ds.pointRadius = ds.raw.length < 3 ? 3 : 0;
   }
   chart.update("none");
 }
@@ -431,7 +467,15 @@ async function finishJob(jobId) {
   state.rec = rec;
   showJob(rec);
   refreshJobs();
-  if (rec.model) loadModels().then(refreshVersionPickers);
+  if (rec.model) loadModels().then(refreshModelPickers);
+}
+
+// a new model name (a run that trained into it) appears in every picker
+function refreshModelPickers() {
+  const image = modelsOf("image");
+  const current = $("#g-model").value;
+  fillSelect($("#g-model"), image.map((n) => [n, n]), current || (image.includes("nebula") ? "nebula" : image[0]));
+  refreshVersionPickers();
 }
 
 async function cancelJob() {
@@ -454,8 +498,8 @@ async function resumeJob() {
 async function activate(name, version) {
   await api("POST", `/models/${encodeURIComponent(name)}/activate`, { json: { version }, auth: true });
   await loadModels();
-  refreshVersionPickers();
-  toast(`${name}@${version} is now served`);
+  refreshModelPickers();
+  toast(`${name}@${version} is now served: it answers calls to ${name}`);
 }
 
 async function activateJobModel() {
@@ -490,20 +534,30 @@ function exampleCatalog(n) {
   return lines.join("\n");
 }
 
+// the Emulator tab's model and version pickers, from the registry's emulator names
+function refreshEmulatorPickers() {
+  const emus = modelsOf("emulator");
+  const keep = $("#e-model").value;
+  fillSelect($("#e-model"), emus.length ? emus.map((n) => [n, n]) : [["", "none registered"]],
+    emus.includes(keep) ? keep : emus.includes("balrog") ? "balrog" : emus[0]);
+  state.emuModel = $("#e-model").value || null;
+  fillSelect($("#e-version"), state.emuModel ? versionOptions(state.emuModel) : [["", "—"]], $("#e-version").value);
+}
+
 function initEmulator() {
-  const emus = Object.keys(state.models).filter((n) => familyOf(n) === "emulator");
-  const name = emus.includes("balrog") ? "balrog" : emus[0];
-  state.emuModel = name;
-  fillSelect($("#e-version"), name ? versionOptions(name) : [["", "none registered"]]);
+  refreshEmulatorPickers();
+  $("#e-model").addEventListener("change", () => { $("#e-version").value = ""; refreshEmulatorPickers(); });
   $("#e-samples").max = state.config.max_emulate_samples;
   $("#e-example").addEventListener("click", () => {
     $("#e-text").value = exampleCatalog(Math.min(2000, state.config.max_emulate_rows));
     $("#e-file").value = "";
   });
   $("#e-run").addEventListener("click", runEmulator);
-  $("#e-dl-csv").addEventListener("click", () => download(new Blob([toCsv(state.emu.rows)], { type: "text/csv" }), "emulated.csv"));
-  $("#e-dl-json").addEventListener("click", () => download(new Blob([JSON.stringify(state.emu)], { type: "application/json" }), "emulated.json"));
+  // the buttons are hidden until a run has succeeded; the guards keep a stray click harmless
+  $("#e-dl-csv").addEventListener("click", () => state.emu && download(new Blob([toCsv(state.emu.rows)], { type: "text/csv" }), "emulated.csv"));
+  $("#e-dl-json").addEventListener("click", () => state.emu && download(new Blob([JSON.stringify(state.emu)], { type: "application/json" }), "emulated.json"));
   $("#e-dl-parquet").addEventListener("click", async () => {
+    if (!state.emu) return;
     try {
       const resp = await postEmulate(state.emu.request, state.emu.seed, "application/vnd.apache.parquet");
       download(await resp.blob(), "emulated.parquet");
@@ -539,8 +593,8 @@ async function postEmulate(input, seed, accept = "application/json") {
     const parsed = typeof body === "string" ? JSON.parse(body) : body;
     const rows = Array.isArray(parsed) ? parsed : parsed.rows;
     if (!Array.isArray(rows)) throw new Error('JSON must be a list of rows or {"rows": [...]}');
+    // the seed stays in the query string: a JSON number above 2^53 would be rounded here
     const req = { rows, samples };
-    if (q.has("seed")) req.seed = Number(q.get("seed"));
     if (state.emuModel) req.model = state.emuModel;
     if (version) req.version = version;
     body = JSON.stringify(req);
@@ -561,21 +615,37 @@ async function runEmulator() {
   status.textContent = "emulating…";
   $("#e-run").disabled = true;
   const t0 = performance.now();
+  clearEmulatorResults(); // a failed run must not leave the previous run's plots on screen
   try {
-    const out = await (await postEmulate(input, $("#e-seed").value)).json();
-    state.emu = { ...out, request: input };
+    const resp = await postEmulate(input, $("#e-seed").value);
+    // the header carries the seed as text: exact, where the JSON number may be rounded
+    const seed = resp.headers.get("x-emulate-seed") || "";
+    const out = await resp.json();
+    state.emu = { ...out, seed, request: input };
     const det = out.rows.filter((r) => r.detected).length;
-    status.textContent = `${out.rows.length} rows from ${out.model}@${out.version}, seed ${out.seed}, ` +
+    status.replaceChildren(`${out.rows.length} rows from ${out.model}@${out.version}, seed `,
+      el("code", { id: "e-used-seed" }, seed), ` (enter it above to draw the same rows), ` +
       `${out.samples} realization(s); ${det} detected (${((100 * det) / Math.max(1, out.rows.length)).toFixed(1)}%) ` +
-      `in ${((performance.now() - t0) / 1000).toFixed(2)} s`;
+      `in ${((performance.now() - t0) / 1000).toFixed(2)} s`);
     $("#e-downloads").hidden = false;
     drawEmulatorPlots(out.rows);
     showTable(out.rows.slice(0, 50));
   } catch (e) {
-    status.replaceChildren(el("span", { class: "error" }, e.message));
+    const big = /emulate\/jobs/.test(e.message);
+    status.replaceChildren(el("span", { class: "error" }, e.message),
+      big ? el("span", { class: "hint" }, " — the Python client sends large catalogs there by itself: ",
+        el("code", {}, "cosmogan.Client(url, api_key).emulate(table)")) : "");
   } finally {
     $("#e-run").disabled = false;
   }
+}
+
+function clearEmulatorResults() {
+  state.emu = null;
+  $("#e-downloads").hidden = true;
+  $("#e-plots").hidden = true;
+  $("#e-table-wrap").hidden = true;
+  for (const id of Object.keys(state.charts)) { state.charts[id].destroy(); delete state.charts[id]; }
 }
 
 function toCsv(rows) {
@@ -604,20 +674,31 @@ function trueMagColumn(rows, band) {
   return keys.find((k) => k === want) || keys.find((k) => state.config.true_mag_aliases[k.toLowerCase()] === want);
 }
 
-function thin(points, max) {
-  if (points.length <= max) return points;
-  const step = points.length / max;
-  return Array.from({ length: max }, (_, k) => points[Math.floor(k * step)]);
+// [min, max] of one coordinate over every point of every dataset, with a little margin
+function bounds(datasets, key) {
+  let lo = Infinity, hi = -Infinity;
+  for (const ds of datasets) for (const p of ds.data) { if (p[key] < lo) lo = p[key]; if (p[key] > hi) hi = p[key]; }
+  if (!isFinite(lo)) return {};
+  const pad = (hi - lo) * 0.03 || 0.5;
+  return { min: lo - pad, max: hi + pad };
 }
 
+// Chart.js with `parsing: false` takes each dataset as sorted by x and sizes the x axis
+// from its first and last point: every dataset is sorted here, and both axes get explicit
+// bounds from all the points, so that no point falls outside the chart.
 function plot(id, config) {
   if (state.charts[id]) state.charts[id].destroy();
+  const datasets = config.data.datasets;
+  for (const ds of datasets) ds.data = ds.data.filter((p) => isFinite(p.x) && isFinite(p.y)).sort((a, b) => a.x - b.x);
   const axis = (text) => ({ type: "linear", title: { display: true, text, color: "#8b949e" }, ticks: { color: "#8b949e" }, grid: { color: "#21262d" } });
   config.options = {
     animation: false, parsing: false, maintainAspectRatio: false,
     plugins: { legend: { labels: { color: "#e6edf3" } } },
     ...config.options,
-    scales: { x: axis(config.x), y: { ...axis(config.y), ...(config.yRange || {}) } },
+    scales: {
+      x: { ...axis(config.x), ...bounds(datasets, "x") },
+      y: { ...axis(config.y), ...bounds(datasets, "y"), ...(config.yRange || {}) },
+    },
   };
   state.charts[id] = new Chart(document.getElementById(id), config);
 }
@@ -652,8 +733,8 @@ function drawEmulatorPlots(rows) {
 
   // colour–colour: emulated observed colours of detected objects, true colours beneath
   const det = rows.filter((r) => r.detected && bands.every((b) => num(r[`mag_${b}`]) !== null));
-  const observed = thin(det.map((r) => ({ x: r.mag_r - r.mag_i, y: r.mag_i - r.mag_z })), 4000);
-  const truth = thin(det.map((r) => ({ x: r[trueCol.r] - r[trueCol.i], y: r[trueCol.i] - r[trueCol.z] })), 4000);
+  const observed = det.map((r) => ({ x: r.mag_r - r.mag_i, y: r.mag_i - r.mag_z }));
+  const truth = det.map((r) => ({ x: r[trueCol.r] - r[trueCol.i], y: r[trueCol.i] - r[trueCol.z] }));
   plot("e-colour", {
     type: "scatter",
     data: { datasets: [
@@ -668,8 +749,8 @@ function drawEmulatorPlots(rows) {
     type: "scatter",
     data: { datasets: bands.map((b) => ({
       label: `${b} band`,
-      data: thin(rows.filter((r) => r.detected && num(r[`mag_${b}`]) !== null)
-        .map((r) => ({ x: r[trueCol[b]], y: r[`mag_${b}`] - r[trueCol[b]] })), 3000),
+      data: rows.filter((r) => r.detected && num(r[`mag_${b}`]) !== null)
+        .map((r) => ({ x: r[trueCol[b]], y: r[`mag_${b}`] - r[trueCol[b]] })),
       pointRadius: 1.3, backgroundColor: BAND_COLORS[b] + "b0",
     })) },
     x: "true magnitude", y: "observed − true (mag)",

@@ -114,15 +114,23 @@ def test_gallery_shows_an_image_for_a_seed(page, service: Service) -> None:
     page.wait_for_function(
         "() => document.querySelector('#g-panels img').src.includes('seed=5')", timeout=10_000
     )
+    # one version only: nothing to compare it with
+    assert page.is_disabled("#g-compare")
+    registry = Registry(service.home / "registry")
+    shipped = registry.get("nebula", "default")
+    registry.register("nebula", "second", shipped.path, kind=shipped.kind, source="test")
     page.goto(f"{service.base_url}/#gallery?model=nebula&seed=9&n=4")
+    page.reload()
     page.wait_for_selector("body[data-ready='1']")
     page.wait_for_function(
         "() => document.querySelector('#g-panels img').src.includes('seed=9&n=4')",
         timeout=10_000,
     )
-    # side by side: two versions, two panels
+    # side by side: two versions, two panels; "compare with" starts on the other version
+    assert page.input_value("#g-version-b") == "second"
     page.check("#g-compare")
     assert page.locator("#g-panels img").count() == 2
+    assert "version=second" in page.locator("#g-panels img").nth(1).get_attribute("src")
     page.wait_for_function(
         "() => [...document.querySelectorAll('#g-panels img')]"
         ".every(i => i.complete && i.naturalWidth > 0)",
@@ -139,6 +147,7 @@ def test_gallery_shows_an_image_for_a_seed(page, service: Service) -> None:
     )
     screenshot(page, "ui_gallery.png")
     assert not page.external
+    registry.delete("nebula", "second")
 
 
 def test_training_form_starts_a_job_that_shows_progress_and_finishes(
