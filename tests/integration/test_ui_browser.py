@@ -328,3 +328,140 @@ def test_api_docs_render_offline(page, service: Service, path: str, ready: str) 
     page.wait_for_selector(ready, timeout=30_000)
     assert page.locator(ready).count() >= 1
     assert not page.external, page.external
+
+
+def _spread_catalog(n: int) -> str:
+    """CSV rows in no particular order whose colours and magnitudes span wide ranges."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    r = rng.uniform(16.0, 24.0, n)
+    i = r - rng.uniform(-1.2, 1.9, n)
+    z = i - rng.uniform(-0.8, 1.2, n)
+    cols = ["true_mag_r", "true_mag_i", "true_mag_z", "sky_sigma_r", "sky_sigma_i",
+            "sky_sigma_z", "psf_fwhm_r", "psf_fwhm_i", "psf_fwhm_z"]  # fmt: skip
+    lines = [",".join(cols)]
+    for k in range(n):
+        lines.append(f"{r[k]:.3f},{i[k]:.3f},{z[k]:.3f},4.1,7.1,13.5,0.95,0.88,0.84")
+    return "\n".join(lines)
+
+
+def test_plots_contain_every_point(page, service: Service) -> None:
+    open_tab(page, service, "emulator")
+    # before any run: no download buttons, no empty plot cards
+    for sel in ("#e-downloads", "#e-plots", "#e-dl-csv", "#e-completeness"):
+        assert page.is_hidden(sel), sel
+    page.fill("#e-text", _spread_catalog(200))
+    page.fill("#e-seed", "2")
+    page.click("#e-run")
+    page.wait_for_selector("#e-plots:not([hidden])", timeout=60_000)
+    assert page.is_visible("#e-dl-csv")
+    report = page.evaluate(
+        """() => {
+          const out = {};
+          for (const id of ['e-colour', 'e-residual']) {
+            const c = state.charts[id];
+            const pts = c.data.datasets.flatMap(d => d.data);
+            const {x, y} = c.scales;
+            out[id] = {n: pts.length, outside: pts.filter(p =>
+              p.x < x.min || p.x > x.max || p.y < y.min || p.y > y.max).length};
+          }
+          const det = state.emu.rows.filter(r => r.detected && r.mag_r !== null
+            && r.mag_i !== null && r.mag_z !== null).length;
+          return {out, det};
+        }"""
+    )
+    # every detected object is drawn (true and observed colours), and none off the axes
+    assert report["out"]["e-colour"] == {"n": 2 * report["det"], "outside": 0}, report
+    assert report["out"]["e-residual"]["n"] > 0 and report["out"]["e-residual"]["outside"] == 0
+
+    # an error leaves no stale plots behind, and too many rows points to /emulate/jobs
+    page.fill("#e-text", _spread_catalog(201))
+    page.click("#e-run")
+    page.wait_for_selector("#e-status .error", timeout=30_000)
+    assert "/emulate/jobs" in page.inner_text("#e-status")
+    assert page.is_hidden("#e-plots") and page.is_hidden("#e-downloads")
+    assert not page.external
+
+
+def test_a_displayed_seed_reproduces_the_rows(page, service: Service) -> None:
+    open_tab(page, service, "emulator")
+    page.fill("#e-text", _spread_catalog(30))
+    page.fill("#e-seed", "")
+    page.click("#e-run")
+    page.wait_for_selector("#e-used-seed", timeout=60_000)
+    shown = page.inner_text("#e-used-seed")
+    assert shown.isdigit() and int(shown) <= 2**53 - 1
+    first = page.evaluate("JSON.stringify(state.emu.rows)")
+    page.fill("#e-seed", shown)
+    page.click("#e-run")
+    page.wait_for_function(f"() => state.emu && state.emu.seed === '{shown}'", timeout=60_000)
+    assert page.evaluate("JSON.stringify(state.emu.rows)") == first
+    # a seed above 2^53 typed by a user reaches the server exactly
+    big = str(2**62 + 1)
+    page.fill("#e-seed", big)
+    page.click("#e-run")
+    page.wait_for_function(f"() => state.emu && state.emu.seed === '{big}'", timeout=60_000)
+    assert page.inner_text("#e-used-seed") == big
+
+
+def test_a_model_trained_from_the_page_is_picked_and_served(page, service: Service) -> None:
+    open_tab(page, service, "training")
+    page.fill("#api-key", API_KEY)
+    page.select_option("#t-preset", "balrog")
+    page.fill("#t-model", "page-emulator")
+    page.check("#t-dry-run")
+    page.click("#t-form button[type=submit]")
+    page.wait_for_selector("#t-live:not([hidden])", timeout=10_000)
+    job_id = page.inner_text("#t-live-id")
+    _state_is(page, "succeeded", timeout=120_000)
+    assert f"page-emulator@{job_id}" in page.inner_text("#t-progress-text")
+    # an emulator job has no sample grids: no broken image
+    assert page.is_hidden("#t-sample")
+    page.click("#t-activate-btn")
+    page.wait_for_function(
+        "(t) => document.querySelector('#toast').textContent.includes(t)",
+        arg=f"page-emulator@{job_id} is now served",
+        timeout=10_000,
+    )
+
+    page.click("#tabs a[data-tab='emulator']")
+    page.wait_for_selector("#e-model option[value='page-emulator']", state="attached")
+    page.select_option("#e-model", "page-emulator")
+    page.fill("#e-text", _spread_catalog(10))
+    page.fill("#e-seed", "3")
+    page.click("#e-run")
+    page.wait_for_selector("#e-used-seed", timeout=60_000)
+    assert f"page-emulator@{job_id}" in page.inner_text("#e-status")
+    # the page and a direct call agree: the picked model served these rows
+    with service.client() as c:
+        direct = c.post(
+            "/emulate?seed=3&model=page-emulator",
+            content=_spread_catalog(10),
+            headers={"content-type": "text/csv"},
+        ).json()
+    assert direct["version"] == job_id
+    assert page.evaluate("state.emu.rows.map(r => r.mag_r)") == [r["mag_r"] for r in direct["rows"]]
+
+
+def test_no_dead_ends_on_a_wide_screen(page, service: Service) -> None:
+    reg = Registry(service.home / "registry")
+    shipped = reg.get("nebula", "default")
+    reg.register("idle-nebula", "v1", shipped.path, kind=shipped.kind, source="test")
+    try:
+        for tab in ("gallery", "training", "emulator", "models"):
+            open_tab(page, service, tab)
+            page.wait_for_timeout(300)
+            wide = page.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert wide <= 0, f"{tab} scrolls sideways by {wide} px at 1400 px"
+        # an image model with no active version: a hint, never `name@null`
+        open_tab(page, service, "gallery")
+        page.select_option("#g-model", "idle-nebula")
+        page.wait_for_selector("#g-panels .hint")
+        assert "no active version" in page.inner_text("#g-panels")
+        body = page.inner_text("body")
+        assert "@null" not in body and "@undefined" not in body
+    finally:
+        reg.delete("idle-nebula", "v1")
