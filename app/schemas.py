@@ -19,7 +19,9 @@ MAX_QUERY_N = 1024  # the schema's bound; COSMOGAN_MAX_GENERATE_N is the server'
 
 
 class Problem(BaseModel):
-    row: int | None = None
+    row: int | None = Field(
+        default=None, description="The row's position in the catalog, counted from 0."
+    )
     column: str | None = None
     message: str
 

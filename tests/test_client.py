@@ -119,7 +119,7 @@ def test_errors_carry_the_servers_message_and_problems(status: int, cls: type) -
     with pytest.raises(cls) as info:
         client.models()
     assert info.value.status == status and info.value.message == "bad rows"
-    assert "row 2 column psf_fwhm_r: <0" in str(info.value)
+    assert "row index 2 column psf_fwhm_r: <0" in str(info.value)
 
 
 def test_png_grids_are_split_into_the_images_the_server_drew() -> None:

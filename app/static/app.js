@@ -54,7 +54,7 @@ async function api(method, url, { json, body, headers = {}, auth = false } = {})
       const data = await resp.json();
       detail = data.detail || detail;
       if (data.problems && data.problems.length > 1) {
-        detail += "\n" + data.problems.slice(0, 5).map((p) => `• ${p.row ?? ""} ${p.column ?? ""}: ${p.message}`).join("\n");
+        detail += "\n" + data.problems.slice(0, 5).map((p) => `• ${p.row === null || p.row === undefined ? "" : `row ${p.row} (from 0) `}${p.column ?? ""}: ${p.message}`).join("\n");
       }
     } catch (_) { /* not JSON */ }
     if (resp.status === 401 || resp.status === 403) $("#api-key").focus();

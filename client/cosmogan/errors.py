@@ -31,7 +31,10 @@ class ApiError(CosmoganError):
     def _text(self) -> str:
         lines = [f"{self.status}: {self.message}"]
         for p in self.problems[:10]:
-            where = " ".join(f"{k} {p[k]}" for k in ("row", "column") if p.get(k) is not None)
+            # `row` is the row's position in the catalog, counted from 0 (as in `df.iloc`)
+            parts = [] if p.get("row") is None else [f"row index {p['row']}"]
+            parts += [] if p.get("column") is None else [f"column {p['column']}"]
+            where = " ".join(parts)
             lines.append(f"  {where}: {p.get('message')}" if where else f"  {p.get('message')}")
         return "\n".join(lines)
 
