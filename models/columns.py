@@ -236,7 +236,10 @@ def find_problems(
             rows = np.flatnonzero(mask) + row_offset
             if len(rows) == 0:
                 continue
-            lines.append(f"column {name}: {len(rows)} rows {message} (rows {_rows_text(rows)}, counted from 0)")
+            lines.append(
+                f"column {name}: {len(rows)} rows {message} "
+                f"(rows {_rows_text(rows)}, counted from 0)"
+            )
             for r in rows[: max(0, MAX_PROBLEMS - len(problems))]:
                 problems.append({"row": int(r), "column": name, "message": message})
     return lines, problems, values

@@ -129,7 +129,9 @@ def test_bad_values_report_column_count_and_rows():
 def test_text_in_a_numeric_column():
     df = _frame(4).astype({"psf_fwhm_z": object})
     df.loc[2, "psf_fwhm_z"] = "bad"
-    with pytest.raises(CatalogError, match=r"psf_fwhm_z: 1 rows not a number \(rows 2, counted from 0\)"):
+    with pytest.raises(
+        CatalogError, match=r"psf_fwhm_z: 1 rows not a number \(rows 2, counted from 0\)"
+    ):
         validate_inputs(df)
 
 

@@ -132,3 +132,24 @@ def test_the_bar_counts_only_steps_it_has_seen_run() -> None:
         assert info["initial"] == 40 and info["n"] == 45 and info["total"] == 100
     finally:
         bar.close()
+
+
+def test_results_are_strict_json_with_null_for_nan(capsys: pytest.CaptureFixture[str]) -> None:
+    from training.commands import print_json
+
+    print_json({"loss": float("nan"), "figures": [1.5, float("inf")], "step": 3})
+    out = capsys.readouterr().out
+    assert "NaN" not in out and "Infinity" not in out
+    assert json.loads(out) == {"loss": None, "figures": [1.5, None], "step": 3}
+
+
+def test_quiet_data_balrog_draws_no_bar(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("COSMOGAN_HOME", str(tmp_path))
+    out = tmp_path / "c.parquet"
+    args = ["-q", "data", "balrog", "--rows", "300", "--simulator", "analytic", "--out", str(out)]
+    run = subprocess.run(
+        [sys.executable, "-m", "launcher", *args], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    assert "obj/s" not in run.stderr and "%|" not in run.stderr, run.stderr
+    assert json.loads(run.stdout)["rows"] == 300

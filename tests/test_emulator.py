@@ -168,6 +168,27 @@ def test_emulate_file_reports_bad_rows_and_writes_nothing(dry_model, inputs, tmp
     assert not out.exists() and not list(tmp_path.glob(".out.csv*"))
 
 
+def test_emulate_file_keeps_input_columns_named_like_its_outputs(dry_model, inputs, tmp_path):
+    # a real Balrog catalog brings its own measurements: they are kept, renamed, not lost
+    df = inputs[list(INPUTS)].iloc[:50].copy()
+    df["mag_r"], df["detected"] = np.arange(50.0), np.ones(50, bool)
+    src = tmp_path / "in.parquet"
+    df.to_parquet(src, index=False)
+    summary = emulate_file(dry_model, src, tmp_path / "out.parquet", seed=1, chunk_rows=20)
+    assert summary["renamed_input_columns"] == {
+        "mag_r": "input_mag_r",
+        "detected": "input_detected",
+    }
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    assert out["input_mag_r"].tolist() == list(np.arange(50.0)) and out["input_detected"].all()
+    assert not np.array_equal(out["mag_r"].fillna(-1), out["input_mag_r"])
+    df["input_mag_r"] = 0.0  # nowhere left to keep it: refused, nothing written
+    df.to_parquet(src, index=False)
+    with pytest.raises(CatalogError, match="input_mag_r"):
+        emulate_file(dry_model, src, tmp_path / "again.parquet", seed=1)
+    assert not (tmp_path / "again.parquet").exists()
+
+
 # --------------------------------------------------------------------------------------------
 # physics: a short training on the analytic mini-Balrog must learn the conditions' direction
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 from pathlib import Path
@@ -16,6 +17,22 @@ from models.settings import get_settings
 from training.presets import PRESETS, PresetError, build_config, default_data
 
 
+def _finite(obj: Any) -> Any:
+    """`obj` with every NaN or infinity replaced by None: JSON has no NaN."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def print_json(obj: Any) -> None:
+    """A command's result on stdout as strict JSON (a NaN figure is null)."""
+    print(json.dumps(_finite(obj), indent=2, allow_nan=False))
+
+
 # --------------------------------------------------------------------------------------------
 # data
 def _cmd_data_nebulae(args: argparse.Namespace) -> int:
@@ -23,7 +40,7 @@ def _cmd_data_nebulae(args: argparse.Namespace) -> int:
 
     out = Path(args.out or get_settings().data_dir / "nebulae")
     summary = build_nebula_dataset(out, deb=args.deb)
-    print(json.dumps(summary, indent=2))
+    print_json(summary)
     return 0
 
 
@@ -39,8 +56,9 @@ def _cmd_data_balrog(args: argparse.Namespace) -> int:
         workers=args.workers,
         chunk_rows=args.chunk_rows,
         draw_seed=args.draw_seed,
+        progress=not args.quiet,
     )
-    print(json.dumps(summary, indent=2))
+    print_json(summary)
     return 0
 
 
@@ -163,7 +181,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             )
     finally:
         bar.close()
-    print(json.dumps(result, indent=2))
+    print_json(result)
     if result["status"] == "cancelled":
         again = f"cosmogan train {args.preset} --resume" + (
             f" --out {args.out}" if args.out else ""
@@ -215,7 +233,7 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
         chunk_rows=args.chunk_rows,
         device=args.device,
     )
-    print(json.dumps(summary, indent=2))
+    print_json(summary)
     return 0
 
 
@@ -242,7 +260,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         compare=compare,
         bootstrap=args.bootstrap,
     )
-    print(json.dumps(report, indent=2))
+    print_json(report)
     return 0
 
 

@@ -218,8 +218,10 @@ def build_catalog(
     workers: int | None = None,
     chunk_rows: int = 2000,
     draw_seed: int | None = None,
+    progress: bool = True,
 ) -> dict:
-    """Build the mini-Balrog catalog at `out` (Parquet), resumably; returns a summary."""
+    """Build the mini-Balrog catalog at `out` (Parquet), resumably; returns a summary.
+    `progress` draws a bar over the objects simulated."""
     from tqdm import tqdm
 
     from models.settings import get_settings
@@ -262,7 +264,8 @@ def build_catalog(
         log.info("resuming: %d of %d chunks already simulated", reused, n_chunks)
 
     sim_start = time.perf_counter()
-    bar = tqdm(total=rows, initial=rows - sum(s.stop - s.start for _, s in todo), unit="obj")
+    done = rows - sum(s.stop - s.start for _, s in todo)
+    bar = tqdm(total=rows, initial=done, unit="obj", disable=not progress)
     try:
         if workers == 1 or len(todo) <= 1:
             for k, s in todo:

@@ -254,10 +254,12 @@ def evaluate_emulator(
     )
 
     ours = emulators["ours"]
+    log.info("timing the emulator on %s rows", f"{timing_rows:,}")
     x_big = np.resize(test.x, (timing_rows, test.x.shape[1]))
     t0 = time.perf_counter()
     ours.sample(x_big, 1, seed)
     per_object = (time.perf_counter() - t0) / len(x_big)
+    log.info("%.2f µs per object; figures in bins of magnitude and conditions", per_object * 1e6)
     n_sim = int(test.detected.sum())
     ckpt = load_checkpoint(checkpoint)
     report: dict[str, Any] = {
@@ -298,6 +300,7 @@ def evaluate_emulator(
         write_json_atomic(out / "report.json", report)  # first: plots must never lose it
         from training.emulator.plots import write_plots
 
+        log.info("report written to %s; drawing the plots", out / "report.json")
         report["plots"] = write_plots(test, outputs, bins, report, out)
     return report
 
