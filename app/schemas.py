@@ -105,6 +105,11 @@ class JobOut(JobProgress):
     samples: list[str] = Field(default=[], description="URLs of the sample grids so far.")
     error: str | None = None
     model: str | None = Field(default=None, description="`name@version` once registered.")
+    results: dict[str, Any] | None = Field(
+        default=None,
+        description="The evaluation as one table: figure, model, Gaussian baseline, floor, "
+        "ratio, verdict (lower is better; see `GET /models`).",
+    )
     target: str | None = Field(default=None, description="The model name it trains into.")
     cancel_requested: bool = False
     attempts: int = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter
@@ -12,7 +13,8 @@ from app.deps import ApiKey, RegistryDep
 from app.errors import ApiError
 from app.openapi import AUTH, BASE, authed_json_example, example
 from app.schemas import NAME_PATTERN, ActivateRequest, VersionPatch
-from models.registry import VersionInUse
+from models.registry import DEFAULT_WEIGHTS_DIR, Registry, VersionInUse
+from models.results import results_table
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -39,12 +41,29 @@ NOTE_DOC = (
 @router.get(
     "",
     summary="Every model, its versions with their metrics, and the active one",
-    description='`{"models": {name: {"active": version, "versions": [...]}}}`; each version '
-    "has its `created` time, `source` (`shipped` or `training`), `job_id`, `metrics` and "
-    "`note`." + example(f"curl {BASE}/models"),
+    description='`{"models": {name: {"active": version, "family": "image" | "emulator", '
+    '"versions": [...]}}}`. A model name is what `GET /generate?model=` and `POST /emulate` '
+    "call; the network `kind` (and the `preset` that trained it) belong to each version. Each "
+    "version has its `created` time, `source` (`shipped` or `training`), `job_id`, `metrics`, "
+    "`note` and `results`: one row per figure with the model's value, the Gaussian "
+    "baseline's, the floor, their ratio and a verdict against the baseline (lower is better)."
+    + example(f"curl {BASE}/models"),
 )
 async def list_models(registry: RegistryDep) -> dict[str, Any]:
-    return {"models": await asyncio.to_thread(registry.describe)}
+    return {"models": await asyncio.to_thread(_describe, registry)}
+
+
+def _describe(registry: Registry) -> dict[str, Any]:
+    """The registry's description, each version with its `results` table (a shipped
+    version's floor and verdicts come from the sidecar file beside its weights)."""
+    models = registry.describe()
+    for name, m in models.items():
+        sidecar = DEFAULT_WEIGHTS_DIR / f"{name}.json"
+        extra = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        for v in m["versions"]:
+            shipped = v.get("source") == "shipped"
+            v["results"] = results_table(v.get("metrics"), extra if shipped else None)
+    return models
 
 
 @router.post(

@@ -31,6 +31,7 @@ from app.schemas import (
     TrainRequest,
 )
 from models.registry import DEFAULT_MODEL, FamilyMismatch, Registry
+from models.results import results_table
 from models.settings import Settings
 from training.presets import build_config, config_to_dict, default_data, family
 from training.progress import RECORD_FIELDS
@@ -116,6 +117,7 @@ def job_out(rec: dict[str, Any], settings: Settings, full: bool = True) -> JobOu
     stalled = rec.get("state") == RUNNING and (beat is None or time.time() - beat > STALE_AFTER_S)
     fields = {k: v for k, v in rec.items() if k in JobOut.model_fields and v is not None}
     fields.update(
+        results=results_table(rec.get("metrics")),
         samples=[f"/train/{job_id}/samples/{n}" for n in sorted(names)],
         stalled=stalled,
         events=f"/train/{job_id}/events",

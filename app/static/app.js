@@ -267,6 +267,12 @@ function initTraining() {
   $("#t-resume").addEventListener("click", resumeJob);
   $("#t-activate-btn").addEventListener("click", activateJobModel);
   $("#t-smooth").addEventListener("input", redrawLosses);
+  $("#t-log").addEventListener("change", redrawLosses);
+  $("#t-overlay").addEventListener("change", () => {
+    const other = $("#t-overlay").value;
+    $("#t-overlay").value = "";
+    if (other) overlayJob(other).catch((e) => toast(e.message, true));
+  });
   setInterval(() => { if (!$("#training").hidden) refreshJobs(); }, 3000);
 }
 
@@ -326,6 +332,8 @@ async function refreshJobs() {
     return tr;
   });
   $("#t-jobs tbody").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 6, class: "hint" }, "No jobs yet."))]));
+  const done = jobs.filter((j) => TERMINAL.has(j.state) && j.job_id !== state.job);
+  fillSelect($("#t-overlay"), [["", "—"], ...done.map((j) => [j.job_id, `${j.job_id.slice(0, 8)} ${j.preset} (${j.state})`])], "");
 }
 
 function newLossChart() {
@@ -346,22 +354,61 @@ function newLossChart() {
   });
 }
 
-function addLosses(step, losses) {
+// the curves an event carries: its losses, and the validation figures among its metrics
+function curveValues(ev) {
+  const out = {};
+  for (const [k, v] of Object.entries(ev.losses || {})) if (typeof v === "number" && isFinite(v)) out[k] = v;
+  for (const [k, v] of Object.entries(ev.metrics || {})) {
+    if (k.startsWith("val_") && typeof v === "number" && isFinite(v)) out[`${k} (validation)`] = v;
+  }
+  return out;
+}
+
+function series(label, dashed = false) {
   const chart = state.chart;
-  for (const [key, value] of Object.entries(losses || {})) {
+  let ds = chart.data.datasets.find((d) => d.label === label);
+  if (!ds) {
+    const color = COLORS[chart.data.datasets.length % COLORS.length];
+    ds = { label, data: [], raw: [], borderColor: color, backgroundColor: color };
+    if (dashed) ds.borderDash = [5, 4];
+    chart.data.datasets.push(ds);
+  }
+  return ds;
+}
+
+function addLosses(step, values) {
+  const chart = state.chart;
+  for (const [key, value] of Object.entries(values || {})) {
     if (typeof value !== "number" || !isFinite(value)) continue;
-    let ds = chart.data.datasets.find((d) => d.label === key);
-    if (!ds) {
-      const color = COLORS[chart.data.datasets.length % COLORS.length];
-      ds = { label: key, data: [], raw: [], borderColor: color, backgroundColor: color };
-      chart.data.datasets.push(ds);
-    }
+    const ds = series(key, key.endsWith("(validation)"));
     const last = ds.raw.at(-1);
     if (last && last.x === step) last.y = value;
     else ds.raw.push({ x: step, y: value });
   }
   clearTimeout(addLosses.timer); // many replayed events: draw once they stop coming
   addLosses.timer = setTimeout(redrawLosses, 50);
+}
+
+// another finished run's curves beside this one's (its whole event history, replayed)
+async function overlayJob(jobId) {
+  const text = await (await api("GET", `/train/${jobId}/events?last_event_id=0-0`)).text();
+  const tag = jobId.slice(0, 8);
+  let n = 0;
+  for (const block of text.split(/\r?\n\r?\n/)) {
+    const data = block.split(/\r?\n/).filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
+    if (!data) continue;
+    const ev = JSON.parse(data);
+    if (ev.step === undefined) continue;
+    for (const [k, v] of Object.entries(curveValues(ev))) {
+      const ds = series(`${tag} · ${k}`, true);
+      const last = ds.raw.at(-1);
+      if (last && last.x === ev.step) last.y = v;
+      else ds.raw.push({ x: ev.step, y: v });
+      n++;
+    }
+  }
+  redrawLosses();
+  toast(n ? `run ${tag} overlaid` : `run ${tag} recorded no curves`);
 }
 
 // the curves as drawn: each raw series through an exponential moving average
@@ -379,6 +426,8 @@ function redrawLosses() {
     // a series logged at one or two steps (the detection classifier's) shows as dots
     ds.pointRadius = ds.raw.length < 3 ? 3 : 0;
   }
+  // a log scale drops the values at or below 0 (Chart.js cannot place them)
+  chart.options.scales.y.type = $("#t-log").checked ? "logarithmic" : "linear";
   chart.update("none");
 }
 
@@ -401,6 +450,30 @@ function showJob(rec) {
   if (rec.samples) showSamples(rec.samples.map((s) => (s.startsWith("/") ? s : `/train/${rec.job_id}/samples/${s}`)));
   const metrics = Object.entries(flatMetrics(rec.metrics));
   $("#t-metrics").replaceChildren(...metrics.map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", {}, fmt(v)))));
+  $("#t-metrics-all").hidden = !metrics.length;
+  $("#t-results").replaceChildren(...(rec.results ? resultsView(rec.results) : []));
+}
+
+// ------------------------------------------------------------------------------ results
+const RESULT_HINT = "Lower is better. Ratio = model / floor (1 = as close as two simulator draws); " +
+  "the verdict compares the model with the Gaussian baseline beyond the bootstrap noise; c2st_auc is best at 0.5.";
+
+function ratioText(r) {
+  return r === null || r === undefined ? "—" : `${r.toFixed(2)}×`;
+}
+
+// one job's evaluation: a plain sentence, then figure | model | baseline | floor | ratio | verdict
+function resultsView(results) {
+  const out = [];
+  if (results.summary) out.push(el("p", { class: "verdict" + (results.loses_to_baseline ? "" : " good") }, results.summary));
+  const head = el("tr", {}, ["figure", "model", "Gaussian baseline", "floor", "ratio", "vs baseline"].map((h) => el("th", {}, h)));
+  const rows = results.rows.map((r) => el("tr", { "data-figure": r.figure },
+    el("td", {}, r.figure), el("td", { class: "num" }, fmt(r.model)), el("td", { class: "num" }, fmt(r.baseline)),
+    el("td", { class: "num" }, fmt(r.floor)), el("td", { class: "num" }, ratioText(r.ratio)),
+    el("td", { class: r.verdict || "" }, r.verdict || "—")));
+  out.push(el("div", { class: "hscroll" }, el("table", { class: "grid results" }, el("thead", {}, head), el("tbody", {}, rows))));
+  out.push(el("p", { class: "hint" }, RESULT_HINT));
+  return out;
 }
 
 function showSamples(urls) {
@@ -443,7 +516,7 @@ function follow(jobId, cursor) {
     last = ev.lastEventId || last;
     const data = JSON.parse(ev.data);
     const rec = (state.rec = { ...state.rec, ...data });
-    if (data.step !== undefined && data.losses) addLosses(data.step, data.losses);
+    if (data.step !== undefined) addLosses(data.step, curveValues(data));
     if (data.samples) rec.samples = data.samples;
     showJob(rec);
     if (ev.type === "state" && TERMINAL.has(data.state)) finishJob(jobId);
@@ -778,8 +851,9 @@ async function renderModels() {
   try { models = await loadModels(); } catch (e) { toast(e.message, true); return; }
   const blocks = Object.entries(models).map(([name, m]) => {
     const versions = [...m.versions].reverse();
-    const metrics = versions.map((v) => flatMetrics(v.metrics));
-    const keys = [...new Set(metrics.flatMap((x) => Object.keys(x)))].sort();
+    // one key set for shipped and trained versions: the rows of their results tables
+    const tables = versions.map((v) => Object.fromEntries((v.results?.rows || []).map((r) => [r.figure, r])));
+    const keys = [...new Set(tables.flatMap((x) => Object.keys(x)))].sort();
     const head = el("tr", {}, el("th", {}, "version"), versions.map((v) => el("th", {},
       el("code", {}, v.version), v.version === m.active ? el("span", { class: "state succeeded" }, " active") : "")));
     const info = (label, f) => el("tr", {}, el("td", {}, label), versions.map((v) => el("td", {}, f(v))));
@@ -787,7 +861,9 @@ async function renderModels() {
       button(v, "activate", v.version === m.active, () => activate(name, v.version).then(renderModels).catch((e) => toast(e.message, true))), " ",
       button(v, "note", false, () => editNote(name, v)), " ",
       button(v, "delete", v.version === m.active, () => deleteVersion(name, v.version)))));
-    const rows = keys.map((k) => el("tr", {}, el("td", {}, k), metrics.map((x) => el("td", { class: "num" }, fmt(x[k])))));
+    const cell = (r) => el("td", { class: `num ${r?.verdict || ""}`, title: r ? `floor ${fmt(r.floor)} · Gaussian ${fmt(r.baseline)} · ${r.verdict || "no verdict"}` : "" },
+      r ? `${fmt(r.model)}${r.ratio !== null && r.ratio !== undefined ? ` (${ratioText(r.ratio)})` : ""}` : "—");
+    const rows = keys.map((k) => el("tr", { "data-figure": k }, el("td", {}, k), tables.map((t) => cell(t[k]))));
     return el("div", { class: "card model", "data-model": name },
       el("h2", {}, name, el("span", { class: "hint" }, `${familyOf(name)} · active: ${m.active || "none"}`)),
       el("div", { class: "hscroll" }, el("table", { class: "grid" },
@@ -796,7 +872,10 @@ async function renderModels() {
           info("created", (v) => fmtTime(v.created)),
           info("source", (v) => v.source || ""),
           info("job", (v) => (v.job_id ? el("code", {}, v.job_id.slice(0, 8)) : "")),
+          info("kind", (v) => v.kind || "?"),
           info("note", (v) => el("span", { class: "note" }, v.note || "")),
+          info("vs Gaussian", (v) => v.results?.summary ? el("span", { class: v.results.loses_to_baseline ? "error" : "" },
+            `${v.results.counts.better} better · ${v.results.counts.tie} tie · ${v.results.counts.worse} worse`) : "—"),
           actions, rows))));
   });
   $("#m-list").replaceChildren(...(blocks.length ? blocks : [el("p", { class: "hint" }, "No models registered.")]));

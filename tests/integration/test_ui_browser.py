@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from models.registry import Registry
-from tests.integration.conftest import API_KEY, Service
+from tests.integration.conftest import API_KEY, Service, wait_for_state
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright for Python is not installed (pip install playwright)"
@@ -465,3 +465,60 @@ def test_no_dead_ends_on_a_wide_screen(page, service: Service) -> None:
         assert "@null" not in body and "@undefined" not in body
     finally:
         reg.delete("idle-nebula", "v1")
+
+
+def test_results_read_as_a_table_and_runs_overlay(page, service: Service) -> None:
+    with service.client() as c:
+        ids = []
+        for _ in range(2):
+            r = c.post(
+                "/train",
+                json={
+                    "preset": "balrog-flow",
+                    "model": "ui-results",
+                    "overrides": {"dry_run": True},
+                },
+                headers=service.auth,
+            )
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["job_id"])
+        recs = [wait_for_state(c, i, {"succeeded", "failed"}, timeout=180) for i in ids]
+    assert all(rec["state"] == "succeeded" for rec in recs), recs
+    results = recs[0]["results"]
+    assert results["lower_is_better"] and results["rows"], recs[0]["metrics"]
+
+    open_tab(page, service, "training")
+    page.click(f"#t-jobs tr[data-job='{ids[0]}']")
+    page.wait_for_selector("#t-results table.results", timeout=20_000)
+    head = page.inner_text("#t-results thead")
+    for column in ("figure", "model", "Gaussian baseline", "floor", "ratio", "vs baseline"):
+        assert column in head
+    shown = page.locator("#t-results tbody tr").count()
+    assert shown == len(results["rows"])
+    if results["summary"]:
+        assert results["summary"] in page.inner_text("#t-results")
+    # validation curves beside the losses, a log scale, and another run overlaid
+    page.wait_for_function("() => state.chart && state.chart.data.datasets.length > 0")
+    labels = page.evaluate("state.chart.data.datasets.map(d => d.label)")
+    assert "nll" in labels and "val_nll (validation)" in labels, labels
+    page.check("#t-log")
+    assert page.evaluate("state.chart.options.scales.y.type") == "logarithmic"
+    page.wait_for_selector(f"#t-overlay option[value='{ids[1]}']", state="attached")
+    page.select_option("#t-overlay", ids[1])
+    tag = ids[1][:8]
+    page.wait_for_function(
+        "(t) => state.chart.data.datasets.some(d => d.label === `${t} · nll` && d.data.length)",
+        arg=tag,
+        timeout=20_000,
+    )
+
+    # the Models tab shows the same figures for the shipped and the trained versions
+    open_tab(page, service, "models")
+    card = page.locator("#m-list .model[data-model='balrog']")
+    card.wait_for(timeout=10_000)
+    assert "lower is better" in page.inner_text("#models")
+    text = card.inner_text()
+    assert "ks_r" in text and "cflow" in text
+    trained = page.locator("#m-list .model[data-model='ui-results']").inner_text()
+    for row in results["rows"][:3]:
+        assert row["figure"] in trained

@@ -340,6 +340,10 @@ def job_figures(model: str | Path, data: str | Path, out_dir: str | Path) -> dic
             for key in ("better_than_gaussian", "tie_with_gaussian", "worse_than_gaussian")
             if key in goal
         },
+        # each figure's verdict against the Gaussian, beyond the bootstrap noise
+        "verdicts": {
+            k: v["verdict"] for k, v in report.get("vs_gaussian", {}).get("ours", {}).items()
+        },
     }
 
 

@@ -1,0 +1,106 @@
+"""One table of a version's or a job's evaluation: figure, model, baseline, floor, ratio,
+verdict; torch-free, shared by `GET /models`, `GET /train/{id}` and the web page.
+
+Every figure is a distance to the simulator (or to held-out images), so lower is better;
+`c2st_auc` is a classifier's AUC, best at 0.5. `ratio` is model / floor (1 = as close as
+two draws of the simulator are to each other). The verdict compares the model with the
+Gaussian baseline beyond the bootstrap noise (`better`, `tie`, `worse`), where the
+evaluation measured it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+VERDICTS = ("better", "tie", "worse")
+# numbers recorded beside the figures that are not distances to the data
+NOT_FIGURES = {"seconds_per_object", "best_epoch", "step", "epoch"}
+GOAL_KEYS = {
+    "better_than_gaussian": "better",
+    "tie_with_gaussian": "tie",
+    "worse_than_gaussian": "worse",
+}
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v) if math.isfinite(v) else None
+
+
+def _verdicts_from_goals(goals: dict[str, Any]) -> dict[str, str]:
+    return {k: verdict for key, verdict in GOAL_KEYS.items() for k in goals.get(key) or []}
+
+
+def results_table(
+    metrics: dict[str, Any] | None, extra: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The table of `metrics` in either recorded form: a training job's (`figures`,
+    `floor`, `ratio`, `baseline`, `verdicts`) or a shipped version's flat figures (with
+    `floor_<figure>` beside them, or `floor`/`goals` in `extra`, its sidecar file).
+    None when there is no figure at all."""
+    metrics, extra = metrics or {}, extra or {}
+    if isinstance(metrics.get("figures"), dict):
+        figures = metrics["figures"]
+        floor = metrics.get("floor") or {}
+        ratio = metrics.get("ratio") or {}
+        baseline = metrics.get("baseline") or {}
+        verdicts = metrics.get("verdicts") or {}
+    else:
+        figures = {
+            k: v
+            for k, v in metrics.items()
+            if _num(v) is not None and not k.startswith("floor_") and k not in NOT_FIGURES
+        }
+        floor = {k.removeprefix("floor_"): v for k, v in metrics.items() if k.startswith("floor_")}
+        floor.update(extra.get("floor") or {})
+        ratio = extra.get("vs_floor") or {}
+        baseline = {}
+        verdicts = _verdicts_from_goals(extra.get("goals") or {})
+    rows = []
+    for name, value in figures.items():
+        value = _num(value)
+        if value is None or name in NOT_FIGURES:
+            continue
+        f = _num(floor.get(name))
+        r = _num(ratio.get(name))
+        if r is None and f and name != "c2st_auc":
+            r = value / f
+        verdict = verdicts.get(name)
+        rows.append(
+            {
+                "figure": name,
+                "model": value,
+                "baseline": _num(baseline.get(name)),
+                "floor": f,
+                "ratio": r,
+                "verdict": verdict if verdict in VERDICTS else None,
+            }
+        )
+    if not rows:
+        return None
+    counts = {v: sum(1 for row in rows if row["verdict"] == v) for v in VERDICTS}
+    return {
+        "lower_is_better": True,
+        "rows": rows,
+        "counts": counts,
+        "summary": summary(counts),
+        "loses_to_baseline": counts["worse"] > (sum(counts.values()) / 2),
+    }
+
+
+def summary(counts: dict[str, int]) -> str | None:
+    """A plain sentence on the model against the Gaussian baseline (None if not measured)."""
+    n = sum(counts.values())
+    if not n:
+        return None
+    if counts["worse"] > n / 2:
+        return (
+            f"Worse than the Gaussian baseline on {counts['worse']} of {n} figures: this "
+            "model does not yet beat a per-band Gaussian fit; train longer or on more data."
+        )
+    return (
+        f"Better than the Gaussian baseline on {counts['better']} of {n} figures, "
+        f"a tie on {counts['tie']}, worse on {counts['worse']}."
+    )
