@@ -135,11 +135,15 @@ class Registry:
             return None
 
     def family(self, name: str) -> Family | None:
-        """What `name` serves (`image` or `emulator`): its versions' family, None when empty."""
+        """What `name` serves (`image` or `emulator`): its versions' family; for a name with
+        no version yet, the family it is the default of, or its preset's (None otherwise)."""
         for v in reversed(self.versions(name)):
             if v.family is not None:
                 return v.family
-        return None
+        for fam, default in DEFAULT_MODEL.items():
+            if name == default:
+                return fam
+        return family_of(LEGACY_KINDS[name]) if name in LEGACY_KINDS else None
 
     def describe(self) -> dict[str, Any]:
         """Everything, as plain JSON: names with their family, versions with their kind and

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from models.registry import Registry, RegistryError, VersionInUse
+from models.registry import FamilyMismatch, Registry, RegistryError, VersionInUse
 
 KEY = "unit-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -93,3 +94,78 @@ def test_note_and_delete_over_http(client: TestClient) -> None:
         "v1"
     ]
     assert client.delete("/models/balrog/versions/v2", headers=AUTH).status_code == 404
+
+
+# --------------------------------------------------------------------------------------------
+# names: what a user calls; kinds: attributes of versions
+
+
+def _legacy_version(root: Path, name: str, version: str, weights: Path) -> None:
+    """A version as registries wrote them before names and kinds were separate."""
+    vdir = root / name / "versions" / version
+    vdir.mkdir(parents=True)
+    (vdir / "model.pt").write_bytes(weights.read_bytes())
+    meta = {
+        "version": version,
+        "created": 1.0,
+        "job_id": version,
+        "metrics": {},
+        "source": "training",
+    }
+    (vdir / "meta.json").write_text(json.dumps(meta))
+    (root / name / "active.json").write_text(json.dumps({"version": version}))
+
+
+def test_versions_carry_their_kind_and_names_their_family(tmp_path: Path) -> None:
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"w")
+    reg = Registry(tmp_path / "registry")
+    reg.register("my-emulator", "a", weights, kind="cflow", preset="balrog-flow")
+    reg.register("my-emulator", "b", weights, kind="cwgan-gp", preset="balrog")
+    _legacy_version(reg.root, "balrog-flow", "old", weights)
+    _legacy_version(reg.root, "nebula-dcgan", "old", weights)
+    models = reg.describe()
+    assert models["my-emulator"]["family"] == "emulator"
+    assert [v["kind"] for v in models["my-emulator"]["versions"]] == ["cflow", "cwgan-gp"]
+    # versions registered under a preset's name before: listed, with the preset's kind
+    assert (
+        models["balrog-flow"]["family"] == "emulator" and models["balrog-flow"]["active"] == "old"
+    )
+    assert models["balrog-flow"]["versions"][0]["kind"] == "cflow"
+    assert models["nebula-dcgan"]["versions"][0]["kind"] == "dcgan-64"
+    assert reg.get("balrog-flow").version == "old"
+    # a name serves one family
+    with pytest.raises(FamilyMismatch, match="'my-emulator' is an emulator"):
+        reg.register("my-emulator", "c", weights, kind="wgan-gp-128")
+    assert reg.family("nobody") is None
+
+
+def test_a_training_job_registers_under_the_name_it_was_given_or_its_familys(tmp_path) -> None:
+    from worker.training_job import _register
+
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"w")
+    root = tmp_path / "registry"
+    flow = {"preset": "balrog-flow", "config": {"kind": "cflow"}}
+    assert _register(flow, "j1", {"model": weights}, root) == "balrog@j1"
+    ref = _register({**flow, "target": "mine", "activate": True}, "j2", {"model": weights}, root)
+    assert ref == "mine@j2"
+    dcgan = {"preset": "nebula-dcgan", "config": {"kind": "dcgan-64"}}
+    assert _register(dcgan, "j3", {"model": weights}, root) == "nebula@j3"
+    reg = Registry(root)
+    assert reg.active_version("mine") == "j2" and reg.active_version("balrog") is None
+    assert reg.get("balrog", "j1").meta["kind"] == "cflow"
+    assert reg.get("nebula", "j3").meta["preset"] == "nebula-dcgan"
+    # a record from before `target` existed registers under its family's name too
+    assert _register({"preset": "balrog"}, "j4", {"model": weights}, root) == "balrog@j4"
+    assert reg.get("balrog", "j4").kind == "cwgan-gp"
+
+
+def test_post_train_names_the_model_and_refuses_the_other_familys(client) -> None:
+    r = client.post(
+        "/train", json={"preset": "balrog-flow", "model": "nebula", "overrides": {"dry_run": True}},
+        headers=AUTH,
+    )  # fmt: skip
+    assert r.status_code == 422 and "is an image generator" in r.json()["detail"]
+    r = client.post("/train", json={"preset": "balrog", "model": "bad/name"}, headers=AUTH)
+    assert r.status_code == 422

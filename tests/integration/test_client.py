@@ -4,7 +4,9 @@ small and large, images, job handles, naming, errors, and the async twin."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +218,30 @@ def test_datasets_through_the_client(service: Service, client: cosmogan.Client) 
     client.delete_dataset("client-upload")
     with pytest.raises(cosmogan.NotFoundError):
         client.dataset("client-upload")
+
+
+def test_a_registry_made_before_model_names_still_lists_and_serves(
+    service: Service, client: cosmogan.Client
+) -> None:
+    # a version as the registry stored trained models before: under the preset's name,
+    # with no kind in its meta
+    vdir = service.home / "registry" / "balrog-flow" / "versions" / "legacy"
+    vdir.mkdir(parents=True)
+    shutil.copy(service.home / "registry" / "balrog" / "versions" / "default" / "model.pt", vdir)
+    meta = {
+        "version": "legacy",
+        "created": 1.0,
+        "job_id": None,
+        "metrics": {},
+        "source": "training",
+    }
+    (vdir / "meta.json").write_text(json.dumps(meta))
+    (vdir.parent.parent / "active.json").write_text(json.dumps({"version": "legacy"}))
+
+    listed = client.models()["balrog-flow"]
+    assert listed["family"] == "emulator" and listed["active"] == "legacy"
+    assert listed["versions"][0]["kind"] == "cflow"
+    out = client.emulate(catalog(5), seed=2, model="balrog-flow")
+    assert out.attrs["model"] == "balrog-flow@legacy" and len(out) == 5
+    with pytest.raises(cosmogan.InvalidRequestError, match="is an emulator"):
+        client.generate(model="balrog-flow", n=1)
