@@ -37,6 +37,7 @@ class TrainRequest(BaseModel):
         json_schema_extra={
             "examples": [
                 {"preset": "balrog", "overrides": {"dry_run": True}},
+                {"preset": "balrog-flow", "model": "my-emulator", "overrides": {"epochs": 5}},
                 {"preset": "nebula", "overrides": {"epochs": 5}, "activate": True},
             ]
         },
