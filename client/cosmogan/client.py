@@ -153,9 +153,10 @@ class Client:
         progress: bool | None = None,
     ) -> pd.DataFrame:
         """Observed magnitudes and detection for a catalog: a DataFrame, an astropy or
-        pyarrow Table, rows, or a CSV/Parquet/FITS path. Returns the rows as sent (index
-        kept) with `mag_{r,i,z}` (`magerr_*` when the model draws them) and `detected`;
-        `attrs` holds `model` and `seed`.
+        pyarrow Table, rows, or a CSV/Parquet/FITS path. Returns the rows as sent (the
+        index kept when `samples` is 1; otherwise each row's realizations follow it, with a
+        `realization` column) with `mag_{r,i,z}` (`magerr_*` when the model draws them) and
+        `detected`; `attrs` holds `model` and `seed`.
 
         Catalogs over the server's per-request limit go through `/emulate/jobs`
         (needs the API key) with a progress bar; `background=True` forces that path.
