@@ -34,20 +34,21 @@ def _verdicts_from_goals(goals: dict[str, Any]) -> dict[str, str]:
 
 
 def results_table(
-    metrics: dict[str, Any] | None, extra: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None, shipped: dict[str, Any] | None = None
 ) -> dict[str, Any] | None:
     """The table of `metrics` in either recorded form: a training job's (`figures`,
-    `floor`, `ratio`, `baseline`, `verdicts`) or a shipped version's flat figures (with
-    `floor_<figure>` beside them, or `floor`/`goals` in `extra`, its sidecar file).
-    None when there is no figure at all."""
-    metrics, extra = metrics or {}, extra or {}
+    `floor`, `ratio`, `baseline`, `verdicts`) or, given `shipped` (the sidecar file of a
+    shipped version, possibly empty), a shipped version's flat figures (with
+    `floor_<figure>` beside them, or `floor`/`goals` in the sidecar). None when there is no
+    figure: a run that was not evaluated records only its progress numbers."""
+    metrics, extra = metrics or {}, shipped or {}
     if isinstance(metrics.get("figures"), dict):
         figures = metrics["figures"]
         floor = metrics.get("floor") or {}
         ratio = metrics.get("ratio") or {}
         baseline = metrics.get("baseline") or {}
         verdicts = metrics.get("verdicts") or {}
-    else:
+    elif shipped is not None:
         figures = {
             k: v
             for k, v in metrics.items()
@@ -58,6 +59,8 @@ def results_table(
         ratio = extra.get("vs_floor") or {}
         baseline = {}
         verdicts = _verdicts_from_goals(extra.get("goals") or {})
+    else:
+        return None
     rows = []
     for name, value in figures.items():
         value = _num(value)

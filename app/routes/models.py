@@ -62,7 +62,7 @@ def _describe(registry: Registry) -> dict[str, Any]:
         extra = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
         for v in m["versions"]:
             shipped = v.get("source") == "shipped"
-            v["results"] = results_table(v.get("metrics"), extra if shipped else None)
+            v["results"] = results_table(v.get("metrics"), shipped=extra if shipped else None)
     return models
 
 

@@ -753,7 +753,9 @@ function bounds(datasets, key) {
   for (const ds of datasets) for (const p of ds.data) { if (p[key] < lo) lo = p[key]; if (p[key] > hi) hi = p[key]; }
   if (!isFinite(lo)) return {};
   const pad = (hi - lo) * 0.03 || 0.5;
-  return { min: lo - pad, max: hi + pad };
+  // rounded outwards to a tenth of the range's decade, so the end ticks read well
+  const unit = Math.pow(10, Math.floor(Math.log10(hi - lo + 2 * pad))) / 10;
+  return { min: Math.floor((lo - pad) / unit) * unit, max: Math.ceil((hi + pad) / unit) * unit };
 }
 
 // Chart.js with `parsing: false` takes each dataset as sorted by x and sizes the x axis

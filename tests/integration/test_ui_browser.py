@@ -468,24 +468,27 @@ def test_no_dead_ends_on_a_wide_screen(page, service: Service) -> None:
 
 
 def test_results_read_as_a_table_and_runs_overlay(page, service: Service) -> None:
+    from tests.test_emulator_gan import make_analytic_catalog
+
+    make_analytic_catalog(service.home / "data" / "ui_results.parquet", 3000, seed=5)
+    tiny = {"epochs": 2, "hidden": 16, "transforms": 2, "detector_epochs": 2}
+    bodies = [  # an evaluated run on a real catalog, and a dry run to overlay
+        {"preset": "balrog-flow", "model": "ui-results", "data": "ui_results.parquet",
+         "overrides": tiny},
+        {"preset": "balrog-flow", "model": "ui-results", "overrides": {"dry_run": True}},
+    ]  # fmt: skip
     with service.client() as c:
         ids = []
-        for _ in range(2):
-            r = c.post(
-                "/train",
-                json={
-                    "preset": "balrog-flow",
-                    "model": "ui-results",
-                    "overrides": {"dry_run": True},
-                },
-                headers=service.auth,
-            )
+        for body in bodies:
+            r = c.post("/train", json=body, headers=service.auth)
             assert r.status_code == 202, r.text
             ids.append(r.json()["job_id"])
-        recs = [wait_for_state(c, i, {"succeeded", "failed"}, timeout=180) for i in ids]
+        recs = [wait_for_state(c, i, {"succeeded", "failed"}, timeout=300) for i in ids]
     assert all(rec["state"] == "succeeded" for rec in recs), recs
     results = recs[0]["results"]
     assert results["lower_is_better"] and results["rows"], recs[0]["metrics"]
+    assert sum(results["counts"].values()) > 0 and results["summary"]
+    assert recs[1]["results"] is None  # a dry run is not evaluated: no table, no guess
 
     open_tab(page, service, "training")
     page.click(f"#t-jobs tr[data-job='{ids[0]}']")
@@ -495,8 +498,11 @@ def test_results_read_as_a_table_and_runs_overlay(page, service: Service) -> Non
         assert column in head
     shown = page.locator("#t-results tbody tr").count()
     assert shown == len(results["rows"])
-    if results["summary"]:
-        assert results["summary"] in page.inner_text("#t-results")
+    assert results["summary"] in page.inner_text("#t-results .verdict")
+    verdicts = page.locator(
+        "#t-results tbody td.better, #t-results tbody td.tie, #t-results tbody td.worse"
+    ).count()
+    assert verdicts == sum(results["counts"].values())
     # validation curves beside the losses, a log scale, and another run overlaid
     page.wait_for_function("() => state.chart && state.chart.data.datasets.length > 0")
     labels = page.evaluate("state.chart.data.datasets.map(d => d.label)")

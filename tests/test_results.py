@@ -1,0 +1,49 @@
+"""One table per evaluation: the forms a job and a shipped version record, and the verdict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from models.results import results_table
+
+WEIGHTS = Path(__file__).parents[1] / "models" / "weights"
+
+
+def test_a_jobs_figures_become_rows_with_ratio_baseline_and_verdict() -> None:
+    metrics = {
+        "figures": {"ks_r": 0.02, "w1_r": 0.03, "c2st_auc": 0.8},
+        "floor": {"ks_r": 0.01, "w1_r": 0.01},
+        "ratio": {"ks_r": 2.0},
+        "baseline": {"ks_r": 0.01, "w1_r": 0.02},
+        "verdicts": {"ks_r": "worse", "w1_r": "worse", "c2st_auc": "better"},
+    }
+    table = results_table(metrics)
+    rows = {r["figure"]: r for r in table["rows"]}
+    assert rows["ks_r"] == {
+        "figure": "ks_r", "model": 0.02, "baseline": 0.01, "floor": 0.01, "ratio": 2.0,
+        "verdict": "worse",
+    }  # fmt: skip
+    assert rows["w1_r"]["ratio"] == 3.0  # computed where the job did not record it
+    assert rows["c2st_auc"]["ratio"] is None  # an AUC has no floor ratio
+    assert table["counts"] == {"better": 1, "tie": 0, "worse": 2}
+    assert table["loses_to_baseline"] and table["summary"].startswith("Worse than the Gaussian")
+
+
+def test_a_run_without_evaluation_has_no_table() -> None:
+    assert results_table({"images": 12, "eta_s": 0, "steps": 18}) is None
+    assert results_table(None) is None
+
+
+def test_shipped_versions_get_the_same_rows_as_trained_ones() -> None:
+    for name in ("balrog", "nebula"):
+        sidecar = json.loads((WEIGHTS / f"{name}.json").read_text())
+        table = results_table(sidecar["metrics"], shipped=sidecar)
+        rows = {r["figure"]: r for r in table["rows"]}
+        assert not any(k.startswith("floor_") for k in rows)
+        figure = "ks_r" if name == "balrog" else "swd_avg"
+        assert rows[figure]["floor"] and rows[figure]["ratio"] > 1
+    balrog = json.loads((WEIGHTS / "balrog.json").read_text())
+    table = results_table(balrog["metrics"], shipped=balrog)
+    assert table["counts"]["better"] == len(balrog["goals"]["better_than_gaussian"])
+    assert not table["loses_to_baseline"]
