@@ -124,10 +124,6 @@ def record_fields(event: ProgressEvent | dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def ignore_progress(event: ProgressEvent) -> None:
-    """The progress callback of a run nobody watches."""
-
-
 def never_stop() -> bool:
     """The stop flag of a run nobody cancels."""
     return False
