@@ -13,12 +13,11 @@ import torch
 from PIL import Image
 
 from app.schemas import JobOut, JobProgress
+from tests.catalogs import make_analytic_catalog
 from training.presets import build_config
 from training.progress import RECORD_FIELDS, ProgressEvent, Schedule, record_fields
 from training.runner import run_training
 from training.scaffold import MetricsLog, restore_rng, rng_state, use_deterministic_kernels
-
-from .test_emulator_gan import make_analytic_catalog
 
 # Two epochs of two steps, then one step of a third epoch cut short by max_steps.
 IMAGE = {"width": 4, "batch_size": 4, "n_critic": 2, "sample_count": 4, "checkpoint_every": 2}
