@@ -193,10 +193,14 @@ def family(preset: str) -> Family:
     return family_of(PRESETS[preset].kind)
 
 
-def build_config(preset: str, overrides: dict[str, Any] | None = None) -> Any:
-    """The preset's config with `overrides` applied and checked."""
+def build_config(preset: str, overrides: dict[str, Any] | None = None, *, base: Any = None) -> Any:
+    """The preset's config (or `base`, a saved run's config of it) with `overrides` applied
+    and checked."""
     family(preset)  # an unknown preset fails here, with the list of known ones
-    base = PRESETS[preset]
+    if base is None:
+        base = PRESETS[preset]
+    elif base.preset != preset:
+        raise PresetError(f"a {base.preset} config cannot be the base of preset {preset!r}")
     overrides = dict(overrides or {})
     known = {f.name: f for f in fields(base)}
     for key, value in overrides.items():
