@@ -1,4 +1,5 @@
-"""The run scaffold's contract for both families: one meaning of `epoch`, an honest metrics log."""
+"""The run scaffold's contract for every loop: one meaning of `epoch`, an honest metrics log,
+one way to cancel, checkpoint, resume and fail."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """What a training run reports: one progress event type, one schedule, one meaning of `epoch`.
 
-Torch-free, so that the API can import the contract it serves. Both training loops build
+Torch-free, so that the API can import the contract it serves. All three training loops build
 their events with `progress_event`, the worker stores `record_fields(event)` in the job
 record, the SSE stream relays those fields and `app.schemas.JobOut` declares them.
 
