@@ -468,7 +468,7 @@ def test_no_dead_ends_on_a_wide_screen(page, service: Service) -> None:
 
 
 def test_results_read_as_a_table_and_runs_overlay(page, service: Service) -> None:
-    from tests.test_emulator_gan import make_analytic_catalog
+    from tests.catalogs import make_analytic_catalog
 
     make_analytic_catalog(service.home / "data" / "ui_results.parquet", 3000, seed=5)
     tiny = {"epochs": 2, "hidden": 16, "transforms": 2, "detector_epochs": 2}
