@@ -418,6 +418,16 @@ def test_a_model_trained_from_the_page_is_picked_and_served(page, service: Servi
     assert f"page-emulator@{job_id}" in page.inner_text("#t-progress-text")
     # an emulator job has no sample grids: no broken image
     assert page.is_hidden("#t-sample")
+    # every curve in the legend is drawn: a series of one or two points (the detection
+    # classifier's loss, logged at one step) shows as dots
+    page.wait_for_function(
+        "() => state.chart && state.chart.data.datasets.length > 0"
+        " && state.chart.data.datasets.every(d => d.data.length === d.raw.length)"
+    )
+    drawn = page.evaluate(
+        "state.chart.data.datasets.map(d => [d.label, d.data.length, d.pointRadius || 0])"
+    )
+    assert all(n >= 3 or (n >= 1 and r > 0) for _, n, r in drawn), drawn
     page.click("#t-activate-btn")
     page.wait_for_function(
         "(t) => document.querySelector('#toast').textContent.includes(t)",
