@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from models.kinds import EMULATOR, IMAGE
-from models.registry import Registry, RegistryError
+from models.registry import Registry, RegistryDamaged, RegistryError
 
 log = logging.getLogger(__name__)
 
 REFRESH_EVERY_S = 0.25  # how often the active pointers are re-read from the registry
-RETRY_FAILED_S = 60.0  # a version that failed to load is tried again after this long
+RETRY_FAILED_S = 60.0  # a version that failed to load, files unchanged, is tried again then
 ENCODER_THREADS = max(1, min(8, (os.cpu_count() or 2) // 2))  # PNG encoding beside the forward
 
 
@@ -42,6 +42,24 @@ class RequestError(Exception):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
         self.status, self.detail = status, detail
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A version that could not be loaded: the reason callers may see, when, and the state
+    of its files then (a change means someone repaired or replaced them: try again)."""
+
+    reason: str
+    when: float
+    files: tuple[Any, ...]
+
+
+def public_reason(exc: BaseException) -> str:
+    """What a caller may read about a load failure: registry messages name no server path,
+    anything else (torch, the file system) may, so it gets a fixed text; the log has all."""
+    if isinstance(exc, RegistryError):
+        return str(exc)
+    return "its weights file cannot be read (damaged or incomplete)"
 
 
 @dataclass(frozen=True)
@@ -64,7 +82,8 @@ class Engine:
         self.cache_size = cache_size
         self._active: dict[str, Loaded] = {}  # replaced wholesale, never mutated
         self._cache: OrderedDict[tuple[str, str], Loaded] = OrderedDict()
-        self._failed: dict[tuple[str, str], tuple[str, float]] = {}  # (message, when)
+        self._failed: dict[tuple[str, str], Failure] = {}
+        self._pointers: dict[str, str] = {}  # name → why its active.json cannot be read
         self._load_lock = threading.Lock()
         self._last_refresh = 0.0
         self._encoders = ThreadPoolExecutor(ENCODER_THREADS, thread_name_prefix="png")
@@ -80,24 +99,57 @@ class Engine:
         log.info("loaded %s@%s (%s) in %.2fs", name, version, fam, time.perf_counter() - t0)
         return Loaded(name, version, float(mv.meta.get("created") or 0.0), fam, model)
 
+    def _files(self, name: str, version: str) -> tuple[Any, ...]:
+        """(mtime, size, inode) of a version's files: cheap to compare at every refresh."""
+        vdir = self.registry.root / name / "versions" / version
+        out = []
+        for f in ("model.pt", "meta.json"):
+            try:
+                st = (vdir / f).stat()
+                out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    def _active_versions(self) -> dict[str, str]:
+        """name → active version; a damaged pointer is remembered (and logged once) and
+        leaves whatever this process loaded serving."""
+        wanted = {}
+        for name in self.registry.names():
+            try:
+                version = self.registry.active_version(name)
+            except RegistryDamaged as exc:
+                if name not in self._pointers:
+                    log.error("%s; still serving %s", exc, self._active.get(name) or "nothing")
+                self._pointers[name] = str(exc)
+                continue
+            self._pointers.pop(name, None)
+            if version is not None:
+                wanted[name] = version
+        return wanted
+
     def refresh(self, force: bool = False) -> dict[str, str]:
         """Load and swap in every model whose active version changed; returns name → version."""
         now = time.monotonic()
         if force or now - self._last_refresh >= REFRESH_EVERY_S:
             self._last_refresh = now
-            for name in self.registry.names():
-                version = self.registry.active_version(name)
+            for name, version in self._active_versions().items():
                 current = self._active.get(name)
-                if version is None or (current is not None and current.version == version):
+                if current is not None and current.version == version:
                     continue
+                files = self._files(name, version)
                 failed = self._failed.get((name, version))
-                if failed is not None and now - failed[1] < RETRY_FAILED_S:
+                if (
+                    failed is not None
+                    and failed.files == files
+                    and now - failed.when < RETRY_FAILED_S
+                ):
                     continue  # logged already; the previous version keeps serving
                 try:
                     with self._load_lock:
                         loaded = self._cached(name, version) or self._load(name, version)
                 except Exception as exc:
-                    self._failed[(name, version)] = (f"{type(exc).__name__}: {exc}", now)
+                    self._failed[(name, version)] = Failure(public_reason(exc), now, files)
                     kept = current.version if current else None
                     log.exception(
                         "could not load %s@%s; still serving %s", name, version, kept or "nothing"
@@ -110,18 +162,29 @@ class Engine:
         return {name: m.version for name, m in self._active.items()}
 
     def status(self) -> dict[str, Any]:
-        """What is loaded and whether every active version is (for readiness)."""
+        """What is loaded and whether every active version is (for readiness).
+
+        `ready`: every active version has been tried (loaded, or failed and logged), so a
+        broken upload never keeps the rest from serving. `unavailable`: each model that does
+        not serve its active version, and why (`serving` says which version answers instead,
+        if any); the API reports these as a degraded state.
+        """
         loaded = self.refresh(force=True)
-        wanted = {n: self.registry.active_version(n) for n in self.registry.names()}
-        wanted = {n: v for n, v in wanted.items() if v is not None}
-        # Ready once every active version has been tried: loaded, or failed (logged) with the
-        # previous version, if any, still serving. A broken upload must not take down the rest.
+        wanted = self._active_versions()
         settled = all(loaded.get(n) == v or (n, v) in self._failed for n, v in wanted.items())
+        unavailable: dict[str, dict[str, Any]] = {}
+        for name, why in self._pointers.items():
+            unavailable[name] = {"reason": why, "serving": loaded.get(name)}
+        for (name, version), failure in self._failed.items():
+            if wanted.get(name) == version and loaded.get(name) != version:
+                reason = f"version {version}: {failure.reason}"
+                unavailable[name] = {"reason": reason, "serving": loaded.get(name)}
         return {
             "loaded": loaded,
             "active": wanted,
             "ready": settled,
-            "failed": {f"{n}@{v}": msg for (n, v), (msg, _) in self._failed.items()},
+            "unavailable": unavailable,
+            "failed": {f"{n}@{v}": f.reason for (n, v), f in self._failed.items()},
             "device": str(self.device),
         }
 
@@ -138,10 +201,12 @@ class Engine:
                 self.refresh(force=stale)
                 loaded = self._active.get(name)
                 if loaded is None:
+                    if name in self._pointers:
+                        raise RequestError(503, self._pointers[name])
                     self.registry.get(name)  # raises "unknown model"/"no active version"
                     failed = self._failed.get((name, self.registry.active_version(name) or ""))
-                    why = failed[0] if failed else "still loading"
-                    raise RequestError(503, f"model {name!r} is not loaded: {why}")
+                    why = failed.reason if failed else "it is still loading; retry shortly"
+                    raise RequestError(503, f"model {name!r} is unavailable: {why}")
                 return loaded
             current = self._active.get(name)
             if current is not None and current.version == version:
@@ -150,13 +215,17 @@ class Engine:
                 loaded = self._cached(name, version) or self._load(name, version)
             self._remember(loaded)
             return loaded
+        except RegistryDamaged as exc:
+            raise RequestError(503, str(exc)) from exc
         except RegistryError as exc:
             raise RequestError(404, str(exc)) from exc
         except RequestError:
             raise
         except Exception as exc:
             log.exception("could not load %s@%s", name, version)
-            raise RequestError(503, f"model {name}@{version} could not be loaded: {exc}") from exc
+            raise RequestError(
+                503, f"model {name}@{version} could not be loaded: {public_reason(exc)}"
+            ) from exc
 
     def _cached(self, name: str, version: str) -> Loaded | None:
         loaded = self._cache.get((name, version))

@@ -259,9 +259,22 @@ def _event_cursor(
     """Where to resume: the query's id, else the `Last-Event-ID` header; checked before the
     stream starts, so a bad one is a 422."""
     header_id = request.headers.get("last-event-id")
-    if last_event_id is None and header_id is not None and not re.match(STREAM_ID, header_id):
-        raise ApiError(422, f"Last-Event-ID {header_id[:64]!r} is not an event id")
+    if last_event_id is not None and not _in_bounds(last_event_id):
+        raise ApiError(422, f"last_event_id {last_event_id!r}: {OUT_OF_BOUNDS}")
+    if last_event_id is None and header_id is not None:
+        if not re.match(STREAM_ID, header_id):
+            raise ApiError(422, f"Last-Event-ID {header_id[:64]!r} is not an event id")
+        if not _in_bounds(header_id):
+            raise ApiError(422, f"Last-Event-ID {header_id!r}: {OUT_OF_BOUNDS}")
     return last_event_id or header_id
+
+
+MAX_STREAM_PART = 2**64 - 1  # Redis stream ids are two unsigned 64-bit numbers
+OUT_OF_BOUNDS = f"each part of an event id is at most {MAX_STREAM_PART}"
+
+
+def _in_bounds(event_id: str) -> bool:
+    return all(int(part) <= MAX_STREAM_PART for part in event_id.split("-"))
 
 
 @router.get(
