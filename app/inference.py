@@ -2,11 +2,14 @@
 
 Admission keeps the inference queue bounded across every API process: each request adds its
 cost (images, or thousands of emulated rows) to a Redis sorted set scored by its deadline,
-and a request that would take the queued total over `COSMOGAN_MAX_QUEUED_WORK` gets a 503
-with `Retry-After` at once instead of a timeout minutes later. Entries leave the set when
-their answer arrives, when the client goes away, or at their deadline if the API process
-died. The deadline travels with the task: the worker drops work nobody waits for any more,
-and work whose client disconnected (the API marks it dropped).
+and a request is refused at once with 503 and `Retry-After` when the queued total would
+exceed `COSMOGAN_MAX_QUEUED_WORK`, or when the queue could not serve it before its deadline
+at the measured pace (work units a second, an average over answered requests that waited
+behind others; `COSMOGAN_INFERENCE_WORK_PER_S` until measured): a refusal now instead of a
+504 a minute later. Entries leave the set when their answer arrives, when the client goes
+away, or at their deadline if the API process died. The deadline travels with the task:
+the worker drops work nobody waits for any more, and work whose client disconnected (the
+API marks it dropped).
 """
 
 from __future__ import annotations
@@ -42,23 +45,42 @@ from worker.policy import INFERENCE_QUEUE
 log = logging.getLogger(__name__)
 
 QUEUED_KEY = "cosmogan:inference:queued"
+PACE_KEY = "cosmogan:inference:pace"  # measured work units served a second (a moving average)
 RETRY_AFTER_S = 2
+MAX_RETRY_AFTER_S = 60
+# Queued work may take this share of a request's deadline: the rest is for the request's
+# own compute, the transfer of its answer, and the estimate's error.
+DEADLINE_SHARE = 0.8
+PACE_WEIGHT = 0.2  # weight of the newest measurement in the moving average
 OTHER_ROUTE = {"image": "GET /generate", "emulator": "POST /emulate"}
 
 # Atomically: forget entries past their deadline, sum the queued cost, admit or refuse.
-# A request is always admitted into an empty queue, however large it is.
+# KEYS: queued set, pace. ARGV: now, deadline, member, cost, max queued work, default pace,
+# seconds the queued work may take. Returns {0, queued} when admitted, {1, queued} when the
+# queue is full, {2, queued, pace} when it could not serve the request in time. A request is
+# always admitted into an empty queue, however large it is.
 _ADMIT = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local total = 0
 for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   total = total + tonumber(string.match(m, '|(%d+)$'))
 end
-if total > 0 and total + tonumber(ARGV[4]) > tonumber(ARGV[5]) then
-  return total
+local cost = tonumber(ARGV[4])
+local pace = tonumber(redis.call('GET', KEYS[2]) or ARGV[6])
+if total > 0 and total + cost > tonumber(ARGV[5]) then
+  return {1, total}
+end
+if total > 0 and (total + cost) > pace * tonumber(ARGV[7]) then
+  return {2, total, tostring(pace)}
 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) - tonumber(ARGV[1])) + 60)
-return -1
+return {0, total}
+"""
+# KEYS: pace. ARGV: measured pace, weight of the new measurement.
+_MEASURE = """
+local old = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
+redis.call('SET', KEYS[1], tostring(old + (tonumber(ARGV[1]) - old) * tonumber(ARGV[2])))
 """
 
 
@@ -106,17 +128,22 @@ async def infer(
     timeout_s = settings.inference_timeout_s
     deadline = time.time() + timeout_s
     member = f"{task_id}|{int(cost)}"
-    queued = await aredis.eval(
-        _ADMIT, 1, QUEUED_KEY, time.time(), deadline, member, int(cost), settings.max_queued_work
+    admitted_at = time.time()
+    verdict, ahead, *pace = await aredis.eval(
+        _ADMIT,
+        2,
+        QUEUED_KEY,
+        PACE_KEY,
+        admitted_at,
+        deadline,
+        member,
+        int(cost),
+        settings.max_queued_work,
+        settings.inference_work_per_s,
+        timeout_s * DEADLINE_SHARE,
     )
-    if int(queued) >= 0:
-        REJECTED.labels(metric).inc()
-        raise ApiError(
-            503,
-            f"the inference queue is full ({int(queued)} units of work queued, limit "
-            f"{settings.max_queued_work}); retry shortly",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        )
+    if int(verdict):
+        raise _refusal(metric, int(verdict), int(ahead), int(cost), pace, settings)
     sent = {**kwargs, DEADLINE: deadline}
     if blobs:
         async with aredis.pipeline(transaction=False) as pipe:
@@ -147,6 +174,10 @@ async def infer(
         with contextlib.suppress(Exception):
             await aredis.zrem(QUEUED_KEY, member)
     observe_inference(metric, result, sent_at)
+    if result.get("ok") and ahead:  # it waited behind others: a measure of the queue's pace
+        with contextlib.suppress(Exception):
+            pace_now = (int(ahead) + cost) / max(time.time() - admitted_at, 1e-3)
+            await aredis.eval(_MEASURE, 1, PACE_KEY, pace_now, PACE_WEIGHT)
     if not result.get("ok"):
         raise ApiError(int(result.get("status", 500)), str(result.get("detail")))
     if keys := result.pop(BLOBS, None):
@@ -159,6 +190,32 @@ async def infer(
             raise ApiError(500, "the worker's answer expired before it was read")
         result.update(zip(keys, values, strict=True))
     return Call(result, sent_at)
+
+
+def _refusal(
+    metric: str, verdict: int, queued: int, cost: int, pace: list[Any], settings: Settings
+) -> ApiError:
+    """The 503 for a request the queue cannot take, with when to retry."""
+    REJECTED.labels(metric).inc()
+    if verdict == 1:
+        why = (
+            f"the inference queue is full ({queued} units of work queued, limit "
+            f"{settings.max_queued_work}); retry shortly"
+        )
+        retry = RETRY_AFTER_S
+    else:
+        rate = float(pace[0])
+        wait = (queued + cost) / rate
+        why = (
+            f"the inference queue cannot serve this request in time: {queued} units of work "
+            f"are queued ahead of its {cost}, about {wait:.0f}s at the measured "
+            f"{rate:.1f} units/s, and requests time out after {settings.inference_timeout_s:g}s"
+        )
+        # when enough of the queue will have drained for this request to fit
+        budget = rate * settings.inference_timeout_s * DEADLINE_SHARE
+        retry = math.ceil((queued + cost - budget) / rate)
+    retry = min(MAX_RETRY_AFTER_S, max(1, retry))
+    return ApiError(503, why, headers={"Retry-After": str(retry)})
 
 
 async def _disconnected(request: Request) -> None:

@@ -27,12 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from models.kinds import EMULATOR, IMAGE
+from models.memory import release_freed_memory
 from models.registry import Registry, RegistryDamaged, RegistryError
 
 log = logging.getLogger(__name__)
 
 REFRESH_EVERY_S = 0.25  # how often the active pointers are re-read from the registry
 RETRY_FAILED_S = 60.0  # a version that failed to load, files unchanged, is tried again then
+TRIM_ROWS = 20_000  # emulated rows (realizations included) after which a batch trims the heap
+TRIM_EVERY_S = 1.0
 ENCODER_THREADS = max(1, min(8, (os.cpu_count() or 2) // 2))  # PNG encoding beside the forward
 
 
@@ -350,6 +353,10 @@ class Engine:
                 log.exception("emulate failed for %s@%s", *key)
                 for i in idx:
                     out[i] = RequestError(500, f"emulation failed: {type(exc).__name__}")
+        rows = sum(len(r["x"]) // (9 * 8) * int(r.get("samples") or 1)  # (rows, 9) float64
+                   for r in requests if isinstance(r.get("x"), bytes))  # fmt: skip
+        if rows > TRIM_ROWS:  # the batch's buffers are freed: give their pages back
+            release_freed_memory(TRIM_EVERY_S)
         return out  # type: ignore[return-value]
 
 
