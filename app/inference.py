@@ -36,8 +36,10 @@ from worker.payload import (
     BLOB_SUFFIX,
     BLOB_TTL_S,
     BLOBS,
+    COST,
     DEADLINE,
     DROPPED_PREFIX,
+    PACE_PREFIX,
     blob_key,
 )
 from worker.policy import INFERENCE_QUEUE
@@ -45,42 +47,40 @@ from worker.policy import INFERENCE_QUEUE
 log = logging.getLogger(__name__)
 
 QUEUED_KEY = "cosmogan:inference:queued"
-PACE_KEY = "cosmogan:inference:pace"  # measured work units served a second (a moving average)
 RETRY_AFTER_S = 2
 MAX_RETRY_AFTER_S = 60
-# Queued work may take this share of a request's deadline: the rest is for the request's
-# own compute, the transfer of its answer, and the estimate's error.
+# Queued work may take this share of a request's deadline: the rest is for the transfer of
+# its answer and the estimate's error.
 DEADLINE_SHARE = 0.8
-PACE_WEIGHT = 0.2  # weight of the newest measurement in the moving average
 OTHER_ROUTE = {"image": "GET /generate", "emulator": "POST /emulate"}
 
-# Atomically: forget entries past their deadline, sum the queued cost, admit or refuse.
-# KEYS: queued set, pace. ARGV: now, deadline, member, cost, max queued work, default pace,
-# seconds the queued work may take. Returns {0, queued} when admitted, {1, queued} when the
-# queue is full, {2, queued, pace} when it could not serve the request in time. A request is
-# always admitted into an empty queue, however large it is.
+# Atomically: forget entries past their deadline, sum the queued work (units, and seconds at
+# each task's measured pace), then admit or refuse. Members are `task id|units|ms`.
+# KEYS: the queued set, this task's pace. ARGV: now, deadline, task id, units, max queued
+# units, pace until measured, seconds the queue may take. Returns {0, units ahead, member}
+# when admitted, {1, units} when the queue is full, {2, units, seconds queued, seconds of
+# this request} when it could not be served in time. A request is always admitted into an
+# empty queue, however large it is.
 _ADMIT = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-local total = 0
+local units, secs = 0, 0
 for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  total = total + tonumber(string.match(m, '|(%d+)$'))
+  local c, ms = string.match(m, '|(%d+)|(%d+)$')
+  units = units + tonumber(c)
+  secs = secs + tonumber(ms) / 1000
 end
 local cost = tonumber(ARGV[4])
-local pace = tonumber(redis.call('GET', KEYS[2]) or ARGV[6])
-if total > 0 and total + cost > tonumber(ARGV[5]) then
-  return {1, total}
+local need = cost / tonumber(redis.call('GET', KEYS[2]) or ARGV[6])
+if units > 0 and units + cost > tonumber(ARGV[5]) then
+  return {1, units}
 end
-if total > 0 and (total + cost) > pace * tonumber(ARGV[7]) then
-  return {2, total, tostring(pace)}
+if units > 0 and secs + need > tonumber(ARGV[7]) then
+  return {2, units, tostring(secs), tostring(need)}
 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+local member = ARGV[3] .. '|' .. cost .. '|' .. math.ceil(need * 1000)
+redis.call('ZADD', KEYS[1], ARGV[2], member)
 redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) - tonumber(ARGV[1])) + 60)
-return {0, total}
-"""
-# KEYS: pace. ARGV: measured pace, weight of the new measurement.
-_MEASURE = """
-local old = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
-redis.call('SET', KEYS[1], tostring(old + (tonumber(ARGV[1]) - old) * tonumber(ARGV[2])))
+return {0, units, member}
 """
 
 
@@ -127,24 +127,23 @@ async def infer(
     task_id = uuid.uuid4().hex
     timeout_s = settings.inference_timeout_s
     deadline = time.time() + timeout_s
-    member = f"{task_id}|{int(cost)}"
-    admitted_at = time.time()
-    verdict, ahead, *pace = await aredis.eval(
+    verdict, ahead, *more = await aredis.eval(
         _ADMIT,
         2,
         QUEUED_KEY,
-        PACE_KEY,
-        admitted_at,
+        PACE_PREFIX + task,
+        time.time(),
         deadline,
-        member,
+        task_id,
         int(cost),
         settings.max_queued_work,
         settings.inference_work_per_s,
         timeout_s * DEADLINE_SHARE,
     )
     if int(verdict):
-        raise _refusal(metric, int(verdict), int(ahead), int(cost), pace, settings)
-    sent = {**kwargs, DEADLINE: deadline}
+        raise _refusal(metric, int(verdict), int(ahead), more, settings)
+    member = more[0]
+    sent = {**kwargs, DEADLINE: deadline, COST: int(cost)}
     if blobs:
         async with aredis.pipeline(transaction=False) as pipe:
             for name, value in blobs.items():
@@ -174,10 +173,6 @@ async def infer(
         with contextlib.suppress(Exception):
             await aredis.zrem(QUEUED_KEY, member)
     observe_inference(metric, result, sent_at)
-    if result.get("ok") and ahead:  # it waited behind others: a measure of the queue's pace
-        with contextlib.suppress(Exception):
-            pace_now = (int(ahead) + cost) / max(time.time() - admitted_at, 1e-3)
-            await aredis.eval(_MEASURE, 1, PACE_KEY, pace_now, PACE_WEIGHT)
     if not result.get("ok"):
         raise ApiError(int(result.get("status", 500)), str(result.get("detail")))
     if keys := result.pop(BLOBS, None):
@@ -193,7 +188,7 @@ async def infer(
 
 
 def _refusal(
-    metric: str, verdict: int, queued: int, cost: int, pace: list[Any], settings: Settings
+    metric: str, verdict: int, queued: int, more: list[Any], settings: Settings
 ) -> ApiError:
     """The 503 for a request the queue cannot take, with when to retry."""
     REJECTED.labels(metric).inc()
@@ -202,19 +197,16 @@ def _refusal(
             f"the inference queue is full ({queued} units of work queued, limit "
             f"{settings.max_queued_work}); retry shortly"
         )
-        retry = RETRY_AFTER_S
-    else:
-        rate = float(pace[0])
-        wait = (queued + cost) / rate
-        why = (
-            f"the inference queue cannot serve this request in time: {queued} units of work "
-            f"are queued ahead of its {cost}, about {wait:.0f}s at the measured "
-            f"{rate:.1f} units/s, and requests time out after {settings.inference_timeout_s:g}s"
-        )
-        # when enough of the queue will have drained for this request to fit
-        budget = rate * settings.inference_timeout_s * DEADLINE_SHARE
-        retry = math.ceil((queued + cost - budget) / rate)
-    retry = min(MAX_RETRY_AFTER_S, max(1, retry))
+        return ApiError(503, why, headers={"Retry-After": str(RETRY_AFTER_S)})
+    ahead_s, own_s = float(more[0]), float(more[1])
+    why = (
+        f"the inference queue cannot serve this request in time: about {ahead_s:.0f}s of "
+        f"work is queued ahead of its {own_s:.1f}s, and requests time out after "
+        f"{settings.inference_timeout_s:g}s; retry later or send less"
+    )
+    # when enough of the queue will have drained for this request to fit
+    wait = ahead_s + own_s - settings.inference_timeout_s * DEADLINE_SHARE
+    retry = min(MAX_RETRY_AFTER_S, max(1, math.ceil(wait)))
     return ApiError(503, why, headers={"Retry-After": str(retry)})
 
 

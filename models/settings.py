@@ -100,11 +100,12 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(default=64, ge=1, description="Max requests per coalesced batch.")
     inference_timeout_s: float = Field(default=60.0, gt=0)
     inference_work_per_s: float = Field(
-        default=20.0,
+        default=5.0,
         gt=0,
         description="Inference work units (images, or thousands of emulated rows) served a "
-        "second, until the API has measured it: requests the queue cannot serve within "
-        "inference_timeout_s at this pace are refused at once with 503 and Retry-After.",
+        "second, assumed for a task until its worker has measured it: requests the queue "
+        "cannot serve within 80% of inference_timeout_s are refused at once with 503 and "
+        "Retry-After.",
     )
     redis_max_connections: int = Field(
         default=512,

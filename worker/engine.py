@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 REFRESH_EVERY_S = 0.25  # how often the active pointers are re-read from the registry
 RETRY_FAILED_S = 60.0  # a version that failed to load, files unchanged, is tried again then
+PASS_ROWS = 8192  # rows per emulator pass: ~0.6 GB of flow buffers at 8k rows, ~1.1 GB at 65k
 TRIM_ROWS = 20_000  # emulated rows (realizations included) after which a batch trims the heap
 TRIM_EVERY_S = 1.0
 ENCODER_THREADS = max(1, min(8, (os.cpu_count() or 2) // 2))  # PNG encoding beside the forward
@@ -377,9 +378,32 @@ def emulate_coalesced(emulator: Any, xs: list[Any], samples: list[int], seeds: l
         noises.append(noise)
         uniforms.append(u)
         sizes.append(len(x) * s)
-    rows = emulator.sample_outputs(np.concatenate(reps), torch.cat(noises), torch.cat(uniforms))
+    x, noise, u = np.concatenate(reps), torch.cat(noises), torch.cat(uniforms)
+    # in slices: the flow's intermediate buffers grow with the rows of one pass
+    parts = [
+        emulator.sample_outputs(
+            x[a : a + PASS_ROWS], noise[a : a + PASS_ROWS], u[a : a + PASS_ROWS]
+        )
+        for a in range(0, len(x), PASS_ROWS)
+    ]
+    rows = _concat(parts)
     bounds = np.cumsum([0, *sizes])
     return [rows.slice(a, b) for a, b in itertools.pairwise(bounds)]
+
+
+def _concat(parts: list[Any]) -> Any:
+    """One `EmulatedRows` of consecutive parts."""
+    import numpy as np
+
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return type(first)(
+        mags=np.concatenate([p.mags for p in parts]),
+        magerr=None if first.magerr is None else np.concatenate([p.magerr for p in parts]),
+        detected=np.concatenate([p.detected for p in parts]),
+        out_of_domain=np.concatenate([p.out_of_domain for p in parts]),
+    )
 
 
 _engine: Engine | None = None

@@ -10,6 +10,7 @@ result key (`mark_as_done`), dropping those whose client no longer waits.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from concurrent.futures import Future
@@ -21,13 +22,23 @@ from celery_batches.trace import apply_batches_task
 
 from models.settings import get_settings
 from worker.celery_app import app
-from worker.payload import DEADLINE, DROPPED_PREFIX, fetch_inputs, store_outputs
+from worker.payload import (
+    COST,
+    DEADLINE,
+    DROPPED_PREFIX,
+    fetch_inputs,
+    record_pace,
+    store_outputs,
+)
 from worker.policy import EMULATE_FILE_TASK, EMULATE_TASK, GENERATE_TASK, PING_TASK, TRAIN_TASK
 
 log = logging.getLogger(__name__)
 _settings = get_settings()
 
 STUCK_S = max(60.0, 2 * _settings.inference_timeout_s)  # a batch that never returned
+# Work units per batch (beyond its first request): a batch of long requests would run for
+# minutes, and requests whose deadline passes meanwhile are dropped only between batches.
+MAX_BATCH_WORK = 32
 
 
 class ContinuousBatches(Batches):
@@ -63,12 +74,13 @@ class ContinuousBatches(Batches):
             if time.monotonic() - self._busy_since < STUCK_S:
                 return
             log.error("an inference batch has not returned for %.0f s; flushing anyway", STUCK_S)
-        batch = []
-        while len(batch) < self.max_batch:
+        batch, work = [], 0
+        while len(batch) < self.max_batch and work < MAX_BATCH_WORK:
             try:
                 batch.append(self._buffer.get_nowait())
             except Empty:
                 break
+            work += int(batch[-1]._payload[1].get(COST) or 1)
         if not batch:
             if self._tref is not None:  # idle: the next request restarts the timer
                 self._tref.cancel()
@@ -158,6 +170,9 @@ def _answer_batch(kind: str, requests: list[SimpleRequest]) -> int:
         log.exception("%s batch failed", kind)
         results = [RequestError(500, f"{kind} failed: {type(exc).__name__}")] * len(requests)
     compute_s = time.time() - started
+    units = sum(int(r.kwargs.get(COST) or 0) for r in requests)
+    with contextlib.suppress(Exception):  # a measurement, never a reason to fail
+        record_pace(app.backend.client, requests[0].name, units, compute_s)
     for pos, (req, res) in enumerate(zip(requests, results, strict=True)):
         meta = dict(
             batch_size=len(requests), batch_index=pos, started_at=started, compute_s=compute_s
