@@ -35,8 +35,7 @@ log = logging.getLogger(__name__)
 REFRESH_EVERY_S = 0.25  # how often the active pointers are re-read from the registry
 RETRY_FAILED_S = 60.0  # a version that failed to load, files unchanged, is tried again then
 PASS_ROWS = 8192  # rows per emulator pass: ~0.6 GB of flow buffers at 8k rows, ~1.1 GB at 65k
-TRIM_ROWS = 20_000  # emulated rows (realizations included) after which a batch trims the heap
-TRIM_EVERY_S = 1.0
+TRIM_ROWS = 8192  # emulated rows (realizations included) after which a batch trims the heap
 ENCODER_THREADS = max(1, min(8, (os.cpu_count() or 2) // 2))  # PNG encoding beside the forward
 
 
@@ -91,6 +90,9 @@ class Engine:
         self._load_lock = threading.Lock()
         self._last_refresh = 0.0
         self._encoders = ThreadPoolExecutor(ENCODER_THREADS, thread_name_prefix="png")
+        # work units a second of each family, timed when a model loads: what admission
+        # assumes until batches have measured it (`worker.payload.record_pace`)
+        self.paces: dict[str, float] = {}
 
     # -- versions --------------------------------------------------------------------------
     def _load(self, name: str, version: str) -> Loaded:
@@ -101,6 +103,7 @@ class Engine:
         model = load_sampler(mv.path, self.device)
         fam = sampler_family(model)
         log.info("loaded %s@%s (%s) in %.2fs", name, version, fam, time.perf_counter() - t0)
+        self.paces[fam] = _warm_up(model, fam)
         return Loaded(name, version, float(mv.meta.get("created") or 0.0), fam, model)
 
     def _files(self, name: str, version: str) -> tuple[Any, ...]:
@@ -185,6 +188,7 @@ class Engine:
                 unavailable[name] = {"reason": reason, "serving": loaded.get(name)}
         return {
             "loaded": loaded,
+            "paces": dict(self.paces),
             "active": wanted,
             "ready": settled,
             "unavailable": unavailable,
@@ -357,8 +361,27 @@ class Engine:
         rows = sum(len(r["x"]) // (9 * 8) * int(r.get("samples") or 1)  # (rows, 9) float64
                    for r in requests if isinstance(r.get("x"), bytes))  # fmt: skip
         if rows > TRIM_ROWS:  # the batch's buffers are freed: give their pages back
-            release_freed_memory(TRIM_EVERY_S)
+            release_freed_memory()
         return out  # type: ignore[return-value]
+
+
+WARM_UP_ROWS, WARM_UP_IMAGES = 2048, 8
+
+
+def _warm_up(model: Any, family: str) -> float:
+    """Work units a second of one small pass through a freshly loaded model (thousands of
+    emulated rows, or images); it also warms the kernels' caches before the first request."""
+    import numpy as np
+
+    t0 = time.perf_counter()
+    if family == EMULATOR:
+        row = [[21.0, 21.0, 21.0, 5.0, 5.0, 5.0, 1.0, 1.0, 1.0]]  # mid-range inputs
+        emulate_coalesced(model, [np.repeat(np.array(row), WARM_UP_ROWS, axis=0)], [1], [0])
+        units = WARM_UP_ROWS / 1000
+    else:
+        model.images(model.latents(0, WARM_UP_IMAGES))
+        units = WARM_UP_IMAGES
+    return units / max(time.perf_counter() - t0, 1e-3)
 
 
 def emulate_coalesced(emulator: Any, xs: list[Any], samples: list[int], seeds: list[int]) -> list:

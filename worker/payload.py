@@ -83,3 +83,9 @@ def record_pace(client: Any, task: str, units: float, seconds: float) -> None:
     the API's admission uses to refuse at once what could not be served in time."""
     if units > 0 and seconds > 0:
         client.eval(_PACE, 1, PACE_PREFIX + task, units / seconds, PACE_WEIGHT)
+
+
+def seed_pace(client: Any, task: str, pace: float) -> None:
+    """The task's pace, timed on a warm-up pass, where no batch has measured one yet."""
+    if pace > 0:
+        client.set(PACE_PREFIX + task, pace, nx=True)

@@ -28,6 +28,7 @@ from worker.payload import (
     DROPPED_PREFIX,
     fetch_inputs,
     record_pace,
+    seed_pace,
     store_outputs,
 )
 from worker.policy import EMULATE_FILE_TASK, EMULATE_TASK, GENERATE_TASK, PING_TASK, TRAIN_TASK
@@ -207,9 +208,16 @@ def emulate_file(job_id: str) -> None:
 @app.task(name=PING_TASK)
 def ping() -> dict[str, Any]:
     """Readiness: loads the active versions if needed and says what is loaded."""
+    from models.kinds import EMULATOR
     from worker.engine import get_engine
 
-    return get_engine().status()
+    status = get_engine().status()
+    for family, pace in status["paces"].items():
+        with contextlib.suppress(Exception):  # a first estimate, never a reason to fail
+            seed_pace(
+                app.backend.client, EMULATE_TASK if family == EMULATOR else GENERATE_TASK, pace
+            )
+    return status
 
 
 @app.task(

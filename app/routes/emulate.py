@@ -26,7 +26,7 @@ from app.schemas import (
 )
 from models import columns
 from models.kinds import EMULATOR
-from models.memory import release_freed_memory
+from models.memory import release_soon
 from models.settings import Settings
 from worker.payload import from_bytes, to_bytes
 from worker.policy import EMULATE_TASK
@@ -35,8 +35,7 @@ router = APIRouter(tags=["inference"])
 router.include_router(emulate_jobs.router)  # catalogs too large for one request
 
 _TABLE = {"schema": {"type": "string", "format": "binary"}}
-TRIM_CELLS = 200_000  # responses this large leave megabytes of freed objects behind
-TRIM_EVERY_S = 1.0
+TRIM_CELLS = 20_000  # responses this large leave megabytes of freed objects behind
 
 
 async def read_body(request: Request, limit: int = tables.MAX_BODY_BYTES) -> bytes:
@@ -173,7 +172,7 @@ async def emulate(
     }
     # after the answer is sent: hand the memory its parse and encoding freed back to the OS
     cells = cat.rows * n * len(cat.columns)
-    trim = BackgroundTask(release_freed_memory, TRIM_EVERY_S) if cells > TRIM_CELLS else None
+    trim = BackgroundTask(release_soon) if cells > TRIM_CELLS else None
     return Response(content, media_type=media, headers=headers, background=trim)
 
 
