@@ -42,7 +42,7 @@ from worker.payload import (
     PACE_PREFIX,
     blob_key,
 )
-from worker.policy import INFERENCE_QUEUE
+from worker.policy import EMULATE_TASK, GENERATE_TASK, INFERENCE_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -50,34 +50,38 @@ QUEUED_KEY = "cosmogan:inference:queued"
 RETRY_AFTER_S = 2
 MAX_RETRY_AFTER_S = 60
 # Queued work may take this share of a request's deadline: the rest is for the transfer of
-# its answer and the estimate's error.
-DEADLINE_SHARE = 0.8
+# its answer and the estimate's error (the pace of a loaded machine varies by a quarter).
+DEADLINE_SHARE = 0.7
 OTHER_ROUTE = {"image": "GET /generate", "emulator": "POST /emulate"}
+PACED_TASKS = (GENERATE_TASK, EMULATE_TASK)  # the index+1 of a task names it in the queue
 
 # Atomically: forget entries past their deadline, sum the queued work (units, and seconds at
-# each task's measured pace), then admit or refuse. Members are `task id|units|ms`.
-# KEYS: the queued set, this task's pace. ARGV: now, deadline, task id, units, max queued
-# units, pace until measured, seconds the queue may take. Returns {0, units ahead, member}
-# when admitted, {1, units} when the queue is full, {2, units, seconds queued, seconds of
-# this request} when it could not be served in time. A request is always admitted into an
-# empty queue, however large it is.
+# each task's latest measured pace), then admit or refuse. Members are `task id|task|units`,
+# task the 1-based index in PACED_TASKS.
+# KEYS: the queued set, then the pace of each of PACED_TASKS. ARGV: now, deadline, task id,
+# task, units, max queued units, pace until measured, seconds the queue may take. Returns
+# {0, units ahead, member} when admitted, {1, units} when the queue is full, {2, units,
+# seconds queued, seconds of this request} when it could not be served in time. A request
+# is always admitted into an empty queue, however large it is.
 _ADMIT = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local pace = {}
+for i = 2, #KEYS do pace[i - 1] = tonumber(redis.call('GET', KEYS[i]) or ARGV[7]) end
 local units, secs = 0, 0
 for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local c, ms = string.match(m, '|(%d+)|(%d+)$')
+  local t, c = string.match(m, '|(%d+)|(%d+)$')
   units = units + tonumber(c)
-  secs = secs + tonumber(ms) / 1000
+  secs = secs + tonumber(c) / pace[tonumber(t)]
 end
-local cost = tonumber(ARGV[4])
-local need = cost / tonumber(redis.call('GET', KEYS[2]) or ARGV[6])
-if units > 0 and units + cost > tonumber(ARGV[5]) then
+local task, cost = tonumber(ARGV[4]), tonumber(ARGV[5])
+local need = cost / pace[task]
+if units > 0 and units + cost > tonumber(ARGV[6]) then
   return {1, units}
 end
-if units > 0 and secs + need > tonumber(ARGV[7]) then
+if units > 0 and secs + need > tonumber(ARGV[8]) then
   return {2, units, tostring(secs), tostring(need)}
 end
-local member = ARGV[3] .. '|' .. cost .. '|' .. math.ceil(need * 1000)
+local member = ARGV[3] .. '|' .. task .. '|' .. cost
 redis.call('ZADD', KEYS[1], ARGV[2], member)
 redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) - tonumber(ARGV[1])) + 60)
 return {0, units, member}
@@ -129,12 +133,13 @@ async def infer(
     deadline = time.time() + timeout_s
     verdict, ahead, *more = await aredis.eval(
         _ADMIT,
-        2,
+        1 + len(PACED_TASKS),
         QUEUED_KEY,
-        PACE_PREFIX + task,
+        *(PACE_PREFIX + t for t in PACED_TASKS),
         time.time(),
         deadline,
         task_id,
+        PACED_TASKS.index(task) + 1,
         int(cost),
         settings.max_queued_work,
         settings.inference_work_per_s,

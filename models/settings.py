@@ -104,7 +104,7 @@ class Settings(BaseSettings):
         gt=0,
         description="Inference work units (images, or thousands of emulated rows) served a "
         "second, assumed for a task until its worker has measured it: requests the queue "
-        "cannot serve within 80% of inference_timeout_s are refused at once with 503 and "
+        "cannot serve within 70% of inference_timeout_s are refused at once with 503 and "
         "Retry-After.",
     )
     redis_max_connections: int = Field(

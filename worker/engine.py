@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 REFRESH_EVERY_S = 0.25  # how often the active pointers are re-read from the registry
 RETRY_FAILED_S = 60.0  # a version that failed to load, files unchanged, is tried again then
-PASS_ROWS = 8192  # rows per emulator pass: ~0.6 GB of flow buffers at 8k rows, ~1.1 GB at 65k
+PASS_ROWS = 4096  # rows per emulator pass: the flow's buffers take ~0.6 GB at 8k rows, 1.1 at 65k
 TRIM_ROWS = 8192  # emulated rows (realizations included) after which a batch trims the heap
 ENCODER_THREADS = max(1, min(8, (os.cpu_count() or 2) // 2))  # PNG encoding beside the forward
 
