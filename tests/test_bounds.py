@@ -119,6 +119,10 @@ def test_emulation_in_passes_gives_the_numbers_of_one_pass(monkeypatch) -> None:
     for a, b in zip(whole, sliced, strict=True):
         np.testing.assert_array_equal(a.mags, b.mags)
         np.testing.assert_array_equal(a.detected, b.detected)
+    asked = []
+    with pytest.raises(engine.Abandoned):  # nobody waits: stops after its first pass
+        engine.emulate_coalesced(em, [x], [1], [5], lambda: asked.append(1) or True)
+    assert asked == [1]
 
 
 def test_event_ids_fit_redis_64_bit_parts() -> None:

@@ -110,7 +110,7 @@ class ContinuousBatches(Batches):
         )
 
 
-def _wanted(requests: list[SimpleRequest]) -> list[SimpleRequest]:
+def _wanted(requests: list[SimpleRequest], quiet: bool = False) -> list[SimpleRequest]:
     """The requests someone still waits for: before their deadline, client not gone."""
     now = time.time()
     live = [r for r in requests if float(r.kwargs.get(DEADLINE) or now) >= now]
@@ -120,7 +120,7 @@ def _wanted(requests: list[SimpleRequest]) -> list[SimpleRequest]:
             live = [r for r, g in zip(live, gone, strict=True) if g is None]
         except Exception:  # no way to ask: compute them all
             log.debug("could not read dropped requests", exc_info=True)
-    if len(live) < len(requests):
+    if len(live) < len(requests) and not quiet:
         log.info("dropped %d request(s) nobody waits for", len(requests) - len(live))
     return live
 
@@ -166,7 +166,10 @@ def _answer_batch(kind: str, requests: list[SimpleRequest]) -> int:
     payloads = [dict(r.kwargs) for r in requests]
     try:
         fetch_inputs(app.backend.client, payloads)
-        results = getattr(get_engine(), kind)(payloads)
+        if kind == "emulate":  # long: stop between passes once every client has left
+            results = get_engine().emulate(payloads, lambda: not _wanted(requests, quiet=True))
+        else:
+            results = get_engine().generate(payloads)
     except Exception as exc:  # the engine guards per request; this is the last resort
         log.exception("%s batch failed", kind)
         results = [RequestError(500, f"{kind} failed: {type(exc).__name__}")] * len(requests)
