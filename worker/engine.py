@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,8 +317,13 @@ class Engine:
                     out[i] = RequestError(500, f"generation failed: {type(exc).__name__}")
         return out  # type: ignore[return-value]
 
-    def emulate(self, requests: list[dict[str, Any]]) -> list[dict[str, Any] | RequestError]:
+    def emulate(
+        self, requests: list[dict[str, Any]], abandoned: Callable[[], bool] | None = None
+    ) -> list[dict[str, Any] | RequestError]:
         """Each request `{model, version, x, samples, seed}` → arrays as bytes.
+
+        `abandoned()`, asked between passes, says nobody waits for the batch any more (every
+        client left or timed out): the work stops there.
 
         `x` is the (N, 9) float64 input as bytes (`worker.payload.to_bytes`). The result
         holds `mags` (float64, (N·samples, 3), NaN where not detected), `detected` and
@@ -342,6 +348,7 @@ class Engine:
                     xs,
                     [int(requests[i]["samples"]) for i in idx],
                     [int(requests[i]["seed"]) for i in idx],
+                    abandoned,
                 )
                 for i, rows in zip(idx, results, strict=True):
                     out[i] = {
@@ -354,6 +361,10 @@ class Engine:
                     }
                     if rows.magerr is not None:
                         out[i]["magerr"] = to_bytes(rows.magerr, "<f8")
+            except Abandoned:
+                log.info("abandoned %d emulate request(s): nobody waits for them", len(idx))
+                for i in idx:
+                    out[i] = RequestError(499, "the client went away")
             except Exception as exc:
                 log.exception("emulate failed for %s@%s", *key)
                 for i in idx:
@@ -384,7 +395,17 @@ def _warm_up(model: Any, family: str) -> float:
     return units / max(time.perf_counter() - t0, 1e-3)
 
 
-def emulate_coalesced(emulator: Any, xs: list[Any], samples: list[int], seeds: list[int]) -> list:
+class Abandoned(Exception):
+    """Nobody waits for the work in progress any more."""
+
+
+def emulate_coalesced(
+    emulator: Any,
+    xs: list[Any],
+    samples: list[int],
+    seeds: list[int],
+    abandoned: Callable[[], bool] | None = None,
+) -> list:
     """Several requests through one forward pass; each keeps its own seed's randomness.
 
     Each request's draws come from `EmulatorSampler.draws(rows, samples, seed)` exactly as a lone
@@ -403,12 +424,12 @@ def emulate_coalesced(emulator: Any, xs: list[Any], samples: list[int], seeds: l
         sizes.append(len(x) * s)
     x, noise, u = np.concatenate(reps), torch.cat(noises), torch.cat(uniforms)
     # in slices: the flow's intermediate buffers grow with the rows of one pass
-    parts = [
-        emulator.sample_outputs(
-            x[a : a + PASS_ROWS], noise[a : a + PASS_ROWS], u[a : a + PASS_ROWS]
-        )
-        for a in range(0, len(x), PASS_ROWS)
-    ]
+    parts = []
+    for a in range(0, len(x), PASS_ROWS):
+        if a and abandoned is not None and abandoned():
+            raise Abandoned
+        sl = slice(a, a + PASS_ROWS)
+        parts.append(emulator.sample_outputs(x[sl], noise[sl], u[sl]))
     rows = _concat(parts)
     bounds = np.cumsum([0, *sizes])
     return [rows.slice(a, b) for a, b in itertools.pairwise(bounds)]
