@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -33,7 +33,11 @@ async def healthz() -> dict[str, str]:
     summary="Readiness: an inference worker answers and the active models are loaded",
     responses={503: {"description": "Not ready; `detail` says why."}},
 )
-async def readyz(request: Request, waiter: WaiterDep, strict: bool = False) -> JSONResponse:
+async def readyz(
+    request: Request,
+    waiter: WaiterDep,
+    strict: Annotated[bool, Query(description="Answer 503 when degraded too.")] = False,
+) -> JSONResponse:
     state = request.app.state
     async with state.ready_lock:  # one ping in flight at a time
         cached = state.ready_cache
