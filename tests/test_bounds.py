@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from app import tables
 from app.headers import docs_csp, inline_script_hashes
-from app.routes.train import _in_bounds
+from app.routes.train import STREAM_ID
 from launcher.supervisor import api_command, proxy_options
 from models.columns import INPUTS
 from models.registry import DEFAULT_WEIGHTS_DIR, Registry, RegistryDamaged, RegistryError
@@ -126,9 +127,17 @@ def test_emulation_in_passes_gives_the_numbers_of_one_pass(monkeypatch) -> None:
 
 
 def test_event_ids_fit_redis_64_bit_parts() -> None:
-    assert _in_bounds("18446744073709551615-18446744073709551615")
-    assert not _in_bounds("18446744073709551616-0")
-    assert not _in_bounds("99999999999999999999")
+    def ok(event_id: str) -> bool:
+        return re.fullmatch(STREAM_ID, event_id) is not None
+
+    top = 2**64 - 1
+    assert ok(f"{top}-{top}") and ok("0") and ok("0-0") and ok("00012-3")
+    assert ok(str(top - 1)) and ok("9" * 19) and ok("17" + "9" * 18)
+    for bad in (top + 1, 2**65, 10**20, 99999999999999999999):
+        assert not ok(str(bad)) and not ok(f"0-{bad}"), bad
+    for n in range(0, 2000):  # every prefix rule near the limit
+        assert ok(str(top - n * 7919)) and not ok(str(top + 1 + n * 7919))
+    assert not ok("1-0\n") and not ok("-1") and not ok("1-") and not ok("a-1")
 
 
 def test_proxy_headers_are_believed_only_from_configured_proxies() -> None:
