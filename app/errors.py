@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.results import BrokerUnavailable, ResultTimeout, TaskFailed
-from models.registry import RegistryError
+from models.registry import RegistryDamaged, RegistryError
 from training.presets import PresetError
 from worker.jobs import JobNotFound, JobStateError
 
@@ -104,6 +104,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(PresetError)
     async def _preset(_: Request, exc: PresetError) -> JSONResponse:
         return _json(422, str(exc))
+
+    @app.exception_handler(RegistryDamaged)
+    async def _damaged(_: Request, exc: RegistryDamaged) -> JSONResponse:
+        log.error("%s", exc)
+        return _json(503, str(exc))
 
     @app.exception_handler(RegistryError)
     async def _registry(_: Request, exc: RegistryError) -> JSONResponse:

@@ -2,11 +2,14 @@
 
 Admission keeps the inference queue bounded across every API process: each request adds its
 cost (images, or thousands of emulated rows) to a Redis sorted set scored by its deadline,
-and a request that would take the queued total over `COSMOGAN_MAX_QUEUED_WORK` gets a 503
-with `Retry-After` at once instead of a timeout minutes later. Entries leave the set when
-their answer arrives, when the client goes away, or at their deadline if the API process
-died. The deadline travels with the task: the worker drops work nobody waits for any more,
-and work whose client disconnected (the API marks it dropped).
+and a request is refused at once with 503 and `Retry-After` when the queued total would
+exceed `COSMOGAN_MAX_QUEUED_WORK`, or when the queue could not serve it before its deadline
+at the measured pace (work units a second, an average over answered requests that waited
+behind others; `COSMOGAN_INFERENCE_WORK_PER_S` until measured): a refusal now instead of a
+504 a minute later. Entries leave the set when their answer arrives, when the client goes
+away, or at their deadline if the API process died. The deadline travels with the task:
+the worker drops work nobody waits for any more, and work whose client disconnected (the
+API marks it dropped).
 """
 
 from __future__ import annotations
@@ -33,32 +36,55 @@ from worker.payload import (
     BLOB_SUFFIX,
     BLOB_TTL_S,
     BLOBS,
+    COST,
     DEADLINE,
     DROPPED_PREFIX,
+    PACE_PREFIX,
     blob_key,
 )
-from worker.policy import INFERENCE_QUEUE
+from worker.policy import EMULATE_TASK, GENERATE_TASK, INFERENCE_QUEUE
 
 log = logging.getLogger(__name__)
 
 QUEUED_KEY = "cosmogan:inference:queued"
 RETRY_AFTER_S = 2
+MAX_RETRY_AFTER_S = 60
+# Queued work may take this share of a request's deadline: the rest is for the transfer of
+# its answer and the estimate's error (the pace of a loaded machine varies by a quarter).
+DEADLINE_SHARE = 0.7
 OTHER_ROUTE = {"image": "GET /generate", "emulator": "POST /emulate"}
+PACED_TASKS = (GENERATE_TASK, EMULATE_TASK)  # the index+1 of a task names it in the queue
 
-# Atomically: forget entries past their deadline, sum the queued cost, admit or refuse.
-# A request is always admitted into an empty queue, however large it is.
+# Atomically: forget entries past their deadline, sum the queued work (units, and seconds at
+# each task's latest measured pace), then admit or refuse. Members are `task id|task|units`,
+# task the 1-based index in PACED_TASKS.
+# KEYS: the queued set, then the pace of each of PACED_TASKS. ARGV: now, deadline, task id,
+# task, units, max queued units, pace until measured, seconds the queue may take. Returns
+# {0, units ahead, member} when admitted, {1, units} when the queue is full, {2, units,
+# seconds queued, seconds of this request} when it could not be served in time. A request
+# is always admitted into an empty queue, however large it is.
 _ADMIT = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-local total = 0
+local pace = {}
+for i = 2, #KEYS do pace[i - 1] = tonumber(redis.call('GET', KEYS[i]) or ARGV[7]) end
+local units, secs = 0, 0
 for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  total = total + tonumber(string.match(m, '|(%d+)$'))
+  local t, c = string.match(m, '|(%d+)|(%d+)$')
+  units = units + tonumber(c)
+  secs = secs + tonumber(c) / pace[tonumber(t)]
 end
-if total > 0 and total + tonumber(ARGV[4]) > tonumber(ARGV[5]) then
-  return total
+local task, cost = tonumber(ARGV[4]), tonumber(ARGV[5])
+local need = cost / pace[task]
+if units > 0 and units + cost > tonumber(ARGV[6]) then
+  return {1, units}
 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+if units > 0 and secs + need > tonumber(ARGV[8]) then
+  return {2, units, tostring(secs), tostring(need)}
+end
+local member = ARGV[3] .. '|' .. task .. '|' .. cost
+redis.call('ZADD', KEYS[1], ARGV[2], member)
 redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) - tonumber(ARGV[1])) + 60)
-return -1
+return {0, units, member}
 """
 
 
@@ -110,19 +136,24 @@ async def infer(
     task_id = uuid.uuid4().hex
     timeout_s = settings.inference_timeout_s
     deadline = time.time() + timeout_s
-    member = f"{task_id}|{int(cost)}"
-    queued = await aredis.eval(
-        _ADMIT, 1, QUEUED_KEY, time.time(), deadline, member, int(cost), settings.max_queued_work
+    verdict, ahead, *more = await aredis.eval(
+        _ADMIT,
+        1 + len(PACED_TASKS),
+        QUEUED_KEY,
+        *(PACE_PREFIX + t for t in PACED_TASKS),
+        time.time(),
+        deadline,
+        task_id,
+        PACED_TASKS.index(task) + 1,
+        int(cost),
+        settings.max_queued_work,
+        settings.inference_work_per_s,
+        timeout_s * DEADLINE_SHARE,
     )
-    if int(queued) >= 0:
-        REJECTED.labels(metric).inc()
-        raise ApiError(
-            503,
-            f"the inference queue is full ({int(queued)} units of work queued, limit "
-            f"{settings.max_queued_work}); retry shortly",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        )
-    sent = {**kwargs, DEADLINE: deadline}
+    if int(verdict):
+        raise _refusal(metric, int(verdict), int(ahead), more, settings)
+    member = more[0]
+    sent = {**kwargs, DEADLINE: deadline, COST: int(cost)}
     if blobs:
         async with aredis.pipeline(transaction=False) as pipe:
             for name, value in blobs.items():
@@ -164,6 +195,29 @@ async def infer(
             raise ApiError(500, "the worker's answer expired before it was read")
         result.update(zip(keys, values, strict=True))
     return Call(result, sent_at)
+
+
+def _refusal(
+    metric: str, verdict: int, queued: int, more: list[Any], settings: Settings
+) -> ApiError:
+    """The 503 for a request the queue cannot take, with when to retry."""
+    REJECTED.labels(metric).inc()
+    if verdict == 1:
+        why = (
+            f"the inference queue is full ({queued} units of work queued, limit "
+            f"{settings.max_queued_work}); retry shortly"
+        )
+        return ApiError(503, why, headers={"Retry-After": str(RETRY_AFTER_S)})
+    ahead_s, own_s = float(more[0]), float(more[1])
+    why = (
+        f"the inference queue cannot serve this request in time: about {ahead_s:.0f}s of "
+        f"work is queued ahead of its {own_s:.1f}s, and requests time out after "
+        f"{settings.inference_timeout_s:g}s; retry later or send less"
+    )
+    # when enough of the queue will have drained for this request to fit
+    wait = ahead_s + own_s - settings.inference_timeout_s * DEADLINE_SHARE
+    retry = min(MAX_RETRY_AFTER_S, max(1, math.ceil(wait)))
+    return ApiError(503, why, headers={"Retry-After": str(retry)})
 
 
 async def _disconnected(request: Request) -> None:

@@ -16,6 +16,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from app import errors, openapi
+from app.headers import SecurityHeadersMiddleware, docs_csp, inline_script_hashes
 from app.limits import (
     JsonBodyLimitMiddleware,
     RateLimiter,
@@ -52,10 +53,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.celery = celery_app
     app.state.jobs = JobStore.from_url(url)
     # XREAD blocks for 5 s at most (see the events route): reads may take a little longer
-    app.state.aredis = aioredis.from_url(url, **REDIS_OPTIONS)
+    # Sized for the API's concurrency, and blocking: a burst beyond the pool waits for a
+    # connection (up to redis_pool_timeout_s) instead of failing with "Too many connections".
+    settings = get_settings()
+    app.state.aredis = aioredis.Redis(
+        connection_pool=aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=settings.redis_max_connections,
+            timeout=settings.redis_pool_timeout_s,
+            **REDIS_OPTIONS,
+        )
+    )
     # Event streams block on XREAD: they get their own pool, one connection per allowed
     # stream, so open streams can never take the connections /readyz or /generate need.
-    settings = get_settings()
     app.state.streams = StreamSlots(
         app.state.aredis, settings.max_event_streams, settings.max_event_streams_per_client
     )
@@ -131,6 +141,9 @@ def create_app() -> FastAPI:
         limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
         app.add_middleware(RateLimitMiddleware, limiter=limiter)
     app.add_middleware(LatencyMiddleware)
+    docs = {path: docs_csp(inline_script_hashes(page().body.decode())) for path, page in
+            (("/docs", ui.swagger_ui), ("/redoc", ui.redoc))}  # fmt: skip
+    app.add_middleware(SecurityHeadersMiddleware, csp_by_path=docs)
     openapi.install(app)
     return app
 

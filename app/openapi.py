@@ -94,8 +94,12 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     + example(f"curl -o emulated.parquet {BASE}/emulate/jobs/{JOB}/result"),
     ("get", "/healthz"): "Always `200` while the API process runs."
     + example(f"curl {BASE}/healthz"),
-    ("get", "/readyz"): "`200` once an inference worker answers a ping and has the active "
-    "models loaded; `503` with the reason otherwise." + example(f"curl {BASE}/readyz"),
+    ("get", "/readyz"): "`200` with `status: ready` once an inference worker answers a ping "
+    "and serves every active model; `200` with `status: degraded` and `ready: false` when "
+    "some model cannot (damaged files): `unavailable` names each and why, its routes answer "
+    "`503`, the others serve. `503` with the reason when no worker answers, models are still "
+    "loading or none can serve; with `strict=true`, degraded is `503` too."
+    + example(f"curl {BASE}/readyz"),
     ("get", "/metrics"): "Request latency by route, inference batch sizes, jobs by state, "
     "in the Prometheus text format." + example(f"curl {BASE}/metrics"),
 }

@@ -10,7 +10,9 @@ materialised: a Parquet or FITS body's row count and decoded size come from its 
 
 from __future__ import annotations
 
+import csv
 import io
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,7 +65,43 @@ RESPONSE_TYPES = {
 MAX_BODY_BYTES = 64 * 2**20
 MAX_DECODED_BYTES = 256 * 2**20  # what a table body may decode to, checked before decoding
 MAX_COLUMNS = 1000
+FITS_MAX_COLUMNS = 999  # the FITS standard numbers table columns TTYPE1 … TTYPE999
 REALIZATION = columns.REALIZATION
+# what a response adds to the body's columns: the emulated ones and the realization index
+EMULATED_WIDTH = len(columns.OBSERVED) + len(columns.MAGERR) + 3
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What one request may send and ask for: rows and columns of the body, and the cells
+    (rows × samples × columns) of its response. Each is checked as soon as it is known:
+    from a CSV body's header line and line count, a Parquet footer or a FITS header, before
+    the body is parsed."""
+
+    rows: int
+    columns: int = MAX_COLUMNS
+    cells: int | None = None  # None: no cap
+    samples: int = 1  # realizations per row, when known before the body is read
+
+    def check(self, rows: int, width: int, samples: int | None = None) -> None:
+        """TableError(413) when `rows` × `width` body columns (× samples) is too much."""
+        if width > self.columns:
+            raise TableError(
+                413,
+                f"{width} columns is more than the {self.columns} allowed per request "
+                "(COSMOGAN_MAX_EMULATE_COLUMNS)",
+            )
+        _check_rows(rows, self.rows)
+        n = self.samples if samples is None else samples
+        cells = rows * n * (width + EMULATED_WIDTH)
+        if self.cells is not None and cells > self.cells:
+            raise TableError(
+                413,
+                f"the response would hold {cells:,} cells (rows × samples × columns: {rows} × "
+                f"{n} × {width + EMULATED_WIDTH}), more than the {self.cells:,} allowed per "
+                "request (COSMOGAN_MAX_EMULATE_CELLS); send fewer rows, columns or samples, "
+                "or use POST /emulate/jobs",
+            )
 
 
 class TableError(ValueError):
@@ -204,42 +242,51 @@ def _check_rows(n: int, max_rows: int, too_many: int = 413) -> None:
         raise TableError(422, "the catalog has no rows")
 
 
-def from_rows(rows: Any, max_rows: int) -> Catalog:
+def _bounds(max_rows: Bounds | int) -> Bounds:
+    """`max_rows` as Bounds (a bare row limit keeps the other defaults)."""
+    return max_rows if isinstance(max_rows, Bounds) else Bounds(max_rows)
+
+
+def from_rows(rows: Any, max_rows: Bounds | int) -> Catalog:
     """A catalog from the `rows` of a JSON body: a non-empty list of objects."""
+    bounds = _bounds(max_rows)
     if not isinstance(rows, list) or not rows:
         raise TableError(422, "rows: must be a non-empty list of objects")
     # the schema of a JSON body states the row limit (maxItems), so too many is a 422 there
-    _check_rows(len(rows), max_rows, too_many=422)
+    _check_rows(len(rows), bounds.rows, too_many=422)
     bad = next((i for i, r in enumerate(rows) if type(r) is not dict), None)
     if bad is not None:
         raise TableError(
             422, f"rows.{bad}: must be an object", [{"row": bad, "message": "not an object"}]
         )
     first = rows[0].keys()
+    bounds.check(len(rows), len(first))  # before any column is built
     uniform = all(r.keys() == first for r in rows)
     # rows with different keys: every key, in the order first seen; missing = null
     names = list(first) if uniform else list(dict.fromkeys(k for r in rows for k in r))
+    bounds.check(len(rows), len(names))
     cols = {name: [r.get(name) for r in rows] for name in names}
     return Catalog(cols, len(rows), rows if uniform else None)
 
 
-def from_arrow(table: pa.Table, max_rows: int) -> Catalog:
+def from_arrow(table: pa.Table, max_rows: Bounds | int) -> Catalog:
     _check_names(table.column_names)
-    _check_rows(table.num_rows, max_rows)
+    _bounds(max_rows).check(table.num_rows, table.num_columns)
     return Catalog(dict(zip(table.column_names, table.columns, strict=True)), table.num_rows)
 
 
-def read_table(data: bytes, fmt: str, max_rows: int) -> Catalog:
+def read_table(data: bytes, fmt: str, max_rows: Bounds | int) -> Catalog:
     """A CSV, Parquet or FITS body as a catalog; malformed or too large → TableError."""
+    bounds = _bounds(max_rows)
     if not data:
         raise TableError(422, f"the {fmt.upper()} body is empty")
     try:
         if fmt == "csv":
-            return from_arrow(_read_csv(data), max_rows)
+            return from_arrow(_read_csv(data, bounds), bounds)
         if fmt == "parquet":
-            return from_arrow(_read_parquet(data, max_rows), max_rows)
+            return from_arrow(_read_parquet(data, bounds), bounds)
         if fmt == "fits":
-            return _read_fits(data, max_rows)
+            return _read_fits(data, bounds)
     except TableError:
         raise
     except Exception as exc:  # any parser failure is the client's malformed body
@@ -252,19 +299,35 @@ def _short(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:300]
 
 
-def _read_csv(data: bytes) -> pa.Table:
+def _read_csv(data: bytes, bounds: Bounds) -> pa.Table:
     import pyarrow.csv as pacsv
 
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise TableError(422, f"the CSV body is not UTF-8 text (byte {exc.start})") from exc
+    bounds.check(*_csv_shape(data))  # before the parse: its memory grows with the columns
     opts = pacsv.ReadOptions(autogenerate_column_names=False)
     parse = pacsv.ParseOptions(newlines_in_values=False)
     return pacsv.read_csv(io.BytesIO(data), read_options=opts, parse_options=parse)
 
 
-def _read_parquet(data: bytes, max_rows: int) -> pa.Table:
+def _csv_shape(data: bytes) -> tuple[int, int]:
+    """(rows, columns) of a CSV body from its header line and its non-empty lines (a value
+    cannot hold a line break: the parse refuses them)."""
+    end = data.find(b"\n")
+    header = data[: end if end >= 0 else len(data)].decode("utf-8")
+    width = len(next(csv.reader([header.rstrip("\r")]), []))
+    rows = data.count(b"\n") + (not data.endswith(b"\n"))
+    if rows > 1 and data.count(b"\n\n"):  # blank lines are skipped, count the others
+        rows = sum(1 for _ in _LINE.finditer(data))
+    return max(0, rows - 1), width
+
+
+_LINE = re.compile(rb"^[^\r\n]", re.MULTILINE)
+
+
+def _read_parquet(data: bytes, bounds: Bounds) -> pa.Table:
     """Read a Parquet body whose decoded size, bounded from its footer, is acceptable.
 
     Fixed-width values cost their width per value (the footer counts values); plain byte
@@ -277,9 +340,7 @@ def _read_parquet(data: bytes, max_rows: int) -> pa.Table:
 
     pf = pq.ParquetFile(io.BytesIO(data))
     meta = pf.metadata
-    _check_rows(meta.num_rows, max_rows)
-    if meta.num_columns > MAX_COLUMNS:
-        raise TableError(413, f"{meta.num_columns} columns is more than {MAX_COLUMNS}")
+    bounds.check(meta.num_rows, len(pf.schema_arrow))
     for field in pf.schema_arrow:
         if pa.types.is_nested(field.type):
             raise TableError(
@@ -325,7 +386,7 @@ def _check_decoded(size: int) -> None:
         )
 
 
-def _read_fits(data: bytes, max_rows: int) -> Catalog:
+def _read_fits(data: bytes, bounds: Bounds) -> Catalog:
     from astropy.io import fits
 
     from models.columns import native_order
@@ -335,7 +396,7 @@ def _read_fits(data: bytes, max_rows: int) -> Catalog:
         if hdu is None:
             raise TableError(422, "the FITS body has no table extension")
         rows, width = int(hdu.header.get("NAXIS2", 0)), int(hdu.header.get("NAXIS1", 0))
-        _check_rows(rows, max_rows)
+        bounds.check(rows, int(hdu.header.get("TFIELDS", 0)))
         _check_decoded(rows * width)
         table = hdu.data
         names = list(table.columns.names)
@@ -357,6 +418,25 @@ def parse_json(data: bytes) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------
 # responses
+
+
+def response_width(names: Sequence[str], samples: int) -> int:
+    """Columns of the response to a catalog with columns `names`."""
+    replaced = _replaced(samples)
+    kept = sum(not _is_replaced(n, replaced) for n in names)
+    return kept + EMULATED_WIDTH - (samples == 1)
+
+
+def check_media(media: str, names: Sequence[str], samples: int) -> None:
+    """TableError(406) when the response cannot be written as `media` (checked before any
+    work): FITS tables have at most 999 columns."""
+    width = response_width(names, samples)
+    if media == FITS and width > FITS_MAX_COLUMNS:
+        raise TableError(
+            406,
+            f"a FITS table holds at most {FITS_MAX_COLUMNS} columns and this response would "
+            f"have {width}; ask for Parquet, CSV or JSON",
+        )
 
 
 def _replaced(samples: int) -> set[str]:

@@ -189,7 +189,7 @@ def start_service(
             wait_for_redis(redis_url)
         child_env["COSMOGAN_REDIS_URL"] = service.redis_url = redis_url
         start_workers(sup, list(QUEUES), concurrency, child_env, config.batch_max_size, output)
-        cmd = api_command(host, api_port, api_workers(api_processes))
+        cmd = api_command(host, api_port, api_workers(api_processes), config.trusted_proxies)
         sup.start("api", cmd, api_env(child_env, home, api_port), output=output("api"))
     except BaseException:
         service.stop(check=False)

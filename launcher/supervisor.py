@@ -342,7 +342,15 @@ def run_api(host: str | None = None, port: int | None = None, workers: int | Non
     port = port or settings.port
     warn_if_exposed(host or settings.host)
     os.environ.update(api_env({}, settings.home, port))  # before prometheus_client is imported
-    uvicorn.run("app.main:app", host=host or settings.host, port=port, workers=api_workers(workers))
+    proxies = proxy_options(settings.trusted_proxies)
+    uvicorn.run(
+        "app.main:app",
+        host=host or settings.host,
+        port=port,
+        workers=api_workers(workers),
+        proxy_headers=proxies[0] == "--proxy-headers",
+        forwarded_allow_ips=proxies[-1] if len(proxies) > 1 else None,
+    )
     return 0
 
 
@@ -378,7 +386,7 @@ def api_env(base: dict[str, str], home: Path, port: int) -> dict[str, str]:
     return {**base, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
 
 
-def api_command(host: str, port: int, workers: int = 1) -> list[str]:
+def api_command(host: str, port: int, workers: int = 1, trusted_proxies: str = "") -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -391,4 +399,15 @@ def api_command(host: str, port: int, workers: int = 1) -> list[str]:
         "--no-access-log",
         "--workers",
         str(workers),
+        *proxy_options(trusted_proxies),
     ]
+
+
+def proxy_options(trusted_proxies: str) -> list[str]:
+    """uvicorn's options for X-Forwarded-For/-Proto: believed only from `trusted_proxies`
+    (COSMOGAN_TRUSTED_PROXIES). uvicorn's own default trusts 127.0.0.1, so without a proxy
+    any local caller could pick its address (and its quotas) by sending the header."""
+    proxies = ",".join(p.strip() for p in trusted_proxies.split(",") if p.strip())
+    if not proxies:
+        return ["--no-proxy-headers"]
+    return ["--proxy-headers", "--forwarded-allow-ips", proxies]

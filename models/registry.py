@@ -14,6 +14,9 @@ their preset's name, e.g. `balrog-flow`) get theirs from that name.
 
 Every JSON write is atomic (temp file + rename), so readers never see half a file; the
 worker notices a new active version by re-reading `active.json` and swaps models then.
+A file damaged from outside (truncated by a full disk, edited by hand) is reported as
+`RegistryDamaged` for that model or version alone: listings skip and name it, every other
+model keeps working.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ DEFAULT_WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 class RegistryError(LookupError):
     """Unknown model or version, or a malformed name."""
+
+
+class RegistryDamaged(RegistryError):
+    """A registry file exists but cannot be read (the message names no server path)."""
 
 
 class VersionInUse(RegistryError):
@@ -109,11 +116,22 @@ class Registry:
         return sorted(p.name for p in self.root.iterdir() if (p / "versions").is_dir())
 
     def versions(self, name: str) -> list[ModelVersion]:
+        """The readable versions of `name`, oldest first (damaged ones: `damaged`)."""
+        return self._scan(name)[0]
+
+    def _scan(self, name: str) -> tuple[list[ModelVersion], list[str]]:
         vdir = self.root / name / "versions"
         if not vdir.is_dir():
-            return []
-        out = [self._read(name, p.name) for p in vdir.iterdir() if (p / "meta.json").is_file()]
-        return sorted(out, key=lambda v: (v.meta.get("created", 0), v.version))
+            return [], []
+        out, bad = [], []
+        for p in sorted(vdir.iterdir()):
+            if not (p / "meta.json").is_file():
+                continue
+            try:
+                out.append(self._read(name, p.name))
+            except RegistryDamaged:
+                bad.append(p.name)
+        return sorted(out, key=lambda v: (v.meta.get("created", 0), v.version)), bad
 
     def get(self, name: str, version: str | None = None) -> ModelVersion:
         """A version of `name`; the active one when `version` is None."""
@@ -128,11 +146,21 @@ class Registry:
         return self._read(name, version)
 
     def active_version(self, name: str) -> str | None:
+        """The active version; None when none was activated, RegistryDamaged when the
+        pointer exists but cannot be read."""
         path = self.root / name / "active.json"
         try:
-            return json.loads(path.read_text())["version"]
-        except (FileNotFoundError, KeyError, json.JSONDecodeError):
+            version = json.loads(path.read_text())["version"]
+        except FileNotFoundError:
             return None
+        except (OSError, KeyError, TypeError, ValueError) as exc:  # ValueError: bad JSON/UTF-8
+            raise RegistryDamaged(
+                f"model {name!r}: its active-version pointer (active.json) is damaged; "
+                "activate a version again"
+            ) from exc
+        if not isinstance(version, str) or not VERSION_RE.match(version):
+            raise RegistryDamaged(f"model {name!r}: active.json names no valid version")
+        return version
 
     def family(self, name: str) -> Family | None:
         """What `name` serves (`image` or `emulator`): its versions' family; for a name with
@@ -147,13 +175,20 @@ class Registry:
 
     def describe(self) -> dict[str, Any]:
         """Everything, as plain JSON: names with their family, versions with their kind and
-        metrics, the active one."""
+        metrics, the active one, and `damaged`: the model's files that cannot be read
+        (skipped, never an error)."""
         out = {}
         for name in self.names():
-            versions = self.versions(name)
+            good, bad = self._scan(name)
+            try:
+                active = self.active_version(name)
+            except RegistryDamaged:
+                active, bad = None, ["active.json", *bad]
+            else:
+                bad = [f"versions/{v}/meta.json" for v in bad]
             out[name] = {
-                "active": self.active_version(name),
-                "family": next((v.family for v in reversed(versions) if v.family), None),
+                "active": active,
+                "family": next((v.family for v in reversed(good) if v.family), None),
                 "versions": [
                     {
                         "version": v.version,
@@ -161,8 +196,9 @@ class Registry:
                         "kind": v.kind,
                         "family": v.family,
                     }
-                    for v in versions
+                    for v in good
                 ],
+                "damaged": bad,
             }
         return out
 
@@ -274,9 +310,17 @@ class Registry:
     # -- helpers ---------------------------------------------------------------------------
     def _read(self, name: str, version: str) -> ModelVersion:
         vdir = self.root / name / "versions" / version
-        return ModelVersion(
-            name, version, vdir / "model.pt", json.loads((vdir / "meta.json").read_text())
-        )
+        try:
+            meta = json.loads((vdir / "meta.json").read_text())
+        except FileNotFoundError:
+            raise RegistryError(f"model {name!r} has no version {version!r}") from None
+        except (OSError, ValueError) as exc:  # ValueError: truncated JSON, bad UTF-8
+            raise RegistryDamaged(
+                f"{name}@{version} is damaged: its meta.json cannot be read"
+            ) from exc
+        if not isinstance(meta, dict):
+            raise RegistryDamaged(f"{name}@{version} is damaged: its meta.json is not an object")
+        return ModelVersion(name, version, vdir / "model.pt", meta)
 
     @staticmethod
     def _check_name(value: str, what: str) -> None:

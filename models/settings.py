@@ -80,10 +80,40 @@ class Settings(BaseSettings):
     max_generate_n: int = Field(default=64, ge=1, le=1024)
     max_emulate_rows: int = Field(default=10_000, ge=1)
     max_emulate_samples: int = Field(default=16, ge=1)
+    max_emulate_columns: int = Field(
+        default=1000, ge=9, description="Columns a POST /emulate body may have (any format)."
+    )
+    max_emulate_cells: int = Field(
+        default=4_000_000,
+        ge=1000,
+        description="Cells a POST /emulate response may hold: rows × samples × columns "
+        "(the body's plus the emulated ones); bounds the memory a request can take.",
+    )
+    max_emulate_json_bytes: int = Field(
+        default=8 * 2**20,
+        ge=1024,
+        description="Largest JSON body of POST /emulate (a JSON body is parsed whole; "
+        "CSV, Parquet and FITS bodies may be up to 64 MiB).",
+    )
 
     # inference batching and timeouts
     batch_max_size: int = Field(default=64, ge=1, description="Max requests per coalesced batch.")
     inference_timeout_s: float = Field(default=60.0, gt=0)
+    inference_work_per_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Inference work units (images, or thousands of emulated rows) served a "
+        "second, assumed for a task until its worker has measured it: requests the queue "
+        "cannot serve within 70% of inference_timeout_s are refused at once with 503 and "
+        "Retry-After.",
+    )
+    redis_max_connections: int = Field(
+        default=512,
+        ge=8,
+        description="Redis connections per API process; requests beyond wait for one "
+        "(up to redis_pool_timeout_s) instead of failing.",
+    )
+    redis_pool_timeout_s: float = Field(default=10.0, gt=0)
     max_queued_work: int = Field(
         default=1024,
         ge=1,
@@ -106,6 +136,12 @@ class Settings(BaseSettings):
         default=256 * 1024,
         ge=1024,
         description="Largest JSON body FastAPI parses (POST /emulate bounds its own).",
+    )
+
+    trusted_proxies: str = Field(
+        default="",
+        description="Comma-separated addresses (or CIDR ranges) of reverse proxies whose "
+        "X-Forwarded-For/-Proto headers are believed; empty: none, the peer address counts.",
     )
 
     # long jobs: the broker must not redeliver a training job that is still running

@@ -12,6 +12,7 @@ A record whose heartbeat stops (the process died) is reported as stalled.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -150,7 +151,13 @@ def _run(client_factory: Any, home: Path, job_id: str) -> None:
             finished_at=time.time(),
         )
     except (CatalogError, RequestError, ValueError, OSError) as exc:
-        detail = exc.detail if isinstance(exc, RequestError) else str(exc)
+        log.info("emulate job %s failed: %s", job_id, exc)
+        if isinstance(exc, RequestError):
+            detail = exc.detail
+        elif isinstance(exc, OSError):  # its text is a server path
+            detail = "the catalog or its result could not be read or written"
+        else:
+            detail = _public(str(exc), home)
         _update(client, job_id, state="failed", error=detail[:2000], finished_at=time.time())
     except Exception as exc:
         log.exception("emulate job %s failed", job_id)
@@ -164,3 +171,12 @@ def _run(client_factory: Any, home: Path, job_id: str) -> None:
     finally:
         stop.set()
         src.unlink(missing_ok=True)
+
+
+def _public(detail: str, home: Path) -> str:
+    """An error text as anonymous callers may read it: the job's files by role, never by
+    their server path."""
+    for root in {str(home.resolve()), str(home)}:
+        detail = re.sub(re.escape(root) + r"/\S*?(input|output)(\.\w+)?\b", r"the \1 file", detail)
+        detail = detail.replace(root, "<home>")
+    return detail

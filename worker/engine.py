@@ -21,18 +21,22 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from models.kinds import EMULATOR, IMAGE
-from models.registry import Registry, RegistryError
+from models.memory import release_freed_memory
+from models.registry import Registry, RegistryDamaged, RegistryError
 
 log = logging.getLogger(__name__)
 
 REFRESH_EVERY_S = 0.25  # how often the active pointers are re-read from the registry
-RETRY_FAILED_S = 60.0  # a version that failed to load is tried again after this long
+RETRY_FAILED_S = 60.0  # a version that failed to load, files unchanged, is tried again then
+PASS_ROWS = 4096  # rows per emulator pass: the flow's buffers take ~0.6 GB at 8k rows, 1.1 at 65k
+TRIM_ROWS = 8192  # emulated rows (realizations included) after which a batch trims the heap
 ENCODER_THREADS = max(1, min(8, (os.cpu_count() or 2) // 2))  # PNG encoding beside the forward
 
 
@@ -42,6 +46,24 @@ class RequestError(Exception):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
         self.status, self.detail = status, detail
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A version that could not be loaded: the reason callers may see, when, and the state
+    of its files then (a change means someone repaired or replaced them: try again)."""
+
+    reason: str
+    when: float
+    files: tuple[Any, ...]
+
+
+def public_reason(exc: BaseException) -> str:
+    """What a caller may read about a load failure: registry messages name no server path,
+    anything else (torch, the file system) may, so it gets a fixed text; the log has all."""
+    if isinstance(exc, RegistryError):
+        return str(exc)
+    return "its weights file cannot be read (damaged or incomplete)"
 
 
 @dataclass(frozen=True)
@@ -64,10 +86,14 @@ class Engine:
         self.cache_size = cache_size
         self._active: dict[str, Loaded] = {}  # replaced wholesale, never mutated
         self._cache: OrderedDict[tuple[str, str], Loaded] = OrderedDict()
-        self._failed: dict[tuple[str, str], tuple[str, float]] = {}  # (message, when)
+        self._failed: dict[tuple[str, str], Failure] = {}
+        self._pointers: dict[str, str] = {}  # name → why its active.json cannot be read
         self._load_lock = threading.Lock()
         self._last_refresh = 0.0
         self._encoders = ThreadPoolExecutor(ENCODER_THREADS, thread_name_prefix="png")
+        # work units a second of each family, timed when a model loads: what admission
+        # assumes until batches have measured it (`worker.payload.record_pace`)
+        self.paces: dict[str, float] = {}
 
     # -- versions --------------------------------------------------------------------------
     def _load(self, name: str, version: str) -> Loaded:
@@ -78,26 +104,60 @@ class Engine:
         model = load_sampler(mv.path, self.device)
         fam = sampler_family(model)
         log.info("loaded %s@%s (%s) in %.2fs", name, version, fam, time.perf_counter() - t0)
+        self.paces[fam] = _warm_up(model, fam)
         return Loaded(name, version, float(mv.meta.get("created") or 0.0), fam, model)
+
+    def _files(self, name: str, version: str) -> tuple[Any, ...]:
+        """(mtime, size, inode) of a version's files: cheap to compare at every refresh."""
+        vdir = self.registry.root / name / "versions" / version
+        out = []
+        for f in ("model.pt", "meta.json"):
+            try:
+                st = (vdir / f).stat()
+                out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    def _active_versions(self) -> dict[str, str]:
+        """name → active version; a damaged pointer is remembered (and logged once) and
+        leaves whatever this process loaded serving."""
+        wanted = {}
+        for name in self.registry.names():
+            try:
+                version = self.registry.active_version(name)
+            except RegistryDamaged as exc:
+                if name not in self._pointers:
+                    log.error("%s; still serving %s", exc, self._active.get(name) or "nothing")
+                self._pointers[name] = str(exc)
+                continue
+            self._pointers.pop(name, None)
+            if version is not None:
+                wanted[name] = version
+        return wanted
 
     def refresh(self, force: bool = False) -> dict[str, str]:
         """Load and swap in every model whose active version changed; returns name → version."""
         now = time.monotonic()
         if force or now - self._last_refresh >= REFRESH_EVERY_S:
             self._last_refresh = now
-            for name in self.registry.names():
-                version = self.registry.active_version(name)
+            for name, version in self._active_versions().items():
                 current = self._active.get(name)
-                if version is None or (current is not None and current.version == version):
+                if current is not None and current.version == version:
                     continue
+                files = self._files(name, version)
                 failed = self._failed.get((name, version))
-                if failed is not None and now - failed[1] < RETRY_FAILED_S:
+                if (
+                    failed is not None
+                    and failed.files == files
+                    and now - failed.when < RETRY_FAILED_S
+                ):
                     continue  # logged already; the previous version keeps serving
                 try:
                     with self._load_lock:
                         loaded = self._cached(name, version) or self._load(name, version)
                 except Exception as exc:
-                    self._failed[(name, version)] = (f"{type(exc).__name__}: {exc}", now)
+                    self._failed[(name, version)] = Failure(public_reason(exc), now, files)
                     kept = current.version if current else None
                     log.exception(
                         "could not load %s@%s; still serving %s", name, version, kept or "nothing"
@@ -110,18 +170,30 @@ class Engine:
         return {name: m.version for name, m in self._active.items()}
 
     def status(self) -> dict[str, Any]:
-        """What is loaded and whether every active version is (for readiness)."""
+        """What is loaded and whether every active version is (for readiness).
+
+        `ready`: every active version has been tried (loaded, or failed and logged), so a
+        broken upload never keeps the rest from serving. `unavailable`: each model that does
+        not serve its active version, and why (`serving` says which version answers instead,
+        if any); the API reports these as a degraded state.
+        """
         loaded = self.refresh(force=True)
-        wanted = {n: self.registry.active_version(n) for n in self.registry.names()}
-        wanted = {n: v for n, v in wanted.items() if v is not None}
-        # Ready once every active version has been tried: loaded, or failed (logged) with the
-        # previous version, if any, still serving. A broken upload must not take down the rest.
+        wanted = self._active_versions()
         settled = all(loaded.get(n) == v or (n, v) in self._failed for n, v in wanted.items())
+        unavailable: dict[str, dict[str, Any]] = {}
+        for name, why in self._pointers.items():
+            unavailable[name] = {"reason": why, "serving": loaded.get(name)}
+        for (name, version), failure in self._failed.items():
+            if wanted.get(name) == version and loaded.get(name) != version:
+                reason = f"version {version}: {failure.reason}"
+                unavailable[name] = {"reason": reason, "serving": loaded.get(name)}
         return {
             "loaded": loaded,
+            "paces": dict(self.paces),
             "active": wanted,
             "ready": settled,
-            "failed": {f"{n}@{v}": msg for (n, v), (msg, _) in self._failed.items()},
+            "unavailable": unavailable,
+            "failed": {f"{n}@{v}": f.reason for (n, v), f in self._failed.items()},
             "device": str(self.device),
         }
 
@@ -138,10 +210,12 @@ class Engine:
                 self.refresh(force=stale)
                 loaded = self._active.get(name)
                 if loaded is None:
+                    if name in self._pointers:
+                        raise RequestError(503, self._pointers[name])
                     self.registry.get(name)  # raises "unknown model"/"no active version"
                     failed = self._failed.get((name, self.registry.active_version(name) or ""))
-                    why = failed[0] if failed else "still loading"
-                    raise RequestError(503, f"model {name!r} is not loaded: {why}")
+                    why = failed.reason if failed else "it is still loading; retry shortly"
+                    raise RequestError(503, f"model {name!r} is unavailable: {why}")
                 return loaded
             current = self._active.get(name)
             if current is not None and current.version == version:
@@ -150,13 +224,17 @@ class Engine:
                 loaded = self._cached(name, version) or self._load(name, version)
             self._remember(loaded)
             return loaded
+        except RegistryDamaged as exc:
+            raise RequestError(503, str(exc)) from exc
         except RegistryError as exc:
             raise RequestError(404, str(exc)) from exc
         except RequestError:
             raise
         except Exception as exc:
             log.exception("could not load %s@%s", name, version)
-            raise RequestError(503, f"model {name}@{version} could not be loaded: {exc}") from exc
+            raise RequestError(
+                503, f"model {name}@{version} could not be loaded: {public_reason(exc)}"
+            ) from exc
 
     def _cached(self, name: str, version: str) -> Loaded | None:
         loaded = self._cache.get((name, version))
@@ -239,8 +317,13 @@ class Engine:
                     out[i] = RequestError(500, f"generation failed: {type(exc).__name__}")
         return out  # type: ignore[return-value]
 
-    def emulate(self, requests: list[dict[str, Any]]) -> list[dict[str, Any] | RequestError]:
+    def emulate(
+        self, requests: list[dict[str, Any]], abandoned: Callable[[], bool] | None = None
+    ) -> list[dict[str, Any] | RequestError]:
         """Each request `{model, version, x, samples, seed}` → arrays as bytes.
+
+        `abandoned()`, asked between passes, says nobody waits for the batch any more (every
+        client left or timed out): the work stops there.
 
         `x` is the (N, 9) float64 input as bytes (`worker.payload.to_bytes`). The result
         holds `mags` (float64, (N·samples, 3), NaN where not detected), `detected` and
@@ -265,6 +348,7 @@ class Engine:
                     xs,
                     [int(requests[i]["samples"]) for i in idx],
                     [int(requests[i]["seed"]) for i in idx],
+                    abandoned,
                 )
                 for i, rows in zip(idx, results, strict=True):
                     out[i] = {
@@ -277,14 +361,51 @@ class Engine:
                     }
                     if rows.magerr is not None:
                         out[i]["magerr"] = to_bytes(rows.magerr, "<f8")
+            except Abandoned:
+                log.info("abandoned %d emulate request(s): nobody waits for them", len(idx))
+                for i in idx:
+                    out[i] = RequestError(499, "the client went away")
             except Exception as exc:
                 log.exception("emulate failed for %s@%s", *key)
                 for i in idx:
                     out[i] = RequestError(500, f"emulation failed: {type(exc).__name__}")
+        rows = sum(len(r["x"]) // (9 * 8) * int(r.get("samples") or 1)  # (rows, 9) float64
+                   for r in requests if isinstance(r.get("x"), bytes))  # fmt: skip
+        if rows > TRIM_ROWS:  # the batch's buffers are freed: give their pages back
+            release_freed_memory()
         return out  # type: ignore[return-value]
 
 
-def emulate_coalesced(emulator: Any, xs: list[Any], samples: list[int], seeds: list[int]) -> list:
+WARM_UP_ROWS, WARM_UP_IMAGES = 2048, 8
+
+
+def _warm_up(model: Any, family: str) -> float:
+    """Work units a second of one small pass through a freshly loaded model (thousands of
+    emulated rows, or images); it also warms the kernels' caches before the first request."""
+    import numpy as np
+
+    t0 = time.perf_counter()
+    if family == EMULATOR:
+        row = [[21.0, 21.0, 21.0, 5.0, 5.0, 5.0, 1.0, 1.0, 1.0]]  # mid-range inputs
+        emulate_coalesced(model, [np.repeat(np.array(row), WARM_UP_ROWS, axis=0)], [1], [0])
+        units = WARM_UP_ROWS / 1000
+    else:
+        model.images(model.latents(0, WARM_UP_IMAGES))
+        units = WARM_UP_IMAGES
+    return units / max(time.perf_counter() - t0, 1e-3)
+
+
+class Abandoned(Exception):
+    """Nobody waits for the work in progress any more."""
+
+
+def emulate_coalesced(
+    emulator: Any,
+    xs: list[Any],
+    samples: list[int],
+    seeds: list[int],
+    abandoned: Callable[[], bool] | None = None,
+) -> list:
     """Several requests through one forward pass; each keeps its own seed's randomness.
 
     Each request's draws come from `EmulatorSampler.draws(rows, samples, seed)` exactly as a lone
@@ -301,9 +422,32 @@ def emulate_coalesced(emulator: Any, xs: list[Any], samples: list[int], seeds: l
         noises.append(noise)
         uniforms.append(u)
         sizes.append(len(x) * s)
-    rows = emulator.sample_outputs(np.concatenate(reps), torch.cat(noises), torch.cat(uniforms))
+    x, noise, u = np.concatenate(reps), torch.cat(noises), torch.cat(uniforms)
+    # in slices: the flow's intermediate buffers grow with the rows of one pass
+    parts = []
+    for a in range(0, len(x), PASS_ROWS):
+        if a and abandoned is not None and abandoned():
+            raise Abandoned
+        sl = slice(a, a + PASS_ROWS)
+        parts.append(emulator.sample_outputs(x[sl], noise[sl], u[sl]))
+    rows = _concat(parts)
     bounds = np.cumsum([0, *sizes])
     return [rows.slice(a, b) for a, b in itertools.pairwise(bounds)]
+
+
+def _concat(parts: list[Any]) -> Any:
+    """One `EmulatedRows` of consecutive parts."""
+    import numpy as np
+
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return type(first)(
+        mags=np.concatenate([p.mags for p in parts]),
+        magerr=None if first.magerr is None else np.concatenate([p.magerr for p in parts]),
+        detected=np.concatenate([p.detected for p in parts]),
+        out_of_domain=np.concatenate([p.out_of_domain for p in parts]),
+    )
 
 
 _engine: Engine | None = None

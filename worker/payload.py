@@ -18,6 +18,9 @@ import numpy as np
 
 DEADLINE = "deadline"  # task kwarg: epoch seconds after which nobody waits for the answer
 DROPPED_PREFIX = "cosmogan:inference:dropped:"  # + task id: the client went away
+COST = "cost"  # task kwarg: the request's work units (images, or thousands of emulated rows)
+PACE_PREFIX = "cosmogan:inference:pace:"  # + task name: work units served a second (average)
+PACE_WEIGHT = 0.3  # weight of the newest batch in the moving average
 BLOB_PREFIX = "cosmogan:blob:"
 BLOB_SUFFIX = "_blob"  # task kwarg `x_blob` names the blob that holds input `x`
 BLOBS = "blobs"  # result field: output name → blob key
@@ -66,3 +69,23 @@ def store_outputs(client: Any, task_id: str, result: dict[str, Any]) -> dict[str
             pipe.set(out[BLOBS][k], v, ex=BLOB_TTL_S)
         pipe.execute()
     return out
+
+
+# KEYS: the task's pace. ARGV: the pace of one batch, the weight of the newest measurement.
+_PACE = """
+local old = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
+redis.call('SET', KEYS[1], tostring(old + (tonumber(ARGV[1]) - old) * tonumber(ARGV[2])))
+"""
+
+
+def record_pace(client: Any, task: str, units: float, seconds: float) -> None:
+    """Fold one batch (`units` of work in `seconds`) into the task's measured pace, which
+    the API's admission uses to refuse at once what could not be served in time."""
+    if units > 0 and seconds > 0:
+        client.eval(_PACE, 1, PACE_PREFIX + task, units / seconds, PACE_WEIGHT)
+
+
+def seed_pace(client: Any, task: str, pace: float) -> None:
+    """The task's pace, timed on a warm-up pass, where no batch has measured one yet."""
+    if pace > 0:
+        client.set(PACE_PREFIX + task, pace, nx=True)

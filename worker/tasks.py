@@ -10,6 +10,7 @@ result key (`mark_as_done`), dropping those whose client no longer waits.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from concurrent.futures import Future
@@ -21,13 +22,24 @@ from celery_batches.trace import apply_batches_task
 
 from models.settings import get_settings
 from worker.celery_app import app
-from worker.payload import DEADLINE, DROPPED_PREFIX, fetch_inputs, store_outputs
+from worker.payload import (
+    COST,
+    DEADLINE,
+    DROPPED_PREFIX,
+    fetch_inputs,
+    record_pace,
+    seed_pace,
+    store_outputs,
+)
 from worker.policy import EMULATE_FILE_TASK, EMULATE_TASK, GENERATE_TASK, PING_TASK, TRAIN_TASK
 
 log = logging.getLogger(__name__)
 _settings = get_settings()
 
 STUCK_S = max(60.0, 2 * _settings.inference_timeout_s)  # a batch that never returned
+# Work units per batch (beyond its first request): a batch of long requests would run for
+# minutes, and requests whose deadline passes meanwhile are dropped only between batches.
+MAX_BATCH_WORK = 32
 
 
 class ContinuousBatches(Batches):
@@ -63,12 +75,13 @@ class ContinuousBatches(Batches):
             if time.monotonic() - self._busy_since < STUCK_S:
                 return
             log.error("an inference batch has not returned for %.0f s; flushing anyway", STUCK_S)
-        batch = []
-        while len(batch) < self.max_batch:
+        batch, work = [], 0
+        while len(batch) < self.max_batch and work < MAX_BATCH_WORK:
             try:
                 batch.append(self._buffer.get_nowait())
             except Empty:
                 break
+            work += int(batch[-1]._payload[1].get(COST) or 1)
         if not batch:
             if self._tref is not None:  # idle: the next request restarts the timer
                 self._tref.cancel()
@@ -97,7 +110,7 @@ class ContinuousBatches(Batches):
         )
 
 
-def _wanted(requests: list[SimpleRequest]) -> list[SimpleRequest]:
+def _wanted(requests: list[SimpleRequest], quiet: bool = False) -> list[SimpleRequest]:
     """The requests someone still waits for: before their deadline, client not gone."""
     now = time.time()
     live = [r for r in requests if float(r.kwargs.get(DEADLINE) or now) >= now]
@@ -107,7 +120,7 @@ def _wanted(requests: list[SimpleRequest]) -> list[SimpleRequest]:
             live = [r for r, g in zip(live, gone, strict=True) if g is None]
         except Exception:  # no way to ask: compute them all
             log.debug("could not read dropped requests", exc_info=True)
-    if len(live) < len(requests):
+    if len(live) < len(requests) and not quiet:
         log.info("dropped %d request(s) nobody waits for", len(requests) - len(live))
     return live
 
@@ -153,7 +166,10 @@ def _answer_batch(kind: str, requests: list[SimpleRequest]) -> int:
     payloads = [dict(r.kwargs) for r in requests]
     try:
         fetch_inputs(app.backend.client, payloads)
-        results = getattr(get_engine(), kind)(payloads)
+        if kind == "emulate":  # long: stop between passes once every client has left
+            results = get_engine().emulate(payloads, lambda: not _wanted(requests, quiet=True))
+        else:
+            results = get_engine().generate(payloads)
     except Exception as exc:  # the engine guards per request; this is the last resort
         log.exception("%s batch failed", kind)
         results = [RequestError(500, f"{kind} failed: {type(exc).__name__}")] * len(requests)
@@ -166,6 +182,10 @@ def _answer_batch(kind: str, requests: list[SimpleRequest]) -> int:
             _answer_later(req, res, meta)  # the next batch starts while PNGs encode
         else:
             _answer(req, res, meta)
+    # the queue's pace: the batch's work over its time, reading and answering included
+    units = sum(int(r.kwargs.get(COST) or 0) for r in requests)
+    with contextlib.suppress(Exception):  # a measurement, never a reason to fail
+        record_pace(app.backend.client, requests[0].name, units, time.time() - started)
     return len(requests)
 
 
@@ -192,9 +212,16 @@ def emulate_file(job_id: str) -> None:
 @app.task(name=PING_TASK)
 def ping() -> dict[str, Any]:
     """Readiness: loads the active versions if needed and says what is loaded."""
+    from models.kinds import EMULATOR
     from worker.engine import get_engine
 
-    return get_engine().status()
+    status = get_engine().status()
+    for family, pace in status["paces"].items():
+        with contextlib.suppress(Exception):  # a first estimate, never a reason to fail
+            seed_pace(
+                app.backend.client, EMULATE_TASK if family == EMULATOR else GENERATE_TASK, pace
+            )
+    return status
 
 
 @app.task(

@@ -10,6 +10,7 @@ import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 
 from app import tables
 from app.deps import RegistryDep, SettingsDep, WaiterDep
@@ -25,6 +26,7 @@ from app.schemas import (
 )
 from models import columns
 from models.kinds import EMULATOR
+from models.memory import release_soon
 from models.settings import Settings
 from worker.payload import from_bytes, to_bytes
 from worker.policy import EMULATE_TASK
@@ -34,29 +36,37 @@ router.include_router(emulate_jobs.router)  # catalogs too large for one request
 
 _TABLE = {"schema": {"type": "string", "format": "binary"}}
 JOBS_HINT = "; send larger catalogs to POST /emulate/jobs (any size, in the background)"
+TRIM_CELLS = 20_000  # responses this large leave megabytes of freed objects behind
 
 
-async def read_body(request: Request) -> bytes:
-    """The request body, refused with 413 as soon as it exceeds `tables.MAX_BODY_BYTES`."""
-    limit = tables.MAX_BODY_BYTES
+async def read_body(request: Request, limit: int = tables.MAX_BODY_BYTES) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds `limit` bytes."""
     declared = request.headers.get("content-length")
+    too_big = f"request body is larger than {limit / 2**20:g} MiB{JOBS_HINT}"
     if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"request body is larger than {limit // 2**20} MiB{JOBS_HINT}")
+        raise ApiError(413, too_big)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, f"request body is larger than {limit // 2**20} MiB{JOBS_HINT}")
+            raise ApiError(413, too_big)
         chunks.append(chunk)
     return b"".join(chunks)
 
 
+def body_limit(fmt: str, settings: Settings) -> int:
+    """Largest body of format `fmt`: a JSON body is parsed whole into Python objects (about
+    100 bytes each), so it gets a tighter bound than the columnar formats."""
+    return settings.max_emulate_json_bytes if fmt == "json" else tables.MAX_BODY_BYTES
+
+
 def parse(
-    body: bytes, fmt: str, query: EmulateOptions, settings: Settings
+    body: bytes, fmt: str, media: str, query: EmulateOptions, settings: Settings
 ) -> tuple[tables.Catalog, EmulateOptions, np.ndarray]:
     """The body's catalog, the options (query parameters first, then the JSON body's) and
-    the validated (rows, 9) inputs."""
-    max_rows = settings.max_emulate_rows
+    the validated (rows, 9) inputs. The size of the work (rows, columns, cells) and whether
+    the response can be written as `media` are checked before the body is parsed where its
+    format allows (CSV header, Parquet footer, FITS header), and always before inference."""
     if fmt == "json":
         doc = tables.parse_json(body)
         rows = doc.pop("rows", None)
@@ -65,12 +75,20 @@ def parse(
         except ValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False)) from exc
         merged = {**given.model_dump(exclude_none=True), **query.model_dump(exclude_none=True)}
-        cat, opts = tables.from_rows(rows, max_rows), EmulateOptions(**merged)
+        opts = EmulateOptions(**merged)
     else:
-        cat, opts = tables.read_table(body, fmt, max_rows), query
+        rows, opts = None, query
     n = opts.samples or 1
     if n > settings.max_emulate_samples:
         raise ApiError(422, f"samples must be at most {settings.max_emulate_samples}, got {n}")
+    bounds = tables.Bounds(
+        settings.max_emulate_rows,
+        settings.max_emulate_columns,
+        settings.max_emulate_cells,
+        samples=n,
+    )
+    cat = tables.from_rows(rows, bounds) if fmt == "json" else tables.read_table(body, fmt, bounds)
+    tables.check_media(media, list(cat.columns), n)
     return cat, opts, cat.inputs()
 
 
@@ -93,7 +111,11 @@ def parse(
             "content": {m: {} for m in tables.MEDIA_TYPES},
             "description": "The rows as sent (names kept), with mag_r/i/z and detected.",
         },
-        413: {"description": "Too many rows or too large a body."},
+        406: {
+            "description": "The response cannot be written in the accepted type "
+            "(FITS: at most 999 columns)."
+        },
+        413: {"description": "Too many rows, columns or cells, or too large a body."},
         422: {"description": "Invalid or malformed rows; `problems` names each row and column."},
         503: {"description": "The inference queue is full; see Retry-After."},
     },
@@ -112,9 +134,10 @@ async def emulate(
     try:
         media = tables.negotiate(request.headers.get("accept"))
         fmt = tables.body_format(request.headers.get("content-type"))
-        body = await read_body(request)
+        body = await read_body(request, body_limit(fmt, settings))
         query = EmulateOptions(samples=samples, seed=seed, model=model, version=version)
-        cat, opts, x = await asyncio.to_thread(parse, body, fmt, query, settings)
+        cat, opts, x = await asyncio.to_thread(parse, body, fmt, media, query, settings)
+        del body  # the catalog holds what is needed; the bytes need not live to the end
         n = opts.samples or 1
         mv = await asyncio.to_thread(
             resolve, registry, opts.model or DEFAULT_EMULATOR_MODEL, opts.version, EMULATOR
@@ -139,6 +162,8 @@ async def emulate(
         )
         result = call.result
         meta = {"model": result["model"], "version": result["version"], "seed": seed, "samples": n}
+        if await request.is_disconnected():  # nobody to answer: skip the encoding
+            raise ApiError(499, "the client closed the connection")
         content = await asyncio.to_thread(_respond, cat, result, n, media, meta)
     except tables.TableError as exc:
         message = exc.message
@@ -150,7 +175,10 @@ async def emulate(
         "X-Emulate-Seed": str(seed),
         "X-Batch-Size": str(result.get("batch_size", 1)),
     }
-    return Response(content, media_type=media, headers=headers)
+    # after the answer is sent: hand the memory its parse and encoding freed back to the OS
+    cells = cat.rows * n * len(cat.columns)
+    trim = BackgroundTask(release_soon) if cells > TRIM_CELLS else None
+    return Response(content, media_type=media, headers=headers, background=trim)
 
 
 def _respond(

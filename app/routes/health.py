@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -15,6 +16,7 @@ from app.metrics import JOBS, exposition
 from app.results import BrokerUnavailable, ResultTimeout, TaskFailed
 from worker.policy import INFERENCE_QUEUE, PING_TASK
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 PING_TIMEOUT_S = 5.0
@@ -31,15 +33,22 @@ async def healthz() -> dict[str, str]:
     summary="Readiness: an inference worker answers and the active models are loaded",
     responses={503: {"description": "Not ready; `detail` says why."}},
 )
-async def readyz(request: Request, waiter: WaiterDep) -> JSONResponse:
+async def readyz(
+    request: Request,
+    waiter: WaiterDep,
+    strict: Annotated[bool, Query(description="Answer 503 when degraded too.")] = False,
+) -> JSONResponse:
     state = request.app.state
     async with state.ready_lock:  # one ping in flight at a time
         cached = state.ready_cache
         if cached is not None and time.monotonic() - cached[0] < READY_CACHE_S:
-            return JSONResponse(cached[1])
-        status, body = await _check(request, waiter)
-        if status == 200:
-            state.ready_cache = (time.monotonic(), body)
+            status, body = cached[1]
+        else:
+            status, body = await _check(request, waiter)
+            if status == 200:
+                state.ready_cache = (time.monotonic(), (status, body))
+    if strict and body.get("status") == "degraded":
+        status = 503
     return JSONResponse(body, status_code=status)
 
 
@@ -55,11 +64,26 @@ async def _check(request: Request, waiter: WaiterDep) -> tuple[int, dict[str, An
     except (ResultTimeout, BrokerUnavailable):
         return 503, {"detail": f"no inference worker answered within {PING_TIMEOUT_S:g}s"}
     except TaskFailed as exc:
-        return 503, {"detail": f"the inference worker failed its check: {exc}"}
+        log.error("readiness check failed: %s", exc)
+        return 503, {"detail": "the inference worker failed its check (see its log)"}
     if not status.get("ready"):
         missing = {n: v for n, v in status["active"].items() if status["loaded"].get(n) != v}
         return 503, {"detail": f"active models still loading: {missing}", **status}
-    return 200, {"status": "ready", **status}
+    unavailable = status.get("unavailable") or {}
+    if not unavailable:
+        return 200, {"status": "ready", **status}
+    names = ", ".join(sorted(unavailable))
+    if status["active"] and not status["loaded"]:  # nothing at all can be served
+        return 503, {
+            **status,
+            "status": "failed",
+            "ready": False,
+            "detail": f"no model serves: {names}",
+        }
+    # still 200: the other models serve, and taking the API out of a load balancer would
+    # stop them too; `ready` is false and `strict=true` makes it a 503
+    body = {**status, "status": "degraded", "ready": False, "detail": f"unavailable: {names}"}
+    return 200, body
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -252,7 +252,22 @@ async def _stream_slot(request: Request) -> AsyncIterator[tuple[str, str]]:
             await slots.release(who, token)
 
 
-STREAM_ID = r"^[0-9]{1,20}(-[0-9]{1,20})?$"
+def _at_most(limit: int) -> str:
+    """A regular expression of the decimal numbers from 0 to `limit` (leading zeros allowed
+    up to its width): shorter numbers, or a digit below the limit's after an equal prefix."""
+    digits = str(limit)
+    below = [
+        f"{digits[:i]}[0-{int(d) - 1}][0-9]{{{len(digits) - i - 1}}}"
+        for i, d in enumerate(digits)
+        if d != "0"
+    ]
+    return f"(?:[0-9]{{1,{len(digits) - 1}}}|{'|'.join([*below, digits])})"
+
+
+# A Redis stream id: `<ms>-<seq>`, each an unsigned 64-bit number (the sequence optional)
+UINT64 = _at_most(2**64 - 1)
+STREAM_ID = rf"^{UINT64}(?:-{UINT64})?$"
+NOT_AN_ID = "is not an event id: `<ms>-<seq>`, each a number from 0 to 18446744073709551615"
 STREAM_RETRY_S = 60.0  # a stream whose Redis stays unreachable this long ends
 
 
@@ -262,17 +277,22 @@ def _event_cursor(
         str | None,
         Query(
             max_length=41,
-            pattern=STREAM_ID,
             description="Resume after this event id (`<ms>-<seq>`); also `Last-Event-ID`.",
+            # checked below with a message that says what an id is; the schema states it
+            json_schema_extra={"pattern": STREAM_ID},
         ),
     ] = None,
 ) -> str | None:
     """Where to resume: the query's id, else the `Last-Event-ID` header; checked before the
     stream starts, so a bad one is a 422."""
+    if last_event_id is not None:
+        if not re.fullmatch(STREAM_ID, last_event_id):
+            raise ApiError(422, f"last_event_id {last_event_id!r} {NOT_AN_ID}")
+        return last_event_id
     header_id = request.headers.get("last-event-id")
-    if last_event_id is None and header_id is not None and not re.match(STREAM_ID, header_id):
-        raise ApiError(422, f"Last-Event-ID {header_id[:64]!r} is not an event id")
-    return last_event_id or header_id
+    if header_id is not None and not re.fullmatch(STREAM_ID, header_id):
+        raise ApiError(422, f"Last-Event-ID {header_id[:64]!r} {NOT_AN_ID}")
+    return header_id
 
 
 @router.get(

@@ -133,9 +133,11 @@ async function checkReady() {
   const badge = $("#ready");
   try {
     const r = await fetch("/readyz");
-    badge.textContent = r.ok ? "ready" : "not ready";
-    badge.className = "badge " + (r.ok ? "ok" : "bad");
-    if (!r.ok) badge.title = (await r.json()).detail || "";
+    const body = await r.json().catch(() => ({}));
+    const degraded = r.ok && body.status === "degraded"; // some model cannot load
+    badge.textContent = degraded ? "degraded" : r.ok ? "ready" : "not ready";
+    badge.className = "badge " + (r.ok && !degraded ? "ok" : "bad");
+    badge.title = r.ok && !degraded ? "" : body.detail || "";
   } catch (_) {
     badge.textContent = "offline";
     badge.className = "badge bad";
