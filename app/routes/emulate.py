@@ -117,7 +117,10 @@ def parse(
         },
         413: {"description": "Too many rows, columns or cells, or too large a body."},
         422: {"description": "Invalid or malformed rows; `problems` names each row and column."},
-        503: {"description": "The inference queue is full; see Retry-After."},
+        503: {
+            "description": "The queue is full or cannot serve it in time, or the model "
+            "cannot be loaded; see Retry-After and `detail`."
+        },
     },
     summary="Emulate observed magnitudes and detection for a catalog",
 )

@@ -51,7 +51,10 @@ def etag_matches(header: str | None, etag: str) -> bool:
         200: {"content": {"image/png": {}}, "description": "A grid of generated images."},
         304: {"description": "Not modified (If-None-Match matched the ETag)."},
         404: {"description": "Unknown model or version."},
-        503: {"description": "The inference queue is full; see Retry-After."},
+        503: {
+            "description": "The queue is full or cannot serve it in time, or the model "
+            "cannot be loaded; see Retry-After and `detail`."
+        },
     },
     summary="Generate a PNG grid; the same seed and version give the same bytes",
 )
