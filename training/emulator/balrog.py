@@ -301,8 +301,10 @@ def build_catalog(
     workers: int | None = None,
     chunk_rows: int = 2000,
     draw_seed: int | None = None,
+    data_dir: Path | None = None,
 ) -> dict:
-    """Build the mini-Balrog catalog at `out` (Parquet), resumably; returns a summary."""
+    """Build the mini-Balrog catalog at `out` (Parquet), resumably; returns a summary.
+    `data_dir` holds the truth table (default: the settings' data root)."""
     from tqdm import tqdm
 
     from models.settings import get_settings
@@ -323,7 +325,7 @@ def build_catalog(
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
-    inputs = sample_inputs(rows, seed, get_settings().data_dir)
+    inputs = sample_inputs(rows, seed, data_dir or get_settings().data_dir)
     arr = inputs[list(columns.INPUTS)].to_numpy(np.float64)
     row_ids = np.arange(rows, dtype=np.int64)
     parts = out.with_name(out.name + ".parts")
