@@ -103,10 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--port", type=int, default=None, help=port_help)
     ap.add_argument("--workers", type=int, default=None, help=workers_help)
     ap.set_defaults(func=_cmd_api)
-    text = "a Celery worker alone (training jobs and inference)"
+    text = "a Celery worker alone (training jobs, inference, dataset builds)"
     wo = sub.add_parser("worker", help=text, description=text[0].upper() + text[1:] + ".")
     wo.add_argument(
-        "--queues", default="training,inference", help="comma-separated queues to take work from"
+        "--queues",
+        default="training,inference,data",
+        help="comma-separated queues to take work from (training, inference, data)",
     )
     wo.add_argument("--concurrency", type=int, default=1, help="training processes")
     wo.set_defaults(func=_cmd_worker)

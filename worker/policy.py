@@ -56,18 +56,21 @@ def torch_threads(queue: str) -> int:
     return max(1, min(4, cores // 4))
 
 
-def pool_policy(queue: str, concurrency: int, batch_max_size: int) -> tuple[int, int]:
+def pool_policy(
+    queue: str, concurrency: int, batch_max_size: int, data_processes: int | None = None
+) -> tuple[int, int]:
     """(processes, prefetch multiplier) for a worker of `queue`.
 
     Training: one job per process at a time, prefetch 1, so late acks hand a job back if the
     process dies. Inference: one process whose celery-batches buffer is fed by prefetching;
-    the prefetch must exceed a full batch or a batch could never fill. Data: one process per
-    core (`data_processes` in the settings, default all cores), prefetch 1, late acks.
+    the prefetch must exceed a full batch or a batch could never fill. Data: `data_processes`
+    (default: the settings', else one per core), prefetch 1, late acks.
     """
     if queue == TRAINING_QUEUE:
         return max(1, concurrency), 1
     if queue == DATA_QUEUE:
-        return max(1, get_settings().data_processes or os.cpu_count() or 1), 1
+        n = data_processes or get_settings().data_processes or os.cpu_count() or 1
+        return max(1, n), 1
     return 1, 2 * batch_max_size
 
 

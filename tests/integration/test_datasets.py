@@ -96,9 +96,7 @@ def test_a_bad_upload_names_the_row_and_leaves_nothing(
         assert anonymous.post("/datasets", json={}).status_code == 401
 
 
-def test_an_image_archive_becomes_an_image_dataset(
-    client: httpx.Client, tmp_path: Path
-) -> None:
+def test_an_image_archive_becomes_an_image_dataset(client: httpx.Client, tmp_path: Path) -> None:
     make_images(tmp_path / "imgs", n=6)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tf:
