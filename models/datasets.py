@@ -2,7 +2,7 @@
 the workers and the page. Torch-free; the filesystem is the truth (shared by every machine).
 
 Layout under `<COSMOGAN_HOME>/data/`:
-    <name>/manifest.json           a ready dataset's description (written last: it marks it ready)
+    <name>/_manifest.json          a ready dataset's description (written last: it marks it ready)
     <name>/part-00000.parquet …     a catalog, one Parquet file per part (a pyarrow dataset)
     <name>/images/…                 an image set (uploaded archive)
     .building/<name>/               parts of a build in progress (kept for resume)
@@ -27,7 +27,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 NAME_RE = re.compile(NAME_PATTERN)
 # names of files and folders already in the data root (listed, trained on, deleted)
 ENTRY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-MANIFEST = "manifest.json"
+MANIFEST = "_manifest.json"  # "_": pyarrow and pandas skip it when reading the folder
 PART_GLOB = "part-*.parquet"
 BUILDING, INCOMING = ".building", ".incoming"
 FORMAT_VERSION = 1
@@ -87,7 +87,7 @@ def folder_size(path: Path) -> int:
 
 
 def write_manifest(folder: Path, description: dict[str, Any]) -> None:
-    """Write `manifest.json` atomically (it is what makes a folder a ready dataset)."""
+    """Write `_manifest.json` atomically (it is what makes a folder a ready dataset)."""
     tmp = folder / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(description, indent=2))
     os.replace(tmp, folder / MANIFEST)

@@ -238,7 +238,7 @@ def check_data_path(data: str, root: Path, want: str) -> Path:
             raise ValueError(f"dataset not found: {path.relative_to(root)} in the data root")
         if want == "dir" and not path.is_dir():
             raise ValueError(f"data {data!r} must be a folder of images")
-        dataset = path.is_dir() and (path / "manifest.json").is_file()  # a multi-part catalog
+        dataset = path.is_dir() and (path / "_manifest.json").is_file()  # a multi-part catalog
         if want == "file" and not (path.is_file() or dataset):
             raise ValueError(f"data {data!r} must be a catalog file (.parquet, .csv, .fits)")
     except OSError as exc:

@@ -118,7 +118,7 @@ def test_build_fanned_out_then_train(client: httpx.Client, service: Service) -> 
     assert r.headers["location"] == "/datasets/built" and len(r.json()["job_id"]) == 32
     desc = ready(client, "built")
     assert desc["rows"] == 3000 and desc["source"] == "analytic"
-    manifest = json.loads((service.home / "data" / "built" / "manifest.json").read_text())
+    manifest = json.loads((service.home / "data" / "built" / "_manifest.json").read_text())
     assert len(manifest["parts"]) == 8 and manifest["simulator_version"].startswith("minibalrog")
     job = client.get(f"/datasets/jobs/{r.json()['job_id']}").json()
     assert job["state"] == "succeeded" and job["rows_done"] == 3000
