@@ -124,8 +124,7 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     "while a queued or running job uses it. Needs the API key."
     + example(f"curl -X DELETE {BASE}/datasets/mine {AUTH}"),
     ("get", "/datasets/jobs/{job_id}"): "A build's state and progress: rows done of rows "
-    "in all, across every data worker, and an ETA."
-    + example(f"curl {BASE}/datasets/jobs/{JOB}"),
+    "in all, across every data worker, and an ETA." + example(f"curl {BASE}/datasets/jobs/{JOB}"),
     ("delete", "/datasets/jobs/{job_id}"): "Cancels a build: no chunk starts after this; "
     "finished parts are kept, so posting the same build again resumes it."
     + example(f"curl -X DELETE {BASE}/datasets/jobs/{JOB} {AUTH}"),

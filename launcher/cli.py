@@ -1,4 +1,5 @@
-"""The `cosmogan` command line: data, train, generate, emulate, evaluate, serve, api, worker."""
+"""The `cosmogan` command line: data, datasets, train, generate, emulate, evaluate, serve, api,
+worker."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from importlib import metadata
 from typing import Any
 
+from launcher import datasets_cli
 from training import commands as training_commands
 from training.presets import PresetError
 
@@ -87,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
     training_commands.add_commands(sub)
+    datasets_cli.add_commands(sub)
 
     host_help = "address to listen on (default: COSMOGAN_HOST, else 127.0.0.1)"
     port_help = "port to listen on (default: COSMOGAN_PORT, else 8000)"

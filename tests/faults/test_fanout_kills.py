@@ -92,9 +92,7 @@ def test_a_build_survives_a_killed_data_worker(two_of_each: Service) -> None:
     assert hit_m["rows"] == calm_m["rows"] == 480
     assert [p["sha256"] for p in hit_m["parts"]] == [p["sha256"] for p in calm_m["parts"]]
     assert hit_m["sha256"] == calm_m["sha256"]
-    pd.testing.assert_frame_equal(
-        pd.read_parquet(data / "hit"), pd.read_parquet(data / "calm")
-    )
+    pd.testing.assert_frame_equal(pd.read_parquet(data / "hit"), pd.read_parquet(data / "calm"))
 
 
 def test_an_emulation_job_survives_a_killed_inference_worker(

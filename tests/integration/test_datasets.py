@@ -150,3 +150,25 @@ def test_train_on_a_missing_dataset_says_how_to_make_one(client: httpx.Client) -
     r = client.post("/train", json={"preset": "balrog", "data": "/etc"})
     assert r.status_code == 422 and "outside the data root /" in r.json()["detail"]
     assert client.get("/datasets/nowhere").status_code == 404
+
+
+def test_the_command_line_uploads_builds_lists_and_deletes(
+    service: Service, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from launcher.cli import main
+
+    key = service.auth["Authorization"].split()[1]
+    remote = ["datasets", "--url", service.base_url, "--api-key", key]
+    path = make_analytic_catalog(tmp_path / "cli.parquet", 400, seed=9)
+    assert main([*remote, "upload", "from-cli", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 400
+    submit = ["data", "balrog", "--submit", service.base_url, "--api-key", key]
+    args = ["--name", "cli-built", "--simulator", "analytic", "--rows", "500", "--seed", "1"]
+    assert main(["-q", *submit, *args]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "ready"
+    assert main([*remote, "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "from-cli" in listed and "cli-built" in listed
+    for name in ("from-cli", "cli-built"):
+        assert main([*remote, "delete", name]) == 0
+    assert main([*remote, "show", "from-cli"]) == 2  # gone: a clear error, exit 2
