@@ -103,7 +103,8 @@ def run(quick: bool, command: str) -> tuple[list[Table], dict[str, Any]]:
                 svc.add_worker("data")
                 svc.add_worker("inference")
                 svc.wait_ready()
-                time.sleep(3.0)  # the new workers have connected and import what they run
+                # the new data worker imports GalSim and draws the inputs on its first chunk
+                _build(client, "warm-2", 40, 5)
                 raw["build_2"] = _build(client, "two", build_rows, chunk_rows)
                 raw["emulate_2"], second = _emulate(client, body)
             data = home / "data"

@@ -133,6 +133,7 @@ def run_chunks(
         try:
             with _heartbeat(store, job_id, k, token):
                 rows = chunk(k)
+            log.info("job %s: chunk %d done (%d rows)", job_id, k, rows)
             if running(store, job_id):
                 store.chunk_done(job_id, k, rows)
                 store.event(job_id, {"event": "chunk", "chunk": k, "rows": rows})

@@ -22,6 +22,7 @@ from app.deps import ApiKey, Authenticated, CeleryDep, JobsDep, SettingsDep
 from app.errors import ApiError
 from app.limits import StreamSlots, client_key
 from app.routes.datasets import HOW_TO_MAKE
+from app.routes.datasets import describe as describe_dataset
 from app.schemas import (
     JOB_ID_PATTERN,
     MAX_SEED,
@@ -56,7 +57,13 @@ JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="A training
 SAMPLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.png$")
 
 
-def resolve_data(preset: str, data: str | None, dry_run: bool, settings: Settings) -> str | None:
+def resolve_data(
+    preset: str,
+    data: str | None,
+    dry_run: bool,
+    settings: Settings,
+    jobs: JobStore | None = None,
+) -> str | None:
     """The dataset to train on: a dataset name (`/datasets`), else a path checked to exist
     inside the data root (no escaping it), a folder for an image preset or a catalog for the
     emulator. The preset's default is its dataset name (`balrog`), else the file of that
@@ -77,6 +84,14 @@ def resolve_data(preset: str, data: str | None, dry_run: bool, settings: Setting
                     422, f"dataset {name!r} holds {have}; preset {preset!r} needs {kind}"
                 )
             return str(path)
+        building = describe_dataset(jobs, settings, name) if jobs is not None else None
+        if building is not None and building["state"] != "ready":
+            done = f", {building['progress']:.0%} done" if building.get("progress") else ""
+            raise ApiError(
+                422,
+                f"dataset {name!r} is not ready: its build is {building['state']}{done} "
+                f"(GET /datasets/{name})",
+            )
     want = "dir" if fam == "image" else "file"
     try:
         return str(check_data_path(names[-1], root, want))
@@ -175,7 +190,7 @@ def create_job(
     else:
         config = build_config(body.preset, body.overrides)
         check_runnable(config, jobs)
-        data = resolve_data(body.preset, body.data, config.dry_run, settings)
+        data = resolve_data(body.preset, body.data, config.dry_run, settings, jobs)
         job_id = new_job_id()
         jobs.create(
             job_id,
