@@ -104,7 +104,7 @@ def run(quick: bool, command: str) -> tuple[list[Table], dict[str, Any]]:
                 svc.add_worker("inference")
                 svc.wait_ready()
                 # the new data worker imports GalSim and draws the inputs on its first chunk
-                _build(client, "warm-2", 40, 5)
+                _build(client, "warm-2", 100, 10)
                 raw["build_2"] = _build(client, "two", build_rows, chunk_rows)
                 raw["emulate_2"], second = _emulate(client, body)
             data = home / "data"
