@@ -16,7 +16,7 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import tables
-from app.deps import ApiKey, CeleryDep, JobsDep, SettingsDep
+from app.deps import ApiKey, Authenticated, CeleryDep, JobsDep, SettingsDep
 from app.errors import ApiError
 from app.schemas import JOB_ID_PATTERN, MAX_SEED
 from models import datasets
@@ -101,7 +101,20 @@ class DatasetOut(BaseModel):
 
 class DatasetList(BaseModel):
     datasets: list[DatasetOut]
-    data_root: str
+    data_root: str | None = Field(
+        default=None, description="Where the datasets are on the server (API key holders)."
+    )
+
+
+HIDDEN_ERROR = "hidden from anonymous callers: send the API key to see it"
+
+
+def _shown(desc: dict[str, Any], full: bool) -> DatasetOut:
+    """What a caller sees: anonymous callers get no error texts (they may hold paths)."""
+    desc = {k: v for k, v in desc.items() if k != "parts"}
+    if desc.get("error") and not full:
+        desc["error"] = HIDDEN_ERROR
+    return DatasetOut(**desc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,7 +173,7 @@ def _missing(name: str) -> ApiError:
 
 
 @router.get("", response_model=DatasetList, summary="Every dataset: ready ones and builds")
-def list_datasets(jobs: JobsDep, settings: SettingsDep) -> DatasetList:
+def list_datasets(jobs: JobsDep, settings: SettingsDep, full: Authenticated) -> DatasetList:
     out = {d["name"]: d for d in datasets.iter_ready(settings.data_dir)}
     for name, raw in jobs.r.hgetall(BUILDS_KEY).items():
         name = name.decode()
@@ -170,17 +183,16 @@ def list_datasets(jobs: JobsDep, settings: SettingsDep) -> DatasetList:
             out[name] = _build_view(jobs.get(raw.decode(), DATASET))
         except JobNotFound:
             continue
-    for d in out.values():
-        d.pop("parts", None)
-    items = [DatasetOut(**d) for _, d in sorted(out.items())]
-    return DatasetList(datasets=items, data_root=str(settings.data_dir.resolve()))
+    items = [_shown(d, full) for _, d in sorted(out.items())]
+    root = str(settings.data_dir.resolve()) if full else None
+    return DatasetList(datasets=items, data_root=root)
 
 
 @router.get("/jobs/{job_id}", response_model=DatasetOut, summary="A build job's progress")
 def get_build(
-    job_id: Annotated[str, PathParam(pattern=JOB_ID_PATTERN)], jobs: JobsDep
+    job_id: Annotated[str, PathParam(pattern=JOB_ID_PATTERN)], jobs: JobsDep, full: Authenticated
 ) -> DatasetOut:
-    return DatasetOut(**_build_view(jobs.get(job_id, DATASET)))
+    return _shown(_build_view(jobs.get(job_id, DATASET)), full)
 
 
 @router.delete(
@@ -197,11 +209,13 @@ def cancel_build(
 
 
 @router.get("/{name}", response_model=DatasetOut, summary="One dataset")
-def get_dataset(name: Entry, jobs: JobsDep, settings: SettingsDep) -> DatasetOut:
+def get_dataset(
+    name: Entry, jobs: JobsDep, settings: SettingsDep, full: Authenticated
+) -> DatasetOut:
     desc = describe(jobs, settings, name)
     if desc is None:
         raise _missing(name)
-    return DatasetOut(**desc)
+    return _shown(desc, full)
 
 
 # --------------------------------------------------------------------------------------------

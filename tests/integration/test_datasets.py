@@ -172,3 +172,27 @@ def test_the_command_line_uploads_builds_lists_and_deletes(
     for name in ("from-cli", "cli-built"):
         assert main([*remote, "delete", name]) == 0
     assert main([*remote, "show", "from-cli"]) == 2  # gone: a clear error, exit 2
+
+
+def test_a_build_is_cancelled_and_resumed_where_it_stopped(
+    client: httpx.Client, service: Service
+) -> None:
+    spec = {"name": "paused", "simulator": "galsim", "rows": 240, "seed": 3, "chunk_rows": 10}
+    r = client.post("/datasets", json=spec)
+    assert r.status_code == 202, r.text
+    job = f"/datasets/jobs/{r.json()['job_id']}"
+    wait_until(lambda: client.get(job).json()["rows_done"] >= 20, timeout=120, every=0.2)
+    assert client.delete("/datasets/paused").status_code == 409  # its own build uses it
+    rec = client.delete(job).json()
+    assert rec["state"] == "cancelled"
+    parts = service.home / "data" / ".building" / "paused"
+    kept = {p.name for p in parts.glob("part-*.parquet")}
+    assert kept and client.get("/datasets/paused").json()["state"] == "cancelled"
+    again = client.post("/datasets", json=spec)  # the same build again: a resume
+    assert again.status_code == 202 and again.json()["job_id"] == r.json()["job_id"]
+    desc = ready(client, "paused")
+    assert desc["rows"] == 240
+    done = client.get(job).json()
+    assert done["state"] == "succeeded" and done["rows_done"] == 240  # nothing counted twice
+    with service.client() as anonymous:  # no server paths for anonymous callers
+        assert anonymous.get("/datasets").json()["data_root"] is None
