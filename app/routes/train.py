@@ -84,7 +84,10 @@ def resolve_data(
                     422, f"dataset {name!r} holds {have}; preset {preset!r} needs {kind}"
                 )
             return str(path)
-        building = describe_dataset(jobs, settings, name) if jobs is not None else None
+        try:
+            building = describe_dataset(jobs, settings, name) if jobs is not None else None
+        except redis.exceptions.RedisError:
+            building = None  # no word on builds: the message below still says what to do
         if building is not None and building["state"] != "ready":
             done = f", {building['progress']:.0%} done" if building.get("progress") else ""
             raise ApiError(
