@@ -226,3 +226,6 @@ def run(store: JobStore, home: Path, job_id: str, send: Callable[[int], None]) -
         fanout.fail(store, job_id, exc.detail if isinstance(exc, RequestError) else str(exc))
     except OSError as exc:
         fanout.fail(store, job_id, f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # a bug or a broken record: fail it, or the reaper resends forever
+        log.exception("emulate job %s failed", job_id)
+        fanout.fail(store, job_id, f"internal error: {type(exc).__name__}")

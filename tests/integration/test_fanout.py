@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -14,13 +15,21 @@ from worker.jobs import DATASET, EMULATE, JobNotFound, JobStore, is_stalled, new
 
 
 @pytest.fixture
-def store(service: Service) -> JobStore:
-    return JobStore.from_url(service.redis_url)
+def store(service: Service) -> Iterator[JobStore]:
+    store = JobStore.from_url(service.redis_url)
+    made.clear()
+    yield store
+    for job_id in made:  # no test record left for the service's reaper to send out
+        store.update(job_id, state="cancelled")
+
+
+made: list[str] = []
 
 
 def fanned_out(store: JobStore, chunks: int, kind: str = DATASET) -> str:
     job_id = new_job_id()
     store.create(job_id, {"kind": kind, "name": "t", "chunks_total": chunks, "rows_done": 0})
+    made.append(job_id)
     return job_id
 
 
