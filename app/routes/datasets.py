@@ -31,7 +31,9 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 BUILDS_KEY = "cosmogan:datasets"  # hash: dataset name → the job id of its build
 MAX_UPLOAD_BYTES = 16 * 2**30
 INGEST_TIMEOUT_S = 900.0
-MAX_ROWS = 500_000_000
+# Every process of a build draws the whole build's inputs (`balrog.sample_inputs`, about
+# 300 bytes a row at its peak) before simulating its chunks: this bounds a build's size.
+MAX_ROWS = 10_000_000
 CHUNK_ROWS = {"galsim": 500, "analytic": 50_000}  # a few seconds of one core per chunk
 ARCHIVE_TYPES = {
     "application/zip": "zip",
