@@ -196,3 +196,19 @@ def test_a_build_is_cancelled_and_resumed_where_it_stopped(
     assert done["state"] == "succeeded" and done["rows_done"] == 240  # nothing counted twice
     with service.client() as anonymous:  # no server paths for anonymous callers
         assert anonymous.get("/datasets").json()["data_root"] is None
+
+
+def test_the_readmes_first_training_call_works_after_its_build_step(
+    client: httpx.Client,
+) -> None:
+    # the README's build step (smaller), then its training call: no `data`, the preset's
+    # default dataset name
+    spec = {"name": "balrog", "simulator": "analytic", "rows": 2000, "seed": 0}
+    assert client.post("/datasets", json=spec).status_code == 202
+    ready(client, "balrog")
+    overrides = {"epochs": 1, "hidden": 16, "n_critic": 1, "detector_epochs": 1}
+    r = client.post("/train", json={"preset": "balrog", "overrides": overrides})
+    assert r.status_code == 202, r.text
+    job = wait_for_state(client, r.json()["job_id"], {"succeeded", "failed"}, timeout=240)
+    assert job["state"] == "succeeded" and job["data"].endswith("balrog"), job
+    assert client.delete("/datasets/balrog").status_code == 204
