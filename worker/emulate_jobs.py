@@ -28,6 +28,7 @@ from typing import Any
 from models import datasets
 from worker import fanout
 from worker.jobs import EMULATE, RUNNING, JobStore, is_stalled
+from worker.policy import FANOUT_MESSAGES
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,7 @@ def run(store: JobStore, home: Path, job_id: str, send: Callable[[int], None]) -
             finally:
                 store.release_lease(job_id, token)
             total = store.field(job_id, "chunks_total")
-            send(min(total, fanout.MAX_MESSAGES) - 1)
+            send(min(total, FANOUT_MESSAGES) - 1)
         store.update(job_id, model=loaded.name, version=loaded.version)
         rec = store.get(job_id, EMULATE)
         fanout.run_chunks(

@@ -37,6 +37,9 @@ ROUTES = {
     DATASET_INGEST_TASK: {"queue": DATA_QUEUE},
 }
 
+# Messages sent per fanned-out job: each run claims chunks until none is left, so this only
+# needs to reach every worker process (`worker.fanout`).
+FANOUT_MESSAGES = 64
 # Queue a fanned-out job of each kind runs on.
 KIND_QUEUES = {"emulate": INFERENCE_QUEUE, "dataset": DATA_QUEUE}
 KIND_TASKS = {"emulate": EMULATE_FILE_TASK, "dataset": DATASET_BUILD_TASK}

@@ -22,9 +22,8 @@ from app.schemas import JOB_ID_PATTERN, MAX_SEED
 from models import datasets
 from models.settings import Settings
 from worker.celery_app import send_run
-from worker.fanout import MAX_MESSAGES
 from worker.jobs import DATASET, QUEUED, RUNNING, TERMINAL, TRAIN, JobNotFound, JobStore
-from worker.policy import DATA_QUEUE, DATASET_INGEST_TASK
+from worker.policy import DATA_QUEUE, DATASET_INGEST_TASK, FANOUT_MESSAGES
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -288,7 +287,7 @@ def build_dataset(
 
 def _send(celery: Any, job_id: str, chunks: int) -> None:
     try:
-        send_run(DATASET, job_id, celery, n=min(chunks, MAX_MESSAGES))
+        send_run(DATASET, job_id, celery, n=min(chunks, FANOUT_MESSAGES))
     except Exception as exc:  # the reaper sends it once the broker is back
         raise ApiError(503, "the task queue (Redis) is unreachable; retry the request") from exc
 
