@@ -2,8 +2,9 @@
 
 A fanned-out job (an emulation job, a dataset build) is `chunks_total` chunks, each fixed by
 its index, so running one twice writes the same bytes. The job is sent as one message per
-chunk (up to `policy.FANOUT_MESSAGES`), but a message does not carry a chunk: each run claims the first
-chunk that is neither done nor leased, runs it, and claims the next, until none is left. So
+chunk (up to `policy.FANOUT_MESSAGES`), but a message does not carry a chunk: each run claims
+the first chunk that is neither done nor leased, runs it, and claims the next, until none is
+left. So
 every idle worker pulls work as long as there is any, whichever messages the broker
 prefetched to whom, and a fast worker takes more chunks than a slow one.
 
