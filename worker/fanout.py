@@ -39,7 +39,6 @@ from worker.jobs import (
 log = logging.getLogger(__name__)
 
 
-
 class ChunkCancelled(Exception):
     """The job left `running` while a chunk ran (cancelled or failed elsewhere)."""
 
