@@ -4,9 +4,8 @@ A fanned-out job (an emulation job, a dataset build) is `chunks_total` chunks, e
 its index, so running one twice writes the same bytes. The job is sent as one message per
 chunk (up to `policy.FANOUT_MESSAGES`), but a message does not carry a chunk: each run claims
 the first chunk that is neither done nor leased, runs it, and claims the next, until none is
-left. So
-every idle worker pulls work as long as there is any, whichever messages the broker
-prefetched to whom, and a fast worker takes more chunks than a slow one.
+left. So every idle worker pulls work as long as there is any, whichever messages the
+broker prefetched to whom, and a fast worker takes more chunks than a slow one.
 
 A claimed chunk is owned through a short lease renewed by a heartbeat thread; a chunk whose
 worker died loses its lease within CHUNK_LEASE_TTL_S and the next claim (of a run still
