@@ -10,10 +10,9 @@ from fastapi.testclient import TestClient
 
 from app.routes.generate import etag_matches, make_etag
 from app.tables import negotiate
+from tests.conftest import API_KEY as KEY
+from tests.conftest import AUTH
 from tests.rows import ROW
-
-KEY = "unit-key"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def test_api_process_never_imports_torch() -> None:
@@ -23,19 +22,8 @@ def test_api_process_never_imports_torch() -> None:
 
 
 @pytest.fixture
-def client(home, monkeypatch):
-    # nothing listens on port 1: any route that needed the broker would fail loudly
-    monkeypatch.setenv("COSMOGAN_REDIS_URL", "redis://127.0.0.1:1/0")
-    monkeypatch.setenv("COSMOGAN_API_KEY", KEY)
-    monkeypatch.setenv("COSMOGAN_MAX_EMULATE_ROWS", "10")
-    from models.settings import get_settings
-
-    get_settings.cache_clear()
-    (home / "data").mkdir(parents=True)
-    from app.main import create_app
-
-    with TestClient(create_app(), raise_server_exceptions=False) as c:
-        yield c
+def app_env() -> dict[str, str]:
+    return {"COSMOGAN_MAX_EMULATE_ROWS": "10"}
 
 
 def test_health_is_open(client: TestClient) -> None:

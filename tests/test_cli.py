@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -132,3 +133,86 @@ def test_the_bar_counts_only_steps_it_has_seen_run() -> None:
         assert info["initial"] == 40 and info["n"] == 45 and info["total"] == 100
     finally:
         bar.close()
+
+
+# --------------------------------------------------------------------------------------------
+# --resume continues the run that was saved, with its data and settings
+
+FLOW = ["--set", "hidden=16", "--set", "transforms=1", "--set", "detector_epochs=1"]
+FLOW += ["--batch-size", "256", "--device", "cpu"]
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _ctrl_c_at(step: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One real SIGINT to this process once the bar has shown `step` (the CLI's handler)."""
+    show = StepBar.__call__
+    sent: list[int] = []
+
+    def show_then_interrupt(self: StepBar, event: dict) -> None:
+        show(self, event)
+        if event["step"] >= step and not sent:
+            sent.append(step)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(StepBar, "__call__", show_then_interrupt)
+
+
+def test_an_interrupted_run_resumes_with_its_data_and_settings(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    from tests.catalogs import make_analytic_catalog
+
+    data = make_analytic_catalog(tmp_path / "mid.parquet", 1500)
+    out = tmp_path / "runs" / "x"
+    _ctrl_c_at(2, monkeypatch)
+    first = ["-q", "train", "balrog-flow", "--data", str(data), "--epochs", "6"]
+    assert main([*first, "--out", str(out), *FLOW]) == 130
+    captured = capsys.readouterr()
+    cut = json.loads(captured.out)
+    assert cut["status"] == "cancelled" and cut["step"] == 2
+    again = captured.err.split("continue with: ")[1].strip()
+    assert again == f"cosmogan train balrog-flow --resume --out {out}"
+
+    # the printed command alone: the data and --epochs 6 come from the run's config.json
+    assert main(["-q", *shlex.split(again)[1:]]) == 0
+    done = json.loads(capsys.readouterr().out)
+    saved = json.loads((out / "config.json").read_text())
+    assert done["status"] == "succeeded" and done["epoch"] == 6  # not the preset's 100
+    assert saved["epochs"] == 6 and saved["data"] == str(data) and saved["hidden"] == 16
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and min(s for s in steps if s > 2) == 3
+
+
+def test_a_failed_resume_changes_nothing_on_disk(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    from tests.catalogs import make_analytic_catalog
+
+    data = make_analytic_catalog(tmp_path / "mid.parquet", 1500)
+    out = tmp_path / "runs" / "x"
+    args = ["-q", "train", "balrog-flow", "--data", str(data), "--epochs", "12"]
+    assert main([*args, "--out", str(out), "--max-steps", "2", *FLOW]) == 0
+    capsys.readouterr()
+    before = _files(out)
+    assert json.loads(before["config.json"])["epochs"] == 12
+
+    moved = data.rename(tmp_path / "elsewhere.parquet")
+    resume = ["-q", "train", "balrog-flow", "--resume", "--out", str(out)]
+    assert main([*resume, "--epochs", "30"]) == 2  # the saved catalog is gone
+    assert str(data) in capsys.readouterr().err
+    assert main(["-q", "train", "balrog", "--resume", "--out", str(out)]) == 2  # another preset
+    err = capsys.readouterr().err
+    assert "holds a balrog-flow run" in err and "cosmogan train balrog-flow --resume" in err
+    assert main([*resume, "--data", str(moved), "--set", "hidden=4"]) == 2  # out of bounds
+    assert "hidden" in capsys.readouterr().err
+    assert _files(out) == before  # config.json still says 12 epochs, nothing else touched
+
+    # --data points a resume at the moved catalog; --max-steps extends the saved settings
+    assert main([*resume, "--data", str(moved), "--max-steps", "4"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    saved = json.loads((out / "config.json").read_text())
+    assert done["step"] == 4 and saved["epochs"] == 12 and saved["max_steps"] == 4
+    assert saved["data"] == str(moved)

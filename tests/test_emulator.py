@@ -14,12 +14,11 @@ import torch
 from models.columns import DETECTED, INPUTS, MAGERR, OBSERVED, CatalogError
 from models.emulator import Critic, Detector, EmulatorConfig, Generator
 from models.emulator_sampler import BLOCK_ROWS, EmulatorSampler
+from tests.catalogs import make_analytic_catalog
 from training.emulator.files import emulate_file
 from training.emulator.gan import train_emulator_gan
 from training.losses import gradient_penalty
 from training.presets import build_config
-
-from .test_emulator_gan import make_analytic_catalog
 
 torch.set_num_threads(1)
 

@@ -19,16 +19,9 @@ from training.emulator.files import emulate_file
 from training.emulator.flow import train_emulator_flow
 from training.presets import FlowTrainConfig
 
-from .test_emulator_gan import make_analytic_catalog
-
 torch.set_num_threads(1)
 
 SMALL = dict(hidden=32, transforms=2, detector_epochs=2, device="cpu", batch_size=256)
-
-
-@pytest.fixture(scope="module")
-def catalog(tmp_path_factory) -> Path:
-    return make_analytic_catalog(tmp_path_factory.mktemp("fl") / "c.parquet", 6000, seed=5)
 
 
 @pytest.fixture(scope="module")

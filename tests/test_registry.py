@@ -8,9 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from models.registry import Registry, RegistryError, VersionInUse
-
-KEY = "unit-key"
-AUTH = {"Authorization": f"Bearer {KEY}"}
+from tests.conftest import AUTH
 
 
 @pytest.fixture
@@ -52,22 +50,17 @@ def test_delete_removes_a_version_but_never_the_active_one(registry: Registry) -
 
 
 @pytest.fixture
-def client(home, monkeypatch, tmp_path):
-    monkeypatch.setenv("COSMOGAN_REDIS_URL", "redis://127.0.0.1:1/0")
-    monkeypatch.setenv("COSMOGAN_API_KEY", KEY)
+def client(client: TestClient, tmp_path: Path) -> TestClient:
+    """The shared app, with two versions of `balrog` registered (v1 active)."""
     from models.settings import get_settings
 
-    get_settings.cache_clear()
     weights = tmp_path / "model.pt"
     weights.write_bytes(b"x")
     reg = Registry(get_settings().registry_dir)
     for version in ("v1", "v2"):
         reg.register("balrog", version, weights)
     reg.activate("balrog", "v1")
-    from app.main import create_app
-
-    with TestClient(create_app(), raise_server_exceptions=False) as c:
-        yield c
+    return client
 
 
 def test_note_and_delete_over_http(client: TestClient) -> None:

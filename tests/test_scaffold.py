@@ -1,4 +1,5 @@
-"""The run scaffold's contract for both families: one meaning of `epoch`, an honest metrics log."""
+"""The run scaffold's contract for every loop: one meaning of `epoch`, an honest metrics log,
+one way to cancel, checkpoint, resume and fail."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ import torch
 from PIL import Image
 
 from app.schemas import JobOut, JobProgress
+from models.checkpoint import CheckpointError, load_checkpoint
+from tests.catalogs import make_analytic_catalog
 from training.presets import build_config
 from training.progress import RECORD_FIELDS, ProgressEvent, Schedule, record_fields
 from training.runner import run_training
 from training.scaffold import MetricsLog, restore_rng, rng_state, use_deterministic_kernels
-
-from .test_emulator_gan import make_analytic_catalog
 
 # Two epochs of two steps, then one step of a third epoch cut short by max_steps.
 IMAGE = {"width": 4, "batch_size": 4, "n_critic": 2, "sample_count": 4, "checkpoint_every": 2}
@@ -199,3 +200,115 @@ def test_deterministic_kernels_are_asked_for_on_cuda_only(monkeypatch) -> None:
     finally:
         cudnn.deterministic, cudnn.benchmark = before[0], before[1]
         torch.use_deterministic_algorithms(before[2], warn_only=before[3])
+
+
+# --------------------------------------------------------------------------------------------
+# one loop convention: cancel, checkpoints, resume, a failed start
+
+FLOW = {
+    "batch_size": 100,
+    "max_rows": 500,
+    "hidden": 16,
+    "transforms": 1,
+    "detector_epochs": 1,
+    "checkpoint_every": 2,
+    "log_every": 1,
+    "device": "cpu",
+}
+LOOPS = ["nebula", "balrog", "balrog-flow"]
+
+
+def _loop_config(preset: str, **overrides: Any) -> Any:
+    if preset == "balrog-flow":
+        return build_config(preset, {**FLOW, **overrides})
+    return _config(preset, **overrides)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("preset", LOOPS)
+def test_every_loop_asks_to_stop_before_each_step_and_checkpoints_the_cancel(
+    tmp_path, data, preset
+) -> None:
+    seen: list[int] = []
+    asked_at: list[int] = []
+
+    def should_stop() -> bool:
+        asked_at.append(seen[-1] if seen else 0)
+        return bool(seen) and seen[-1] >= 2
+
+    config = _loop_config(preset, max_steps=6, checkpoint_every=100)
+    data_path = data["nebula" if preset == "nebula" else "balrog"]
+    result = run_training(
+        config,
+        data_path,
+        tmp_path,
+        progress=lambda e: seen.append(e["step"]),
+        should_stop=should_stop,
+    )
+    assert result["status"] == "cancelled" and result["step"] == 2 and result["model"] is None
+    assert asked_at[-3:] == [0, 1, 2]  # once before each generator step, the last one refused
+    assert load_checkpoint(result["checkpoint"]).step == 2  # not on the every-100 schedule
+    assert not (tmp_path / "model.pt").exists()
+    assert run_training(config, data_path, tmp_path)["step"] == 6
+
+
+@pytest.mark.parametrize("preset", ["balrog", "balrog-flow"])
+def test_a_cancel_in_the_detector_phase_resumes_to_the_uninterrupted_result(
+    tmp_path, data, preset
+) -> None:
+    config = _loop_config(preset, max_steps=4, detector_epochs=2)
+    whole = run_training(config, data["balrog"], tmp_path / "whole")
+    detector_epochs: list[int] = []
+
+    def progress(event: ProgressEvent) -> None:
+        detector_epochs.extend([1] if "detector_bce" in event["losses"] else [])
+
+    cut = run_training(
+        config,
+        data["balrog"],
+        tmp_path / "cut",
+        progress=progress,
+        should_stop=lambda: len(detector_epochs) == 1,  # during the detector's second epoch
+    )
+    assert cut["status"] == "cancelled" and cut["step"] == 0 and cut["model"] is None
+    saved = load_checkpoint(cut["checkpoint"])
+    assert saved.extra["detector_trained"] is False and saved.training_state is not None
+
+    done = run_training(config, data["balrog"], tmp_path / "cut")
+    assert done["status"] == "succeeded" and done["step"] == whole["step"]
+    a, b = load_checkpoint(whole["model"]), load_checkpoint(done["model"])
+    assert a.extra["calibration"] == b.extra["calibration"]
+    for name, tensor in a.ema.items():
+        assert torch.equal(tensor, b.ema[name]), name
+
+
+@pytest.mark.parametrize("preset", LOOPS)
+def test_a_resume_that_fails_changes_nothing_on_disk(tmp_path, data, preset) -> None:
+    image = preset == "nebula"
+    data_path = data["nebula" if image else "balrog"]
+    run_training(_loop_config(preset, max_steps=2), data_path, tmp_path)
+    before = _files(tmp_path)
+    other = "balrog" if image else ("balrog-flow" if preset == "balrog" else "nebula")
+    other_data = data["nebula" if other == "nebula" else "balrog"]
+    with pytest.raises(CheckpointError, match="use another --out"):
+        run_training(_loop_config(other, max_steps=4), other_data, tmp_path)
+    with pytest.raises(FileNotFoundError):
+        run_training(_loop_config(preset, max_steps=4), tmp_path / "gone", tmp_path)
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("preset", ["balrog", "balrog-flow"])
+def test_the_emulator_loops_ask_for_deterministic_kernels(tmp_path, preset, monkeypatch) -> None:
+    import training.emulator.flow
+    import training.emulator.gan
+
+    asked: list[bool] = []
+    module = training.emulator.gan if preset == "balrog" else training.emulator.flow
+    monkeypatch.setattr(module, "use_deterministic_kernels", lambda d, on: asked.append(on))
+    for deterministic in (True, False):
+        config = _loop_config(preset, dry_run=True, deterministic=deterministic)
+        run_training(config, None, tmp_path / str(deterministic))
+    assert asked == [True, False]

@@ -12,16 +12,8 @@ from training.presets import PRESETS
 
 
 @pytest.fixture
-def client(home, monkeypatch):
-    monkeypatch.setenv("COSMOGAN_REDIS_URL", "redis://127.0.0.1:1/0")
-    monkeypatch.setenv("COSMOGAN_MAX_GENERATE_N", "24")
-    from models.settings import get_settings
-
-    get_settings.cache_clear()
-    from app.main import create_app
-
-    with TestClient(create_app(), raise_server_exceptions=False) as c:
-        yield c
+def app_env() -> dict[str, str]:
+    return {"COSMOGAN_MAX_GENERATE_N": "24"}
 
 
 def local_assets(html: str) -> list[str]:

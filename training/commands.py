@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.settings import get_settings
 from training.presets import PRESETS, PresetError, build_config, default_data
+
+if TYPE_CHECKING:
+    from training.scaffold import RunFolder
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,27 +182,19 @@ class StopOnInterrupt:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from training.runner import run_training
+    from training.scaffold import RunFolder
 
-    overrides = _parse_overrides(args.set)
-    for key in ("epochs", "batch_size", "max_steps", "device"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
-    if args.dry_run:
-        overrides["dry_run"] = True
-    config = build_config(args.preset, overrides)
     settings = get_settings()
-    data = (
-        None if args.dry_run else Path(args.data or settings.data_dir / default_data(args.preset))
-    )
     out = Path(args.out or settings.runs_dir / f"local-{args.preset}")
-    last = out / "checkpoints" / "last.pt"
-    if args.resume and not last.exists():
-        raise PresetError(
-            f"nothing to resume: no checkpoint at {last}; "
-            "drop --resume to start a new run, or pass the run's --out"
-        )
-    if not args.resume and last.exists():
-        raise PresetError(f"{out} already holds a run; pass --resume to continue it or --out")
+    folder = RunFolder(out)
+    overrides = _train_overrides(args)
+    if args.resume:
+        config, data = _resumed(args, folder, overrides)
+    else:
+        if folder.checkpoint.exists():
+            raise PresetError(f"{out} already holds a run; pass --resume to continue it or --out")
+        config = build_config(args.preset, overrides)
+        data = None if config.dry_run else _data_path(args.data, args.preset)
 
     bar = StepBar(disable=args.quiet)
     try:
@@ -210,9 +206,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         bar.close()
     print(json.dumps(result, indent=2))
     if result["status"] == "cancelled":
-        again = f"cosmogan train {args.preset} --resume" + (
-            f" --out {args.out}" if args.out else ""
-        )
+        # the run folder's config.json holds the data and settings: --out is all resume needs
+        again = f"cosmogan train {args.preset} --resume --out {shlex.quote(str(out))}"
         print(
             f"cosmogan: interrupted at step {result['step']}; checkpoint saved in "
             f"{result['checkpoint']}; continue with: {again}",
@@ -220,6 +215,55 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
         return 130
     return 0
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line (`--set`, `--epochs`, ...), nothing else."""
+    overrides = _parse_overrides(args.set)
+    for key in ("epochs", "batch_size", "max_steps", "device"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if args.dry_run:
+        overrides["dry_run"] = True
+    return overrides
+
+
+def _data_path(data: str | None, preset: str) -> Path:
+    return Path(data or get_settings().data_dir / default_data(preset))
+
+
+def _resumed(
+    args: argparse.Namespace, folder: RunFolder, overrides: dict[str, Any]
+) -> tuple[Any, Path | None]:
+    """The config and data of the run in `folder`, as saved in its `config.json`.
+
+    Settings given with `--resume` change the saved ones (`--epochs` to train longer,
+    `--device`); `--data` replaces the saved path (a moved catalog). Nothing is written here:
+    a resume that fails leaves the run folder as it was.
+    """
+    from training.presets import config_from_dict
+
+    if not folder.checkpoint.exists():
+        raise PresetError(
+            f"nothing to resume: no checkpoint at {folder.checkpoint}; "
+            "drop --resume to start a new run, or pass the run's --out"
+        )
+    if not folder.config.exists():
+        raise PresetError(f"{folder.root} has a checkpoint but no config.json to resume with")
+    saved, saved_data = folder.saved()
+    preset = saved.get("preset")
+    if preset != args.preset:
+        raise PresetError(
+            f"{folder.root} holds a {preset} run, not {args.preset}; continue it with: "
+            f"cosmogan train {preset} --resume --out {shlex.quote(str(folder.root))}"
+        )
+    config = build_config(args.preset, overrides, base=config_from_dict(saved))
+    if args.data:
+        return config, Path(args.data)
+    if saved_data is not None:
+        return config, Path(saved_data)
+    # a run folder from before config.json recorded its data: the preset's default
+    return config, None if config.dry_run else _data_path(None, args.preset)
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,7 +396,10 @@ def add_commands(sub: Any) -> None:
     tr.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the preset's, auto)")
     tr.add_argument("--out", help="run folder (default: $COSMOGAN_HOME/runs/local-PRESET)")
     tr.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint, with the data and settings it "
+        "saved (options given with it change them, e.g. --epochs to train longer)",
     )
     tr.add_argument("--dry-run", action="store_true", help="two steps on generated data")
     tr.add_argument(

@@ -37,7 +37,6 @@ class ImageTrainConfig:
     device: str = "auto"
     dry_run: bool = False  # two steps on generated data
     max_steps: int | None = None  # stop after this many generator steps (time-boxing)
-    num_workers: int = 0
     width: int = 32  # network width (channels of the widest-resolution block; seed = 64)
     samples_every: int = 1  # epochs between sample grids (the last epoch always gets one)
     heldout_fraction: float = 0.1  # images kept out of training for evaluation (by file hash)
@@ -108,6 +107,7 @@ class FlowTrainConfig:
     dry_run: bool = False
     max_steps: int | None = None
     max_rows: int | None = None
+    deterministic: bool = True  # CUDA: deterministic kernels, so a resumed run is bit-exact
 
 
 PRESETS: dict[str, ImageTrainConfig | EmulatorTrainConfig | FlowTrainConfig] = {
@@ -168,7 +168,6 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "sample_count": (1, 256),
     "max_steps": (1, 10**9),
     "max_rows": (1, 10**9),
-    "num_workers": (0, 16),
     "width": (4, 512),
     "samples_every": (1, 10**6),
     "heldout_fraction": (0.0, 0.9),
@@ -194,10 +193,14 @@ def family(preset: str) -> Family:
     return family_of(PRESETS[preset].kind)
 
 
-def build_config(preset: str, overrides: dict[str, Any] | None = None) -> Any:
-    """The preset's config with `overrides` applied and checked."""
+def build_config(preset: str, overrides: dict[str, Any] | None = None, *, base: Any = None) -> Any:
+    """The preset's config (or `base`, a saved run's config of it) with `overrides` applied
+    and checked."""
     family(preset)  # an unknown preset fails here, with the list of known ones
-    base = PRESETS[preset]
+    if base is None:
+        base = PRESETS[preset]
+    elif base.preset != preset:
+        raise PresetError(f"a {base.preset} config cannot be the base of preset {preset!r}")
     overrides = dict(overrides or {})
     known = {f.name: f for f in fields(base)}
     for key, value in overrides.items():

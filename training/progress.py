@@ -1,6 +1,6 @@
 """What a training run reports: one progress event type, one schedule, one meaning of `epoch`.
 
-Torch-free, so that the API can import the contract it serves. Both training loops build
+Torch-free, so that the API can import the contract it serves. All three training loops build
 their events with `progress_event`, the worker stores `record_fields(event)` in the job
 record, the SSE stream relays those fields and `app.schemas.JobOut` declares them.
 
@@ -122,10 +122,6 @@ def record_fields(event: ProgressEvent | dict[str, Any]) -> dict[str, Any]:
     if event.get("metrics"):
         fields["metrics"] = event["metrics"]
     return fields
-
-
-def ignore_progress(event: ProgressEvent) -> None:
-    """The progress callback of a run nobody watches."""
 
 
 def never_stop() -> bool:

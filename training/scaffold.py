@@ -1,16 +1,31 @@
-"""The run scaffold both training loops stand on: run folder, metrics log, pace, EMA, RNG state.
+"""The run scaffold all three training loops stand on: run folder, one run's life, pace, EMA, RNG.
 
 A run folder holds
 
-    config.json          the training config (written atomically when the run starts)
+    config.json          the training config and the data it trains on (written once the run
+                         has passed its checks: a run that fails to start or resume changes
+                         nothing on disk)
     checkpoints/last.pt  full state: networks, optimizers, RNG states, position (resume from it)
     samples/             sample grids (image runs)
     metrics.jsonl        one JSON object per logged step: {"step", "epoch", "time", ...}
     model.pt             inference-only checkpoint, written when the run finished
 
-A run resumes from `checkpoints/last.pt`; the metrics log is cut back to that checkpoint's
-step first, so that after any kill and resume its steps are strictly increasing. `epoch` means
-epochs completed (see `training.progress`).
+Every loop follows one convention, so that they read alike and behave alike:
+
+1. load data, build networks and optimizers, and, when resuming, load
+   `RunFolder.previous` (checked to be a run of the same kind and network) into them;
+2. `Run.start` writes `config.json` and opens the metrics log, cut back to the checkpoint's
+   step, so that after any kill and resume its steps are strictly increasing;
+3. `while run.more(step)`: the one place a loop asks its stop flag, before each step (and
+   the emulators' detector phase before each of its epochs); a stop ends the loop, and the
+   run is cancelled;
+4. the loop's one `checkpoint()` builds its `Checkpoint` and saves it with `Run.save`:
+   every `checkpoint_every` steps, at each epoch end, when the run ends (also when cancelled),
+   and at the start of the emulators' detector phase (a cancel there resumes at that start);
+5. `Run.finish` writes `model.pt` when the run completed, and `Run.result` reports "done"
+   and returns the `TrainResult`.
+
+`epoch` means epochs completed (see `training.progress`).
 """
 
 from __future__ import annotations
@@ -18,6 +33,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -28,11 +44,22 @@ import torch
 from torch import nn
 
 from models.atomic import atomic_write
-from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from training.presets import config_to_dict
-from training.progress import EventKind, ProgressFn, Schedule, progress_event
+from training.progress import (
+    EventKind,
+    ProgressFn,
+    Schedule,
+    StopFn,
+    TrainResult,
+    never_stop,
+    progress_event,
+)
 
 log = logging.getLogger(__name__)
+
+
+SUCCEEDED, CANCELLED = "succeeded", "cancelled"
 
 
 @dataclass(frozen=True)
@@ -61,37 +88,53 @@ class RunFolder:
     def model(self) -> Path:
         return self.root / "model.pt"
 
-    @classmethod
-    def create(cls, root: str | Path, config: Any) -> RunFolder:
-        """Make the folder and write `config.json` (atomically: never half a file)."""
-        run = cls(Path(root))
-        run.root.mkdir(parents=True, exist_ok=True)
-        with atomic_write(run.config, "w", encoding="utf-8") as f:
-            json.dump(config_to_dict(config), f, indent=2)
-        return run
+    def write_config(self, config: Any, data: str | Path | None) -> None:
+        """Write `config.json`: the config and the data path (atomically: never half a file)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        saved = {**config_to_dict(config), "data": None if data is None else str(Path(data))}
+        with atomic_write(self.config, "w", encoding="utf-8") as f:
+            json.dump(saved, f, indent=2)
+
+    def saved(self) -> tuple[dict[str, Any], str | None]:
+        """The config fields and the data path that `config.json` holds (for a resume).
+
+        Run folders written before the data path was recorded give None for it.
+        """
+        fields = json.loads(self.config.read_text(encoding="utf-8"))
+        data = fields.pop("data", None)
+        return fields, data
 
     def resumable(self, resume: bool) -> bool:
         """Whether this run continues from its last checkpoint."""
         return resume and self.checkpoint.is_file()
 
-    def previous(self, resume: bool, map_location: str | torch.device) -> Checkpoint | None:
-        """The full-state checkpoint this run resumes from, or None for a fresh start."""
+    def previous(
+        self, resume: bool, kind: str, config: dict[str, Any] | None = None
+    ) -> Checkpoint | None:
+        """The full-state checkpoint this run resumes from, or None for a fresh start.
+
+        It must hold a run of model `kind` (and, when given, of network `config`) with its
+        training state; anything else is refused before the run writes a byte. Loaded on the
+        CPU: `load_state_dict` moves each tensor to its network's device.
+        """
         if not self.resumable(resume):
             return None
-        ckpt = load_checkpoint(self.checkpoint, map_location=map_location)
-        if ckpt.training_state is None:
-            raise ValueError(f"{self.checkpoint} holds no training state to resume from")
+        ckpt = load_checkpoint(self.checkpoint, map_location="cpu")
+        if (
+            ckpt.kind != kind
+            or (config is not None and ckpt.config != config)
+            or ckpt.training_state is None
+        ):
+            wanted = kind if config is None else f"{kind} {config}"
+            raise CheckpointError(
+                f"{self.checkpoint} holds a {ckpt.kind} {ckpt.config} run, not a resumable "
+                f"{wanted} run; use another --out"
+            )
         return ckpt
 
     def sample_grid(self, epoch: int) -> str:
         """The run-relative path of the grid written after `epoch` completed epochs."""
         return f"samples/epoch_{epoch:04d}.png"
-
-    def save_model(self, ckpt: Checkpoint, **extra: Any) -> str:
-        """Write the inference-only `model.pt` (no training state) and return its path."""
-        model = ckpt.inference_only()
-        model.extra = {**model.extra, **extra}
-        return str(save_checkpoint(model, self.model))
 
 
 class MetricsLog:
@@ -171,6 +214,105 @@ class Pace:
     def stats(self, step: int, total_steps: int) -> dict[str, float]:
         rate = self.elapsed / max(step - self.start_step, 1)
         return {"seconds_per_step": rate, "eta_s": rate * max(total_steps - step, 0)}
+
+
+class Run:
+    """One training run under way: its folder, schedule, metrics log, progress and stop flag.
+
+    Made by `Run.start` once the loop has loaded its data and its resume checkpoint; see the
+    module docstring for the convention the loops follow with it.
+    """
+
+    def __init__(
+        self,
+        folder: RunFolder,
+        schedule: Schedule,
+        metrics_log: MetricsLog,
+        report: Reporter,
+        stop: StopFn,
+    ) -> None:
+        self.folder, self.schedule, self.log, self.report = folder, schedule, metrics_log, report
+        self.stop = stop
+        self.status = SUCCEEDED
+
+    @classmethod
+    def start(
+        cls,
+        folder: RunFolder,
+        config: Any,
+        data: str | Path | None,
+        schedule: Schedule,
+        previous: Checkpoint | None,
+        *,
+        progress: ProgressFn | None,
+        should_stop: StopFn | None,
+    ) -> Run:
+        """Write `config.json` and open the metrics log, cut back to `previous`'s step."""
+        folder.write_config(config, data)
+        resume_step = None if previous is None else previous.step
+        return cls(
+            folder,
+            schedule,
+            MetricsLog(folder.metrics, resume_step),
+            Reporter(progress, schedule),
+            should_stop or never_stop,
+        )
+
+    def stopped(self) -> bool:
+        """Ask the stop flag; once it says stop, the run ends cancelled."""
+        if self.status == SUCCEEDED and self.stop():
+            self.status = CANCELLED
+        return self.status == CANCELLED
+
+    def more(self, step: int) -> bool:
+        """Whether to run another step: the schedule has one left and nobody asked to stop."""
+        return not self.schedule.done(step) and not self.stopped()
+
+    def save(self, ckpt: Checkpoint) -> Checkpoint:
+        """Write `ckpt` as the run's full-state checkpoint (atomically) and return it."""
+        save_checkpoint(ckpt, self.folder.checkpoint)
+        return ckpt
+
+    def finish(self, final: Checkpoint, **extra: Any) -> str | None:
+        """The inference-only `model.pt` of `final` (with `extra`), written when the run
+        completed; None when it was cancelled."""
+        if self.status != SUCCEEDED:
+            log.info("cancelled; checkpoint %s", self.folder.checkpoint)
+            return None
+        model = final.inference_only()
+        model.extra = {**model.extra, **extra}
+        return str(save_checkpoint(model, self.folder.model))
+
+    def result(
+        self,
+        step: int,
+        *,
+        losses: dict[str, float],
+        eta_s: float | None,
+        metrics: dict[str, Any],
+        model: str | None,
+        samples: str | None = None,
+    ) -> TrainResult:
+        """Report "done" and return what the loop returns; `metrics` gain the last `losses`."""
+        metrics = {**metrics, "losses": dict(losses)}
+        self.report("done", step, losses=losses, eta_s=eta_s, samples=samples, metrics=metrics)
+        log.info("%s at step %d/%d", self.status, step, self.schedule.total_steps)
+        return TrainResult(
+            status=self.status,
+            step=step,
+            epoch=self.schedule.epoch(step),
+            checkpoint=str(self.folder.checkpoint),
+            model=model,
+            metrics=metrics,
+        )
+
+
+def epoch_order(seed: int, epoch: int, n: int, rows: int, device: torch.device) -> torch.Tensor:
+    """The row order of `epoch`: permutations of `n` rows from (seed, epoch), enough to cover
+    `rows` draws. A pure function of the position, so an exact resume needs no saved order."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    reps = max(1, math.ceil(rows / n))
+    return torch.cat([torch.randperm(n, generator=g) for _ in range(reps)]).to(device)
 
 
 # --------------------------------------------------------------------------------------------

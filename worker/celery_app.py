@@ -66,7 +66,7 @@ def create_app() -> Celery:
         # live in the job records, so the result keys only need to outlive a slow reader.
         result_expires=600,
         worker_prefetch_multiplier=1,
-        # Duplicate deliveries of a training job are harmless (a per-job lock in Redis lets
+        # Duplicate deliveries of a training job are harmless (a per-job lease in Redis lets
         # one run at a time and the run resumes from its checkpoint), so a lost broker
         # connection need not kill a long job.
         worker_cancel_long_running_tasks_on_connection_loss=False,

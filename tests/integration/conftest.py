@@ -66,6 +66,19 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         yield svc
 
 
+@pytest.fixture(scope="module")
+def client_headers() -> dict[str, str]:
+    """Headers every request of a module's `client` carries; a module overrides it."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def client(service: Service, client_headers: dict[str, str]) -> Iterator[httpx.Client]:
+    """An HTTP client of the session's service, shared by a module's tests."""
+    with service.client(headers=client_headers) as c:
+        yield c
+
+
 def wait_for_state(
     client: httpx.Client, job_id: str, states: set[str], timeout: float = 90.0
 ) -> dict[str, Any]:

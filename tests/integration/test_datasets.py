@@ -11,17 +11,16 @@ import httpx
 import pandas as pd
 import pytest
 
+from tests.catalogs import make_analytic_catalog
 from tests.integration.conftest import Service, make_images, wait_for_state, wait_until
-from tests.test_emulator_gan import make_analytic_catalog
 
 PARQUET = "application/vnd.apache.parquet"
 TRAIN = {"epochs": 1, "hidden": 16, "transforms": 2, "detector_epochs": 1}
 
 
 @pytest.fixture(scope="module")
-def client(service: Service):
-    with service.client(headers=service.auth) as c:
-        yield c
+def client_headers(service: Service) -> dict[str, str]:
+    return service.auth  # uploads, builds and training need the API key
 
 
 def ready(client: httpx.Client, name: str, timeout: float = 180) -> dict:

@@ -14,7 +14,6 @@ import pyarrow.parquet as pq
 import pytest
 from astropy.table import Table
 
-from tests.integration.conftest import Service
 from tests.rows import ROW
 
 PARQUET = "application/vnd.apache.parquet"
@@ -30,12 +29,6 @@ def parquet_bytes(df: pd.DataFrame | pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf)
     return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def client(service: Service):
-    with service.client() as c:
-        yield c
 
 
 def post(client: httpx.Client, body: bytes, ctype: str, accept: str = "application/json",

@@ -16,9 +16,8 @@ PARQUET = "application/vnd.apache.parquet"
 
 
 @pytest.fixture(scope="module")
-def client(service: Service):
-    with service.client(headers=service.auth) as c:  # starting a job needs the API key
-        yield c
+def client_headers(service: Service) -> dict[str, str]:
+    return service.auth  # starting a job needs the API key
 
 
 def catalog(n: int) -> pd.DataFrame:

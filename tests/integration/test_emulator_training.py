@@ -9,14 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.catalogs import make_analytic_catalog
 from tests.integration.conftest import Service, wait_for_state
-from tests.test_emulator_gan import make_analytic_catalog
-
-
-@pytest.fixture(scope="module")
-def client(service: Service):
-    with service.client() as c:
-        yield c
 
 
 def test_flow_job_reports_the_figures_of_cosmogan_evaluate_and_is_served(

@@ -24,12 +24,6 @@ def rows(n: int) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def client(service: Service):
-    with service.client() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def balrog(service: Service, client: httpx.Client) -> dict[str, Any]:
     """A balrog dry run, followed over server-sent events to success, activated."""
     r = client.post(

@@ -61,14 +61,14 @@ def train_detector(
     *,
     report: Reporter,
     step: int,
-    stop: StopFn,
+    stopped: StopFn,
 ) -> dict[str, Any] | None:
     """Fit `detector` with BCE on every training row, then Platt-scale it on `val`.
 
     `config` is the run's (`detector_epochs`, `detector_batch_size`, `detector_lr`, `seed`,
     `dry_run`); each epoch is reported as a "step" event at generator step `step`, and
-    `stop()` is asked after each (the detector restarts from scratch on resume: it takes
-    seconds). Returns the calibration figures, or None when stopped.
+    `stopped()` is asked before each (a stopped run trains the detector again from the
+    start on resume: it takes seconds). Returns the calibration figures, or None when stopped.
     """
     epochs = 1 if config.dry_run else config.detector_epochs
     lr, batch_size, seed = config.detector_lr, config.detector_batch_size, config.seed
@@ -84,6 +84,8 @@ def train_detector(
     detector.train()
     bce = float("nan")
     for epoch in range(epochs):
+        if stopped():
+            return None
         order = torch.randperm(len(train), generator=g).to(device)
         total = 0.0
         for i in range(0, len(train), bs):
@@ -98,8 +100,6 @@ def train_detector(
             "step", step, losses={"detector_bce": bce}, eta_s=None,
             metrics={"detector_epoch": epoch + 1},
         )  # fmt: skip
-        if stop():
-            return None
     detector.eval()
 
     calibration: dict[str, Any] = {"train_bce": bce}

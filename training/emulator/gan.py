@@ -11,38 +11,31 @@ offset, the identity is built in and all its capacity goes into the error distri
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from models.checkpoint import Checkpoint, save_checkpoint
-from models.columns import INPUTS
+from models.checkpoint import Checkpoint
 from models.device import resolve_device
 from models.emulator import Critic, Detector, EmulatorConfig, EmulatorScalers, Generator
-from training.emulator.data import (
-    Split,
-    fit_scalers,
-    target_tensors,
-    training_splits,
-)
-from training.emulator.detector import train_detector
+from training.emulator.data import Split, target_tensors
+from training.emulator.shared import DetectorPhase, finish, load_splits, preprocessing, run_scalers
 from training.losses import gradient_penalty, wgan_critic_loss, wgan_generator_loss
-from training.presets import EmulatorTrainConfig, config_to_dict
-from training.progress import ProgressFn, Schedule, StopFn, TrainResult, never_stop
+from training.presets import EmulatorTrainConfig
+from training.progress import ProgressFn, Schedule, StopFn, TrainResult
 from training.scaffold import (
-    MetricsLog,
     Pace,
-    Reporter,
+    Run,
     RunFolder,
     ema_copy,
+    epoch_order,
     restore_rng,
     rng_state,
     update_ema,
+    use_deterministic_kernels,
 )
 
 log = logging.getLogger(__name__)
@@ -97,42 +90,32 @@ def train_emulator_gan(
     One epoch is one pass of the critic over the detected training objects: every critic
     step draws a fresh batch, so a generator step consumes `n_critic × batch_size` rows.
     """
-    run = RunFolder.create(out_dir, config)
     device = resolve_device(config.device)
-    stop = should_stop or never_stop
     torch.manual_seed(config.seed)
+    use_deterministic_kernels(device, config.deterministic)
 
-    # ---- load data -------------------------------------------------------------------------
-    train, val = training_splits(
-        data, seed=config.seed, dry_run=config.dry_run, max_rows=config.max_rows
-    )
-    if len(train) == 0:
-        raise ValueError(f"{data} has no rows in the 'train' split")
+    # ---- data, and the checkpoint a resumed run continues from --------------------------------
+    folder = RunFolder(Path(out_dir))
+    train, val = load_splits(config, data)
+    previous = folder.previous(resume, config.kind)
+    scalers = run_scalers(config, train, previous)
 
-    # ---- resume or start: preprocessing and networks -----------------------------------------
-    previous = run.previous(resume, map_location=device)
+    # ---- networks and optimizers (restored when resuming) ----------------------------------
     if previous is not None:
-        scalers = EmulatorScalers.from_dict(previous.preprocessing)
         net_cfg = EmulatorConfig.from_dict(previous.config)
     else:
-        scalers = fit_scalers(
-            train, log_conditions=config.log_conditions, with_errors=config.emulate_errors
-        )
         net_cfg = EmulatorConfig(
             noise_dim=config.noise_dim, hidden=config.hidden, out_dim=scalers.out_dim
         )
     generator = Generator(net_cfg).to(device)
     critic = Critic(net_cfg).to(device)
-    detector = Detector(net_cfg).to(device)
+    detection = DetectorPhase(Detector(net_cfg).to(device), previous)
     ema = ema_copy(generator)
     opt_g = torch.optim.Adam(
         generator.parameters(), lr=config.lr, betas=(config.beta1, config.beta2)
     )
     opt_c = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
-
     step, metrics = 0, {}
-    calibration: dict[str, Any] = {}
-    detector_done = False
     if previous is not None:
         state = previous.training_state
         generator.load_state_dict(state["generator"])
@@ -140,15 +123,10 @@ def train_emulator_gan(
         opt_g.load_state_dict(state["opt_g"])
         opt_c.load_state_dict(state["opt_c"])
         ema.load_state_dict(previous.ema)
-        detector.load_state_dict(previous.extra["detector"])
-        calibration = dict(previous.extra.get("calibration", {}))
-        detector_done = bool(previous.extra.get("detector_trained", False))
         metrics = dict(previous.extra.get("metrics", {}))
         step = previous.step
         restore_rng(state, device)
-        log.info("resuming %s at step %d", run.root, step)
-    # a detector cut short is trained again from scratch: its log line too
-    metrics_log = MetricsLog(run.metrics, step if detector_done else None)
+        log.info("resuming %s at step %d", folder.root, step)
 
     # ---- schedule ------------------------------------------------------------------------
     cond_all, true_all, target_all = target_tensors(scalers, train, device)  # (N,6) (N,3) (N,D)
@@ -162,78 +140,46 @@ def train_emulator_gan(
         dry_run_steps=2 if config.dry_run else None,
     )
     steps_per_epoch = schedule.steps_per_epoch
-    report = Reporter(progress, schedule)
+    run = Run.start(
+        folder, config, data, schedule, previous, progress=progress, should_stop=should_stop
+    )
 
-    def make_checkpoint() -> Checkpoint:
-        return Checkpoint(
-            kind="cwgan-gp",
-            config=net_cfg.to_dict(),
-            preprocessing={**scalers.to_dict(), "inputs": list(INPUTS), "target": "mag - true"},
-            ema={k: v.detach().clone() for k, v in ema.state_dict().items()},
-            step=step,
-            epoch=schedule.epoch(step),
-            extra={
-                "preset": config.preset,
-                "train_config": config_to_dict(config),
-                "detector": {k: v.detach().clone() for k, v in detector.state_dict().items()},
-                "detector_trained": detector_done,
-                "calibration": calibration,
-                "metrics": metrics,
-            },
-            training_state={
-                "generator": generator.state_dict(),
-                "critic": critic.state_dict(),
-                "opt_g": opt_g.state_dict(),
-                "opt_c": opt_c.state_dict(),
-                "rng": rng_state(device),
-            },
-        )
-
-    def result(status: str, model: str | None) -> TrainResult:
-        report("done", step, losses=losses, eta_s=eta, metrics=metrics)
-        return TrainResult(
-            status=status,
-            step=step,
-            epoch=schedule.epoch(step),
-            checkpoint=str(run.checkpoint),
-            model=model,
-            metrics=dict(metrics),
+    def checkpoint() -> Checkpoint:
+        return run.save(
+            Checkpoint(
+                kind="cwgan-gp",
+                config=net_cfg.to_dict(),
+                preprocessing=preprocessing(scalers),
+                ema={k: v.detach().clone() for k, v in ema.state_dict().items()},
+                step=step,
+                epoch=schedule.epoch(step),
+                extra=detection.checkpoint_extra(config, metrics),
+                training_state={
+                    "generator": generator.state_dict(),
+                    "critic": critic.state_dict(),
+                    "opt_g": opt_g.state_dict(),
+                    "opt_c": opt_c.state_dict(),
+                    "rng": rng_state(device),
+                },
+            )
         )
 
     # ---- detection classifier (all training rows), then Platt scaling on the val split -----
     losses: dict[str, float] = {}
     eta: float | None = None
-    if not detector_done:
-        fitted = train_detector(
-            detector, scalers, train, val, config, device, report=report, step=step, stop=stop
-        )
-        if fitted is None:  # cancelled: the detector restarts from scratch on resume
-            save_checkpoint(make_checkpoint(), run.checkpoint)
-            return result("cancelled", None)
-        calibration, detector_done = fitted, True
-        metrics_log.write(step, 0, event="detector", **calibration)
-        metrics.update({k: v for k, v in calibration.items() if k != "train_bce"})
-        save_checkpoint(make_checkpoint(), run.checkpoint)
+    if not detection.run(run, step, checkpoint, scalers, (train, val), config, device, metrics):
+        return run.result(step, losses=losses, eta_s=eta, metrics=metrics, model=None)
 
     # ---- the cWGAN-GP ------------------------------------------------------------------------
     val_det = val.only_detected().head(MONITOR_ROWS)
     perm: torch.Tensor | None = None
     pace = Pace(step)
-    status = "succeeded"
-
-    def epoch_order(e: int) -> torch.Tensor:
-        # a permutation per epoch from (seed, epoch): exact resume needs no saved order
-        g = torch.Generator().manual_seed(config.seed * 1_000_003 + e)
-        reps = math.ceil(steps_per_epoch * rows_per_step / n_det)
-        return torch.cat([torch.randperm(n_det, generator=g) for _ in range(reps)]).to(device)
-
     generator.train()
     critic.train()
-    while not schedule.done(step):
+    while run.more(step):
         e, k = divmod(step, steps_per_epoch)
         if perm is None or k == 0:
-            perm = epoch_order(e)
-
+            perm = epoch_order(config.seed, e, n_det, steps_per_epoch * rows_per_step, device)
         # critic steps, each on a fresh real batch
         for j in range(config.n_critic):
             idx = perm[(k * config.n_critic + j) * batch : (k * config.n_critic + j + 1) * batch]
@@ -281,32 +227,18 @@ def train_emulator_gan(
         )
         metrics.update(monitor)
         if epoch_end or step % config.log_every == 0:
-            metrics_log.write(step, schedule.epoch(step), **losses, **stats, **monitor)
-        report("step", step, losses=losses, eta_s=eta, metrics=metrics)
+            run.log.write(step, schedule.epoch(step), **losses, **stats, **monitor)
+        run.report("step", step, losses=losses, eta_s=eta, metrics=metrics)
 
-        # checkpoint: every `checkpoint_every` steps, at each epoch end and when cancelled
-        cancelled = stop()
-        if cancelled or epoch_end or step % config.checkpoint_every == 0:
-            save_checkpoint(make_checkpoint(), run.checkpoint)
+        # checkpoint: every `checkpoint_every` steps and at each epoch end
+        if epoch_end or step % config.checkpoint_every == 0:
+            checkpoint()
         if epoch_end:
-            report("epoch", step, losses=losses, eta_s=eta, metrics=metrics)
-        if cancelled and not schedule.done(step):
-            status = "cancelled"
-            break
+            run.report("epoch", step, losses=losses, eta_s=eta, metrics=metrics)
 
-    if status == "cancelled":
-        log.info("cancelled at step %d; checkpoint %s", step, run.checkpoint)
-        return result(status, None)
-
-    # ---- done: the inference-only model --------------------------------------------------------
-    final = make_checkpoint()
-    save_checkpoint(final, run.checkpoint)
-    model = run.save_model(final)
-    if data is not None and not config.dry_run:
-        from training.emulator.evaluate import job_figures
-
-        metrics.update(job_figures(model, data, run.root))  # = `cosmogan evaluate`
-    return result(status, model)
+    # ---- end: a full checkpoint always; model.pt and its figures when the run completed ------
+    model = finish(run, checkpoint(), config, data, metrics)
+    return run.result(step, losses=losses, eta_s=eta, metrics=metrics, model=model)
 
 
 __all__ = ["magnitude_distances", "train_emulator_gan"]

@@ -12,7 +12,7 @@ from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
 from models.atomic import atomic_write
-from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from models.checkpoint import Checkpoint, CheckpointError
 from models.device import resolve_device
 from models.image import build_critic, build_generator
 from models.kinds import IMAGE_KINDS
@@ -27,11 +27,10 @@ from training.losses import (
     wgan_generator_loss,
 )
 from training.presets import ImageTrainConfig, config_to_dict
-from training.progress import ProgressFn, Schedule, StopFn, TrainResult, never_stop
+from training.progress import ProgressFn, Schedule, StopFn, TrainResult
 from training.scaffold import (
-    MetricsLog,
     Pace,
-    Reporter,
+    Run,
     RunFolder,
     ema_copy,
     restore_rng,
@@ -125,7 +124,6 @@ def train_image_gan(
         raise ValueError(f"image training does not know model kind {config.kind!r}")
     wgan = config.kind == "wgan-gp-128"
     device = resolve_device(config.device)
-    stop = should_stop or never_stop
     torch.manual_seed(config.seed)
     use_deterministic_kernels(device, config.deterministic)
 
@@ -154,8 +152,6 @@ def train_image_gan(
         max_steps=config.max_steps,
         dry_run_steps=DRY_RUN_STEPS if config.dry_run else None,
     )
-    run = RunFolder.create(out_dir, config)
-    report = Reporter(progress, schedule)
 
     # ---------------------------------------------------------------------------------------
     # Build networks: generator, critic (WGAN-GP) or discriminator (DCGAN), EMA generator.
@@ -187,31 +183,29 @@ def train_image_gan(
 
     # ---------------------------------------------------------------------------------------
     # Resume: networks, EMA, optimizers, RNG states and the position in the data order.
-    resume_step: int | None = None  # None: a fresh run (in a used folder it starts over)
-    if run.resumable(resume):
-        ckpt = load_checkpoint(run.checkpoint, map_location="cpu")
-        if ckpt.kind != config.kind or ckpt.config != net_cfg or ckpt.training_state is None:
-            raise CheckpointError(
-                f"{run.checkpoint} holds a {ckpt.kind} {ckpt.config} run, not a resumable "
-                f"{config.kind} {net_cfg} run; use another --out"
-            )
-        state = ckpt.training_state
+    folder = RunFolder(Path(out_dir))
+    previous = folder.previous(resume, config.kind, net_cfg)
+    if previous is not None:
+        state = previous.training_state
         gen.load_state_dict(state["generator"])
         critic.load_state_dict(state["critic"])
-        ema.load_state_dict(ckpt.ema)
+        ema.load_state_dict(previous.ema)
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
         restore_rng(state, device, rng)
         perm, cursor = state["perm"], int(state["cursor"])
         if len(perm) != n_images:
             raise CheckpointError(
-                f"{run.checkpoint} was trained on {len(perm)} images, the data now has {n_images}"
+                f"{folder.checkpoint} was trained on {len(perm)} images, the data now has "
+                f"{n_images}"
             )
-        step = resume_step = ckpt.step
+        step = previous.step
         losses = dict(state.get("losses", {}))
         latest_grid = state.get("latest_grid")
-        log.info("resumed %s at step %d", run.root, step)
-    metrics_log = MetricsLog(run.metrics, resume_step)
+        log.info("resumed %s at step %d", folder.root, step)
+    run = Run.start(
+        folder, config, data, schedule, previous, progress=progress, should_stop=should_stop
+    )
 
     def next_real() -> Tensor:
         """A fresh real batch, walking a shuffled order and reshuffling when it runs out."""
@@ -232,33 +226,33 @@ def train_image_gan(
         return diff_augment(x, generator=rng) if config.diffaugment else x
 
     def checkpoint() -> Checkpoint:
-        ckpt = Checkpoint(
-            kind=config.kind,
-            config=net_cfg,
-            preprocessing=preprocessing(config),
-            ema={k: v.detach().cpu() for k, v in ema.state_dict().items()},
-            step=step,
-            epoch=schedule.epoch(step),
-            extra={
-                "preset": config.preset,
-                "latent_dim": config.latent_dim,
-                "heldout_fraction": config.heldout_fraction,
-            },
-            training_state={
-                "generator": gen.state_dict(),
-                "critic": critic.state_dict(),
-                "opt_g": opt_g.state_dict(),
-                "opt_d": opt_d.state_dict(),
-                "rng": rng_state(device, rng),
-                "perm": perm,
-                "cursor": cursor,
-                "losses": losses,
-                "latest_grid": latest_grid,
-                "train_config": config_to_dict(config),
-            },
+        return run.save(
+            Checkpoint(
+                kind=config.kind,
+                config=net_cfg,
+                preprocessing=preprocessing(config),
+                ema={k: v.detach().cpu() for k, v in ema.state_dict().items()},
+                step=step,
+                epoch=schedule.epoch(step),
+                extra={
+                    "preset": config.preset,
+                    "latent_dim": config.latent_dim,
+                    "heldout_fraction": config.heldout_fraction,
+                },
+                training_state={
+                    "generator": gen.state_dict(),
+                    "critic": critic.state_dict(),
+                    "opt_g": opt_g.state_dict(),
+                    "opt_d": opt_d.state_dict(),
+                    "rng": rng_state(device, rng),
+                    "perm": perm,
+                    "cursor": cursor,
+                    "losses": losses,
+                    "latest_grid": latest_grid,
+                    "train_config": config_to_dict(config),
+                },
+            )
         )
-        save_checkpoint(ckpt, run.checkpoint)
-        return ckpt
 
     log.info(
         "training %s on %d images (%d skipped), %d steps of %d, %d steps/epoch, device %s",
@@ -271,12 +265,8 @@ def train_image_gan(
         device,
     )
     pace = Pace(step)
-    status = "succeeded"
     stats: dict[str, Any] = {}
-    while not schedule.done(step):
-        if stop():
-            status = "cancelled"
-            break
+    while run.more(step):
         gen.train()
         critic.train()
 
@@ -331,8 +321,8 @@ def train_image_gan(
             "images_seen": step * batch_size * config.n_critic,
         }
         epoch = schedule.epoch(step)
-        metrics_log.write(step, epoch, **losses, **stats)
-        report(
+        run.log.write(step, epoch, **losses, **stats)
+        run.report(
             "step", step, losses=losses, eta_s=stats["eta_s"], samples=latest_grid, metrics=stats
         )
 
@@ -342,15 +332,15 @@ def train_image_gan(
         if epoch_end and (epoch % config.samples_every == 0 or schedule.done(step)):
             with torch.no_grad():
                 images = ema(fixed_z)
-            latest_grid = run.sample_grid(epoch)
-            save_grid(images, run.root / latest_grid, nrow=int(math.sqrt(len(fixed_z))) or 1)
+            latest_grid = folder.sample_grid(epoch)
+            save_grid(images, folder.root / latest_grid, nrow=int(math.sqrt(len(fixed_z))) or 1)
 
         # -----------------------------------------------------------------------------------
         # Checkpoint: every `checkpoint_every` steps and at every epoch end.
         if epoch_end or step % config.checkpoint_every == 0:
             checkpoint()
         if epoch_end:
-            report(
+            run.report(
                 "epoch",
                 step,
                 losses=losses,
@@ -361,25 +351,18 @@ def train_image_gan(
 
     # ---------------------------------------------------------------------------------------
     # Finish: a full checkpoint always; the inference-only model.pt when the run completed.
-    final = checkpoint()
-    model_path = None
-    if status == "succeeded":
-        model_path = run.save_model(final, train_seconds=pace.elapsed)
+    model_path = run.finish(checkpoint(), train_seconds=pace.elapsed)
     summary = {**stats, "steps": step, "images": n_images, "skipped_images": dataset.skipped_count}
 
     # ---------------------------------------------------------------------------------------
     # Evaluate the finished model: SWD, power spectrum and colour against the real floor.
     if model_path is not None and data is not None and config.eval_images > 0:
         summary.update(heldout_figures(model_path, data, config, device))
-    report(
-        "done", step, losses=losses, eta_s=stats.get("eta_s"), samples=latest_grid, metrics=summary
-    )
-    log.info("%s at step %d/%d", status, step, schedule.total_steps)
-    return TrainResult(
-        status=status,
-        step=step,
-        epoch=schedule.epoch(step),
-        checkpoint=str(run.checkpoint),
+    return run.result(
+        step,
+        losses=losses,
+        eta_s=stats.get("eta_s"),
+        metrics=summary,
         model=model_path,
-        metrics={**summary, "losses": losses},
+        samples=latest_grid,
     )
