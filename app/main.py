@@ -27,10 +27,10 @@ from app.limits import (
 from app.metrics import REQUEST_LATENCY
 from app.reaper import Reaper, reap_forever
 from app.results import ResultWaiter
-from app.routes import emulate, generate, health, models, train, ui
+from app.routes import datasets, emulate, generate, health, models, train, ui
 from models.settings import get_settings
 from worker.celery_app import app as celery_app
-from worker.celery_app import send_training
+from worker.celery_app import send_run, send_training
 from worker.jobs import JobStore
 from worker.policy import redis_url
 
@@ -80,7 +80,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.ready_lock = asyncio.Lock()
     app.state.ready_cache = None
     await app.state.waiter.start()
-    reaper = Reaper(app.state.jobs, lambda job_id: send_training(job_id, celery_app))
+    reaper = Reaper(
+        app.state.jobs,
+        lambda job_id: send_training(job_id, celery_app),
+        lambda kind, job_id: send_run(kind, job_id, celery_app),
+    )
     reaping = asyncio.create_task(reap_forever(reaper))
     try:
         yield
@@ -132,7 +136,7 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     errors.install(app)
-    for module in (train, generate, emulate, models, health):
+    for module in (train, generate, emulate, models, health, datasets):
         app.include_router(module.router)
     ui.install(app)
     settings = get_settings()

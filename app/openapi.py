@@ -92,6 +92,42 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     ("get", "/emulate/jobs/{job_id}/result"): "The emulated catalog of a succeeded job, in "
     "the format asked for; `409` while the job is not done."
     + example(f"curl -o emulated.parquet {BASE}/emulate/jobs/{JOB}/result"),
+    ("delete", "/emulate/jobs/{job_id}"): "Cancels the job: no chunk of it starts after "
+    "this, on any worker, and the job ends `cancelled`."
+    + example(f"curl -X DELETE {BASE}/emulate/jobs/{JOB} {AUTH}"),
+    ("get", "/datasets"): "Every dataset of the data root: uploads, builds (with their "
+    "progress while they run) and files put there by hand, and the data root's path."
+    + example(f"curl {BASE}/datasets"),
+    ("get", "/datasets/{name}"): "One dataset: `name`, `rows`, `state` (`ready` once "
+    "usable, else its build's job state), columns, size, sha256, created, source; a build in "
+    "progress adds `rows_done`, `rows_total`, `progress` and `eta_s`."
+    + example(f"curl {BASE}/datasets/balrog"),
+    ("put", "/datasets/{name}"): "Uploads a catalog (CSV, Parquet or FITS; DES column names "
+    "accepted) or an image archive (zip or tar of JPEG/PNG/FITS). A data worker checks it "
+    "row by row: a bad row gets a `422` naming its row and column and nothing is kept; `201` "
+    "with the dataset's description otherwise. Needs the API key."
+    + example(
+        f"curl -X PUT {BASE}/datasets/mine {AUTH} \
+"
+        "  -H 'content-type: text/csv' --data-binary @catalog.csv"
+    ),
+    ("post", "/datasets"): "Builds a training catalog with the mini-Balrog simulator, split "
+    "into chunks fanned out over every `data` worker; `202` with `Location: /datasets/{name}`. "
+    "The same body again resumes a cancelled or failed build (finished chunks are kept). "
+    "Needs the API key."
+    + authed_json_example(
+        "POST",
+        "/datasets",
+        '{"name": "balrog", "simulator": "galsim", "rows": 100000, "seed": 0}',
+    ),
+    ("delete", "/datasets/{name}"): "Deletes a dataset (and any parts of its build); `409` "
+    "while a queued or running job uses it. Needs the API key."
+    + example(f"curl -X DELETE {BASE}/datasets/mine {AUTH}"),
+    ("get", "/datasets/jobs/{job_id}"): "A build's state and progress: rows done of rows "
+    "in all, across every data worker, and an ETA." + example(f"curl {BASE}/datasets/jobs/{JOB}"),
+    ("delete", "/datasets/jobs/{job_id}"): "Cancels a build: no chunk starts after this; "
+    "finished parts are kept, so posting the same build again resumes it."
+    + example(f"curl -X DELETE {BASE}/datasets/jobs/{JOB} {AUTH}"),
     ("get", "/healthz"): "Always `200` while the API process runs."
     + example(f"curl {BASE}/healthz"),
     ("get", "/readyz"): "`200` with `status: ready` once an inference worker answers a ping "
@@ -123,7 +159,15 @@ ERRORS = {
 # Routes that answer without Redis, and those exempt from the rate limit.
 NO_REDIS = {("get", "/healthz"), ("get", "/metrics"), ("get", "/models")}
 INFERENCE = {("get", "/generate"), ("post", "/emulate"), ("post", "/emulate/jobs")}
-CONFLICTS = {("post", "/train"), ("delete", "/train/{job_id}")}
+CONFLICTS = {
+    ("post", "/train"),
+    ("delete", "/train/{job_id}"),
+    ("delete", "/emulate/jobs/{job_id}"),
+    ("post", "/datasets"),
+    ("put", "/datasets/{name}"),
+    ("delete", "/datasets/{name}"),
+    ("delete", "/datasets/jobs/{job_id}"),
+}
 # What a 202 from POST /train leads to: the job's other operations (stateful testing).
 JOB_LINKS = {
     "GetJob": ("get", "/train/{job_id}"),
@@ -153,7 +197,7 @@ def statuses(method: str, path: str, op: dict[str, Any]) -> set[int]:
         codes |= {500, 503, 504}
     if path == "/emulate":
         codes |= {406, 415}
-    if path == "/emulate/jobs":
+    if path in ("/emulate/jobs", "/datasets/{name}") and has_body:
         codes.add(415)
     if path.endswith("/events") or path not in RateLimitMiddleware.EXEMPT:
         codes.add(429)

@@ -1,4 +1,4 @@
-"""The reaper: re-sends training jobs whose run died or whose message was lost.
+"""The reaper: re-sends jobs whose run died or whose message was lost (every kind of job).
 
 Redis keeps a message a worker took but never acknowledged in its `unacked` set until the
 broker's visibility timeout (days, so that no running job is handed out twice); a Redis
@@ -14,6 +14,12 @@ queued and running jobs:
 A re-sent job can meet an old copy of its message later; the lease and the state checks in
 `worker.training_job` make every extra copy a no-op, so delivery is at least once and each
 job has one run at a time.
+
+Fanned-out jobs (emulation, dataset builds: `worker.fanout`) have no one run but a run per
+chunk; their runs redo each other's lost chunks as long as one is alive. The reaper steps in
+when none is: a job `queued` with no message in its queue, or `running` with neither a chunk
+nor the job leased (every run gone: planning, chunks or the finish), for REAP_GRACE_S gets a
+new message. Extra messages are harmless: a run that finds nothing to claim ends.
 """
 
 from __future__ import annotations
@@ -28,8 +34,8 @@ from collections.abc import Callable
 import redis
 from kombu.exceptions import OperationalError
 
-from worker.jobs import HEARTBEAT_S, QUEUED, RUNNING, JobStore
-from worker.policy import TRAINING_QUEUE
+from worker.jobs import DATASET, EMULATE, HEARTBEAT_S, QUEUED, RUNNING, JobStore
+from worker.policy import KIND_QUEUES, TRAINING_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +47,15 @@ ELECTION_KEY = "cosmogan:reaper"
 class Reaper:
     """One pass at a time (`run_once`); remembers since when each job has looked orphaned."""
 
-    def __init__(self, store: JobStore, send: Callable[[str], None]) -> None:
-        self.store, self.send = store, send
+    def __init__(
+        self,
+        store: JobStore,
+        send: Callable[[str], None],
+        send_run: Callable[[str, str], None] | None = None,
+    ) -> None:
+        """`send(job_id)` re-sends a training job; `send_run(kind, job_id)` sends one more
+        run of a fanned-out job (None: leave those alone)."""
+        self.store, self.send, self.send_run = store, send, send_run
         self.token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.suspect: dict[str, float] = {}
 
@@ -70,7 +83,8 @@ class Reaper:
             if (state == RUNNING and not leased)
             or (state == QUEUED and job_id.encode() not in queued_blob)
         }
-        self.suspect = {j: self.suspect.get(j, now) for j in orphaned}
+        fanned = {k: v for k, v in self.suspect.items() if ":" in k}
+        self.suspect = {j: self.suspect.get(j, now) for j in orphaned} | fanned
         sent = []
         for job_id, state, _ in active:
             since = self.suspect.get(job_id)
@@ -85,7 +99,43 @@ class Reaper:
             self.send(job_id)
             del self.suspect[job_id]
             sent.append(job_id)
+        if self.send_run is not None:
+            for kind in (EMULATE, DATASET):
+                sent += self._reap_fanned_out(kind, now)
         return sent
+
+    def _reap_fanned_out(self, kind: str, now: float) -> list[str]:
+        active = self.store.active(kind=kind)
+        if not active:
+            return []
+        blob = b"\n".join(self.store.r.lrange(KIND_QUEUES[kind], 0, -1))
+        sent = []
+        for job_id, state, leased in active:
+            key = f"{kind}:{job_id}"
+            if state == QUEUED:
+                orphan = job_id.encode() not in blob
+            else:
+                orphan = not leased and not self._chunk_leased(job_id)
+            if not orphan:
+                self.suspect.pop(key, None)
+                continue
+            since = self.suspect.setdefault(key, now)
+            if now - since < REAP_GRACE_S:
+                continue
+            log.warning("%s job %s: no live run; sent again", kind, job_id)
+            assert self.send_run is not None
+            self.send_run(kind, job_id)
+            del self.suspect[key]
+            sent.append(job_id)
+        return sent
+
+    def _chunk_leased(self, job_id: str) -> bool:
+        total = self.store.field(job_id, "chunks_total")
+        if not total:
+            return False
+        done = self.store.done_chunks(job_id)
+        todo = [k for k in range(int(total)) if k not in done]
+        return any(self.store.chunks_leased(job_id, todo))
 
 
 async def reap_forever(reaper: Reaper) -> None:

@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import serving, training
+from bench import scaling, serving, training
 from bench.common import Table, device_label, machine
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITES = ("training", "serving")
+SUITES = ("training", "serving", "scaling")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
             got, raw = training.run(args.quick, command, args.data, args.budget)
             for t in got:
                 t.device = device_label("cpu", raw["threads"])
+        elif suite == "scaling":
+            got, raw = scaling.run(args.quick, command)
+            for t in got:
+                t.device = device_label("cpu", 1)
         else:
             got, raw = serving.run(args.quick, command, args.data, args.device, args.baseline)
         report["seconds"][suite] = time.perf_counter() - t0

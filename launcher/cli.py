@@ -1,4 +1,5 @@
-"""The `cosmogan` command line: data, train, generate, emulate, evaluate, serve, api, worker."""
+"""The `cosmogan` command line: data, datasets, train, generate, emulate, evaluate, serve, api,
+worker."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from importlib import metadata
 from typing import Any
 
+from launcher import datasets_cli
 from training import commands as training_commands
 from training.presets import PresetError
 
@@ -87,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
     training_commands.add_commands(sub)
+    datasets_cli.add_commands(sub)
 
     host_help = "address to listen on (default: COSMOGAN_HOST, else 127.0.0.1)"
     port_help = "port to listen on (default: COSMOGAN_PORT, else 8000)"
@@ -103,10 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--port", type=int, default=None, help=port_help)
     ap.add_argument("--workers", type=int, default=None, help=workers_help)
     ap.set_defaults(func=_cmd_api)
-    text = "a Celery worker alone (training jobs and inference)"
+    text = "a Celery worker alone (training jobs, inference, dataset builds)"
     wo = sub.add_parser("worker", help=text, description=text[0].upper() + text[1:] + ".")
     wo.add_argument(
-        "--queues", default="training,inference", help="comma-separated queues to take work from"
+        "--queues",
+        default="training,inference,data",
+        help="comma-separated queues to take work from (training, inference, data)",
     )
     wo.add_argument("--concurrency", type=int, default=1, help="training processes")
     wo.set_defaults(func=_cmd_worker)

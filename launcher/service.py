@@ -31,6 +31,8 @@ from launcher.supervisor import (
     start_workers,
     wait_for_redis,
     warn_if_exposed,
+    worker_command,
+    worker_env,
 )
 from models.settings import Settings, get_settings
 from worker.policy import QUEUES
@@ -97,6 +99,18 @@ class Service:
         redis.proc = spawn(redis.cmd, redis.env, redis.output)
         redis.restart_on_exit = True
         wait_for_redis(self.redis_url, proc=redis.proc)
+
+    def add_worker(self, queue: str, processes: int = 1) -> str:
+        """One more Celery worker of `queue`, as another machine on the same Redis and home
+        would run it (`processes`: its data processes); returns its name, `worker[<queue>-N]`."""
+        n = 1 + sum(c.name.startswith(f"worker[{queue}") for c in self.supervisor.children)
+        name = f"worker[{queue}-{n}]"
+        cmd = worker_command(queue, 1, None, processes, node=f"{queue}-{n}")
+        out = self.log_path(name).open("ab") if self.logs is not None else None
+        if out is not None:
+            self._files.append(out)
+        self.supervisor.start(name, cmd, worker_env(queue, self.env), signal.SIGTERM, out)
+        return name
 
     def _child(self, name: str) -> Child:
         return next(c for c in self.supervisor.children if c.name == name)
@@ -188,7 +202,15 @@ def start_service(
         else:
             wait_for_redis(redis_url)
         child_env["COSMOGAN_REDIS_URL"] = service.redis_url = redis_url
-        start_workers(sup, list(QUEUES), concurrency, child_env, config.batch_max_size, output)
+        start_workers(
+            sup,
+            list(QUEUES),
+            concurrency,
+            child_env,
+            config.batch_max_size,
+            output,
+            config.data_processes,
+        )
         cmd = api_command(host, api_port, api_workers(api_processes), config.trusted_proxies)
         sup.start("api", cmd, api_env(child_env, home, api_port), output=output("api"))
     except BaseException:

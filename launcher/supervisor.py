@@ -247,10 +247,17 @@ def wait_for_redis(url: str, timeout_s: float = 15.0, proc: subprocess.Popen | N
             client.close()
 
 
-def worker_command(queue: str, concurrency: int, batch_max_size: int | None = None) -> list[str]:
-    """A Celery worker for one queue (separate processes so inference never waits on training)."""
+def worker_command(
+    queue: str,
+    concurrency: int,
+    batch_max_size: int | None = None,
+    data_processes: int | None = None,
+    node: str | None = None,
+) -> list[str]:
+    """A Celery worker for one queue (separate processes so inference never waits on training);
+    `node` tells several workers of one queue started by one process apart."""
     batch = get_settings().batch_max_size if batch_max_size is None else batch_max_size
-    concurrency, prefetch = pool_policy(queue, concurrency, batch)
+    concurrency, prefetch = pool_policy(queue, concurrency, batch, data_processes)
     return [
         sys.executable,
         "-m",
@@ -261,7 +268,7 @@ def worker_command(queue: str, concurrency: int, batch_max_size: int | None = No
         "-Q",
         queue,
         "-n",
-        f"{queue}.{os.getpid()}@%h",
+        f"{node or queue}.{os.getpid()}@%h",
         "-P",
         "prefork",
         "-c",
@@ -301,6 +308,7 @@ def start_workers(
     env: dict[str, str],
     batch_max_size: int | None = None,
     output: Callable[[str], IO[bytes] | None] = lambda _name: None,
+    data_processes: int | None = None,
 ) -> None:
     """A Celery worker per queue; `output(name)` is where each one's output goes."""
     for queue in queues:
@@ -309,7 +317,7 @@ def start_workers(
         # would wait for the job to finish. Inference tasks are short: warm shutdown.
         stop = signal.SIGQUIT if queue == "training" else signal.SIGTERM
         name = f"worker[{queue}]"
-        cmd = worker_command(queue, concurrency, batch_max_size)
+        cmd = worker_command(queue, concurrency, batch_max_size, data_processes)
         sup.start(name, cmd, worker_env(queue, env), stop, output(name))
 
 
@@ -354,7 +362,7 @@ def run_api(host: str | None = None, port: int | None = None, workers: int | Non
     return 0
 
 
-def run_worker(queues: str | list[str] = "training,inference", concurrency: int = 1) -> int:
+def run_worker(queues: str | list[str] = "training,inference,data", concurrency: int = 1) -> int:
     """Celery worker(s) for the given queues, one process per queue, until Ctrl-C/SIGTERM."""
     wanted = _parse_queues(queues)
     ensure_default_models()

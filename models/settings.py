@@ -98,6 +98,9 @@ class Settings(BaseSettings):
 
     # inference batching and timeouts
     batch_max_size: int = Field(default=64, ge=1, description="Max requests per coalesced batch.")
+    data_processes: int | None = Field(
+        default=None, ge=1, description="Processes of a `data` worker (default: one per core)."
+    )
     inference_timeout_s: float = Field(default=60.0, gt=0)
     inference_work_per_s: float = Field(
         default=5.0,

@@ -51,6 +51,18 @@ def _cmd_data_nebulae(args: argparse.Namespace) -> int:
 def _cmd_data_balrog(args: argparse.Namespace) -> int:
     from training.emulator.balrog import build_catalog
 
+    if args.submit:
+        spec = {
+            "name": args.name,
+            "simulator": args.simulator,
+            "rows": args.rows,
+            "seed": args.seed,
+            "draw_seed": args.draw_seed,
+            "chunk_rows": args.chunk_rows,
+        }
+        spec = {k: v for k, v in spec.items() if v is not None}
+        print(json.dumps(submit_build(args.submit, api_key(args), spec, args.quiet), indent=2))
+        return 0
     out = Path(args.out or get_settings().data_dir / "balrog.parquet")
     summary = build_catalog(
         out,
@@ -58,12 +70,45 @@ def _cmd_data_balrog(args: argparse.Namespace) -> int:
         simulator=args.simulator,
         seed=args.seed,
         workers=args.workers,
-        chunk_rows=args.chunk_rows,
+        chunk_rows=args.chunk_rows or 2000,
         draw_seed=args.draw_seed,
         progress=not args.quiet,
     )
     print_json(summary)
     return 0
+
+
+def api_key(args: argparse.Namespace) -> str:
+    """--api-key, else COSMOGAN_API_KEY, else the development key."""
+    return args.api_key or get_settings().api_key or "dev"
+
+
+def submit_build(url: str, key: str, spec: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
+    """POST a build to a running service and follow its progress until the dataset is ready:
+    the same chunks, fanned out over the service's `data` workers (same rows as a local build
+    of the same seeds and chunk size)."""
+    import time
+
+    import httpx
+    from tqdm import tqdm
+
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as client:
+        r = client.post("/datasets", json=spec)
+        if r.status_code != 202:
+            raise ValueError(f"{url} refused the build ({r.status_code}): {r.text[:500]}")
+        job_url = r.json()["job"]
+        bar = tqdm(total=spec["rows"], unit="obj", disable=quiet)
+        try:
+            while True:
+                rec = client.get(job_url).json()
+                bar.update((rec.get("rows_done") or 0) - bar.n)
+                if rec["state"] in ("failed", "cancelled"):
+                    raise ValueError(f"build {rec['job_id']} {rec['state']}: {rec.get('error')}")
+                if rec["state"] == "succeeded":
+                    return client.get(f"/datasets/{spec['name']}").json()
+                time.sleep(1.0)
+        finally:
+            bar.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,8 +389,20 @@ def add_commands(sub: Any) -> None:
     )
     bal.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     bal.add_argument(
-        "--chunk-rows", type=int, default=2000, help="rows per resumable chunk written to disk"
+        "--chunk-rows",
+        type=int,
+        default=None,
+        help="rows per resumable chunk written to disk (default: 2000; with --submit, the "
+        "service's)",
     )
+    bal.add_argument(
+        "--submit",
+        metavar="URL",
+        help="build on a running service instead, fanned out over its data workers "
+        "(e.g. http://127.0.0.1:8000); the result is the dataset --name",
+    )
+    bal.add_argument("--name", default="balrog", help="with --submit: the dataset's name")
+    bal.add_argument("--api-key", help="with --submit: the API key (default: COSMOGAN_API_KEY)")
     bal.set_defaults(func=_cmd_data_balrog)
 
     tr = command(sub, "train", "train a preset locally (Ctrl-C saves a checkpoint; --resume)")

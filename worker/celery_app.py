@@ -1,8 +1,10 @@
 """The Celery app, built from the one settings object; JSON messages only.
 
-Two queues that must not block each other, each served by its own worker process:
+Three queues that must not block each other, each served by its own worker process:
   - `training`: long jobs, one at a time per process, late acks, prefetch 1;
-  - `inference`: generate/emulate requests coalesced into batches (celery-batches).
+  - `inference`: generate/emulate requests coalesced into batches (celery-batches), and
+    the chunks of emulation jobs;
+  - `data`: CPU work (catalog build chunks, upload checks), a process per core, late acks.
 
 Both workers use the prefork pool and this module never imports torch: the pool's parent
 process only routes messages, so CUDA is first initialized inside a pool child (the tasks
@@ -14,12 +16,21 @@ that dies is replaced and its message redelivered).
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 from celery import Celery, signals
 
 from models.settings import get_settings
-from worker.policy import INFERENCE_QUEUE, ROUTES, TRAIN_TASK, TRAINING_QUEUE, redis_url
+from worker.policy import (
+    INFERENCE_QUEUE,
+    KIND_QUEUES,
+    KIND_TASKS,
+    ROUTES,
+    TRAIN_TASK,
+    TRAINING_QUEUE,
+    redis_url,
+)
 
 
 def create_app() -> Celery:
@@ -73,6 +84,18 @@ def send_training(job_id: str, celery_app: Celery | None = None) -> None:
     """One message for `job_id` on the training queue (a fresh task id per send)."""
     attempt = f"{job_id}-{int(time.time() * 1000)}"
     (celery_app or app).send_task(TRAIN_TASK, args=[job_id], task_id=attempt, queue=TRAINING_QUEUE)
+
+
+def send_run(kind: str, job_id: str, celery_app: Celery | None = None, n: int = 1) -> None:
+    """`n` messages for the fanned-out job `job_id` of `kind` on its queue (`worker.fanout`).
+    Task ids start with the job id, so the reaper finds the job's messages in the queue."""
+    for _ in range(max(0, n)):
+        (celery_app or app).send_task(
+            KIND_TASKS[kind],
+            args=[job_id],
+            task_id=f"{job_id}-{uuid.uuid4().hex[:12]}",
+            queue=KIND_QUEUES[kind],
+        )
 
 
 def _consumes_training() -> bool:

@@ -1,34 +1,43 @@
-"""Catalogs too large for one request: emulated as a background job, the result a file.
+"""Catalogs too large for one request: emulated as a background job fanned out over every
+inference worker, the result one file.
 
 The API stores the uploaded catalog under `COSMOGAN_HOME/emulate/<job_id>/` and records the
-job in Redis; the inference worker streams it through the emulator chunk by chunk (the same
-code as `cosmogan emulate`), writing the output file atomically and its progress (rows done,
-rows in all) to the record after every chunk. The job runs in one background thread of the
-inference process, so interactive requests keep being batched beside it: both share the
-process's loaded models and its cores, and a job never blocks a batch for its whole length.
-A record whose heartbeat stops (the process died) is reported as stalled.
+job (`kind: emulate`) in the one job store (`worker.jobs`). The first inference worker to
+take it plans it: the catalog is read once, checked against the column contract, and cut
+into Parquet parts of CHUNK_ROWS rows under `in/`; then one message per chunk goes out and
+every inference worker claims chunks (`worker.fanout`), writing each emulated part
+atomically under `out/`. Chunk boundaries are multiples of the sampler's BLOCK_ROWS, and its
+draws depend only on (seed, row position), so the parts are the rows one worker would write.
+The run that sees the last chunk done joins the parts in input order into the output file.
+
+A chunk runs in a background thread of the inference process, so interactive requests keep
+being batched beside it: both share the process's loaded models and its cores.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import threading
+import shutil
 import time
+import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from models import datasets
+from worker import fanout
+from worker.jobs import EMULATE, RUNNING, JobStore, is_stalled
+from worker.policy import FANOUT_MESSAGES
+
 log = logging.getLogger(__name__)
 
-KEY = "cosmogan:emulate-job:"
 TTL_S = 7 * 24 * 3600
-STALLED_S = 60.0  # no heartbeat for this long while queued or running: the worker is gone
-CHUNK_ROWS = 65_536
-STATES = ("queued", "running", "succeeded", "failed")
+CHUNK_ROWS = 32_768  # 32 sampler blocks of 1,024 rows (checked against BLOCK_ROWS at run)
 EXTENSIONS = {"csv": ".csv", "parquet": ".parquet", "fits": ".fits"}
 
-_runner = ThreadPoolExecutor(1, thread_name_prefix="emulate-job")  # one job at a time
+_runner = ThreadPoolExecutor(1, thread_name_prefix="emulate-job")  # one run at a time
 
 
 def job_dir(home: Path, job_id: str) -> Path:
@@ -44,9 +53,7 @@ def output_path(home: Path, job_id: str, fmt: str) -> Path:
 
 
 def prune(home: Path) -> int:
-    """Delete the folders of jobs older than their records (TTL_S); returns how many."""
-    import shutil
-
+    """Delete the folders of jobs older than TTL_S; returns how many."""
     root, cutoff, n = home / "emulate", time.time() - TTL_S, 0
     for folder in root.glob("*") if root.is_dir() else []:
         try:
@@ -58,97 +65,164 @@ def prune(home: Path) -> int:
     return n
 
 
-def create(client: Any, job_id: str, fields: dict[str, Any]) -> None:
+def create(store: JobStore, job_id: str, fields: dict[str, Any]) -> None:
     """A new queued job record (`fields`: model, version, samples, seed, input/output format)."""
-    now = time.time()
-    record = {**fields, "state": "queued", "rows_done": 0, "created_at": now, "updated_at": now}
-    key = KEY + job_id
-    client.hset(key, mapping={k: str(v) for k, v in record.items() if v is not None})
-    client.expire(key, TTL_S)
+    store.create(job_id, {**fields, "kind": EMULATE, "rows_done": 0, "chunks_done": 0})
 
 
-def read(client: Any, job_id: str) -> dict[str, Any] | None:
-    """The job record, typed, with `stalled` and `progress` (None when unknown)."""
-    raw = client.hgetall(KEY + job_id)
-    if not raw:
-        return None
-    rec: dict[str, Any] = {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in raw.items()
-    }
-    for k in ("rows_done", "rows_total", "samples", "seed"):
-        if k in rec:
-            rec[k] = int(rec[k])
-    for k in ("created_at", "updated_at", "started_at", "finished_at"):
-        if k in rec:
-            rec[k] = float(rec[k])
+def read(store: JobStore, job_id: str) -> dict[str, Any]:
+    """The job record with `stalled` and `progress` (None when unknown); JobNotFound if none."""
+    rec = store.get(job_id, EMULATE)
     total = rec.get("rows_total")
-    rec["progress"] = min(1.0, rec["rows_done"] / total) if total else None
+    rec["progress"] = min(1.0, (rec.get("rows_done") or 0) / total) if total else None
     if rec["state"] == "succeeded":
         rec["progress"] = 1.0
-    alive = rec["state"] in ("queued", "running")
-    rec["stalled"] = alive and time.time() - rec["updated_at"] > STALLED_S
+    rec["stalled"] = is_stalled(rec)
     return rec
 
 
-def _update(client: Any, job_id: str, **fields: Any) -> None:
-    fields["updated_at"] = time.time()
-    client.hset(KEY + job_id, mapping={k: str(v) for k, v in fields.items()})
+def submit(store_factory: Callable[[], JobStore], home: Path, job_id: str, send: Any) -> None:
+    """Run the job's chunks on this process's background runner (returns at once)."""
+    _runner.submit(_run_logged, store_factory, home, job_id, send)
 
 
-def submit(client_factory: Any, home: Path, job_id: str) -> None:
-    """Queue the job on this process's background runner (returns at once)."""
-    _runner.submit(_run, client_factory, home, job_id)
+def _run_logged(store_factory: Callable[[], JobStore], home: Path, job_id: str, send: Any) -> None:
+    try:
+        run(store_factory(), home, job_id, send)
+    except Exception:
+        log.exception("emulate job %s: this run failed", job_id)
 
 
-def _heartbeat(client: Any, job_id: str, stop: threading.Event) -> None:
-    while not stop.wait(STALLED_S / 4):
-        _update(client, job_id)
+def _exact_chunks(frames: Iterator[Any], rows: int) -> Iterator[Any]:
+    """Re-cut a stream of DataFrames into pieces of exactly `rows` rows (the last shorter)."""
+    import pandas as pd
+
+    buf: list[Any] = []
+    held = 0
+    for df in frames:
+        buf.append(df)
+        held += len(df)
+        while held >= rows:
+            whole = pd.concat(buf, ignore_index=True)
+            yield whole.iloc[:rows].reset_index(drop=True)
+            rest = whole.iloc[rows:].reset_index(drop=True)
+            buf, held = [rest], len(rest)
+    if held:
+        yield pd.concat(buf, ignore_index=True)
 
 
-def _run(client_factory: Any, home: Path, job_id: str) -> None:
+def plan(store: JobStore, home: Path, job_id: str, token: str) -> None:
+    """Check the input and cut it into parts of CHUNK_ROWS rows (`in/part-k.parquet`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from models.atomic import atomic_write
+    from models.columns import CatalogError, validate_inputs
+    from training.emulator.catalog import iter_catalog
+
+    rec = store.get(job_id, EMULATE)
+    src = input_path(home, job_id, rec["input_format"])
+    folder = job_dir(home, job_id) / "in"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = k = 0
+    for chunk in _exact_chunks(iter_catalog(src, CHUNK_ROWS), CHUNK_ROWS):
+        validate_inputs(chunk, row_offset=rows)  # CatalogError names the bad rows
+        path = folder / datasets.part_name(k)
+        with atomic_write(path) as f:
+            pq.write_table(pa.Table.from_pandas(chunk, preserve_index=False), f)
+        rows += len(chunk)
+        k += 1
+        store.renew_lease(job_id, token)  # and the heartbeat: planning is progress
+    if rows == 0:
+        raise CatalogError("the catalog has no rows")
+    store.update(job_id, rows_total=rows, chunks_total=k, chunk_rows=CHUNK_ROWS)
+    src.unlink(missing_ok=True)
+
+
+def emulate_chunk(home: Path, rec: dict[str, Any], k: int, emulator: Any) -> int:
+    """Emulate input part k into `out/part-k.parquet` (skipped if there); returns its rows."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from models.atomic import atomic_write
+    from models.columns import validate_inputs
+    from training.emulator.catalog import with_emulated
+
+    folder = job_dir(home, rec["job_id"])
+    src = folder / "in" / datasets.part_name(k)
+    dst = folder / "out" / datasets.part_name(k)
+    rows = pq.ParquetFile(src).metadata.num_rows
+    if dst.is_file():
+        return rows
+    chunk = pd.read_parquet(src)
+    start = k * rec["chunk_rows"]
+    x = validate_inputs(chunk, row_offset=start)
+    samples = rec["samples"]
+    noise, uniforms = emulator.draws(len(x), samples, rec["seed"], start=start)
+    out = emulator.sample_outputs(np.repeat(x, samples, axis=0), noise, uniforms)
+    table = with_emulated(
+        chunk, out.mags, out.detected, samples, magerr=out.magerr, out_of_domain=out.out_of_domain
+    )
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(dst) as f:
+        pq.write_table(pa.Table.from_pandas(table, preserve_index=False), f)
+    return rows
+
+
+def assemble(home: Path, rec: dict[str, Any]) -> dict[str, Any]:
+    """Join the emulated parts in input order into the output file (written atomically)."""
+    import pandas as pd
+
+    from training.emulator.catalog import CatalogWriter
+
+    folder = job_dir(home, rec["job_id"])
+    dst = output_path(home, rec["job_id"], rec["output_format"])
+    meta = {"checkpoint": f"{rec['model']}@{rec.get('version') or 'active'}"}
+    meta.update(seed=rec["seed"], samples=rec["samples"])
+    with CatalogWriter(dst, meta=meta) as writer:
+        for k in range(rec["chunks_total"]):
+            writer.write(pd.read_parquet(folder / "out" / datasets.part_name(k)))
+    shutil.rmtree(folder / "in", ignore_errors=True)
+    shutil.rmtree(folder / "out", ignore_errors=True)
+    return {"rows_done": rec["rows_total"]}
+
+
+def run(store: JobStore, home: Path, job_id: str, send: Callable[[int], None]) -> None:
+    """One run of an emulation job: plan it if nobody has, then claim chunks until none is
+    left. `send(n)` sends n more messages for the job (so other workers join in)."""
     from models.columns import CatalogError
-    from training.emulator.catalog import count_rows
-    from training.emulator.files import emulate_file
+    from models.emulator_sampler import BLOCK_ROWS
     from worker.engine import RequestError, get_engine
 
-    client = client_factory()
-    rec = read(client, job_id)
-    if rec is None or rec["state"] != "queued":
-        return  # expired, or a redelivered message of a job already run
-    _update(client, job_id, state="running", started_at=time.time())
-    stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(client, job_id, stop), daemon=True)
-    beat.start()
-    src = input_path(home, job_id, rec["input_format"])
-    dst = output_path(home, job_id, rec["output_format"])
+    assert CHUNK_ROWS % BLOCK_ROWS == 0, "chunks must hold whole sampler blocks"
+    rec = store.get(job_id, EMULATE)
+    if rec["state"] not in ("queued", RUNNING):
+        return  # finished, failed or cancelled: a late copy of a message
     try:
-        total = count_rows(src)
-        if total is not None:
-            _update(client, job_id, rows_total=total)
         loaded = get_engine().get(rec["model"], rec.get("version") or None)
         if loaded.family != "emulator":
             raise RequestError(422, f"model {loaded.name!r} is not an emulator")
-        summary = emulate_file(
-            None,
-            src,
-            dst,
-            samples=rec["samples"],
-            seed=rec["seed"],
-            chunk_rows=CHUNK_ROWS,
-            emulator=loaded.model,
-            progress=lambda rows: _update(client, job_id, rows_done=rows),
-        )
-        _update(
-            client,
+        if rec.get("chunks_total") is None:
+            token = uuid.uuid4().hex
+            if not store.acquire_lease(job_id, token):
+                return  # another run is planning it
+            try:
+                if not fanout.start(store, job_id):
+                    return
+                plan(store, home, job_id, token)
+            finally:
+                store.release_lease(job_id, token)
+            total = store.field(job_id, "chunks_total")
+            send(min(total, FANOUT_MESSAGES) - 1)
+        store.update(job_id, model=loaded.name, version=loaded.version)
+        rec = store.get(job_id, EMULATE)
+        fanout.run_chunks(
+            store,
             job_id,
-            state="succeeded",
-            rows_done=summary["rows"],
-            rows_total=summary["rows"],
-            seconds=summary["seconds"],
-            model=loaded.name,
-            version=loaded.version,
-            finished_at=time.time(),
+            lambda k: emulate_chunk(home, rec, k, loaded.model),
+            lambda: assemble(home, store.get(job_id, EMULATE)),
         )
     except (CatalogError, RequestError, ValueError, OSError) as exc:
         log.info("emulate job %s failed: %s", job_id, exc)
@@ -158,19 +232,10 @@ def _run(client_factory: Any, home: Path, job_id: str) -> None:
             detail = "the catalog or its result could not be read or written"
         else:
             detail = _public(str(exc), home)
-        _update(client, job_id, state="failed", error=detail[:2000], finished_at=time.time())
-    except Exception as exc:
+        fanout.fail(store, job_id, detail)
+    except Exception as exc:  # a bug or a broken record: fail it, or the reaper resends forever
         log.exception("emulate job %s failed", job_id)
-        _update(
-            client,
-            job_id,
-            state="failed",
-            error=f"internal error: {type(exc).__name__}",
-            finished_at=time.time(),
-        )
-    finally:
-        stop.set()
-        src.unlink(missing_ok=True)
+        fanout.fail(store, job_id, f"internal error: {type(exc).__name__}")
 
 
 def _public(detail: str, home: Path) -> str:

@@ -1,14 +1,19 @@
-"""Training-job records in Redis: state, progress, cancellation flag and an event stream.
+"""Job records in Redis (training, emulation, dataset builds): state, progress, cancellation
+flag, an event stream, and for jobs fanned out in chunks the chunks done and their leases.
 
-Torch-free and Celery-free: the API reads and creates records, the training task updates
-them. Each record is a Redis hash whose field values are JSON; state changes that race
-between the two (start vs cancel, resume) are compare-and-set Lua scripts.
+Torch-free and Celery-free: the API reads and creates records, the tasks update them. Each
+record is a Redis hash whose field values are JSON; state changes that race between the two
+(start vs cancel, resume) are compare-and-set Lua scripts. Every kind of job (`kind`: train,
+emulate, dataset) has one state machine (queued → running → succeeded/failed/cancelled), one
+heartbeat rule for "stalled" (`is_stalled`) and one reaper (`app.reaper`).
 
 Keys:
     cosmogan:job:<id>          the record (hash)
     cosmogan:job:<id>:events   progress and state events (stream, trimmed)
     cosmogan:job:<id>:lease    held by the one live run of the job (TTL, renewed)
     cosmogan:jobs              every job id, scored by creation time (sorted set)
+    cosmogan:job:<id>:done     indices of the chunks finished (set; fanned-out jobs)
+    cosmogan:job:<id>:chunk:<k>:lease   held by the one live run of chunk k (TTL, renewed)
 
 A run owns its job through the lease: a token under the lock key with a short TTL that the
 run's heartbeat renews. A `running` job whose lease is gone has no live run (its process died,
@@ -39,6 +44,10 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
+TRAIN, EMULATE, DATASET = "train", "emulate", "dataset"
+KINDS = (TRAIN, EMULATE, DATASET)
+KIND_NAMES = {TRAIN: "training job", EMULATE: "emulate job", DATASET: "dataset job"}
+
 JOB_ID_RE = re.compile(r"^[a-f0-9]{32}$")
 EVENTS_MAXLEN = 2000
 
@@ -48,9 +57,15 @@ LEASE_TTL_S = 30.0
 HEARTBEAT_S = 5.0
 STALE_AFTER_S = 3 * HEARTBEAT_S
 
+# A chunk of a fanned-out job is short (seconds): its lease is short too, so that a chunk
+# whose worker died is redone within seconds rather than half a minute.
+CHUNK_LEASE_TTL_S = 10.0
+CHUNK_HEARTBEAT_S = 2.0
+
 # Fields stored JSON-encoded in the record; anything else is ignored on write.
 FIELDS = (
     "job_id",
+    "kind",
     "preset",
     "target",  # the model name the job registers its version under
     "data",
@@ -76,6 +91,23 @@ FIELDS = (
     "updated_at",
     "heartbeat_at",
     "lease",
+    # fanned-out jobs (emulate, dataset)
+    "name",
+    "simulator",
+    "seed",
+    "draw_seed",
+    "rows",
+    "chunk_rows",
+    "chunks_total",
+    "chunks_done",
+    "rows_done",
+    "rows_total",
+    "version",
+    "samples",
+    "input_format",
+    "output_format",
+    "seconds",
+    "result",
 )
 
 # Set state to ARGV[2] if the current state is one of ARGV[4..], or if ARGV[3] is '1' and the
@@ -124,6 +156,36 @@ class Renewal(IntEnum):
     TAKEN_BACK = 2  # it had expired (Redis was unreachable) and no other run took it
 
 
+# Count chunk ARGV[1] (ARGV[2] rows) as done, once: a chunk redone after its worker died, or
+# run twice by duplicate messages, adds its rows only the first time. Returns the chunks done.
+_CHUNK_DONE = """
+if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'rows_done', ARGV[2])
+  redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
+  redis.call('HSET', KEYS[1], 'updated_at', ARGV[3], 'heartbeat_at', ARGV[3])
+end
+return redis.call('SCARD', KEYS[2])
+"""
+
+# Renew chunk lease KEYS[1] for token ARGV[1] (ARGV[2] ms) if still ours or free again.
+_RENEW_CHUNK = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[2], 'heartbeat_at', ARGV[3])
+return 1
+"""
+
+
+def is_stalled(rec: dict[str, Any], now: float | None = None) -> bool:
+    """A running job whose heartbeat (its run, or any of its chunks) is older than
+    STALE_AFTER_S: the one rule every kind of job is reported stalled by."""
+    if rec.get("state") != RUNNING:
+        return False
+    beat = rec.get("heartbeat_at") or rec.get("started_at")
+    return beat is None or (now or time.time()) - beat > STALE_AFTER_S
+
+
 def new_job_id() -> str:
     return uuid.uuid4().hex
 
@@ -138,6 +200,14 @@ def events_key(job_id: str) -> str:
 
 def lease_key(job_id: str) -> str:
     return f"cosmogan:job:{job_id}:lease"
+
+
+def done_key(job_id: str) -> str:
+    return f"cosmogan:job:{job_id}:done"
+
+
+def chunk_lease_key(job_id: str, chunk: int) -> str:
+    return f"cosmogan:job:{job_id}:chunk:{chunk}:lease"
 
 
 INDEX_KEY = "cosmogan:jobs"
@@ -162,14 +232,15 @@ def check_data_path(data: str, root: Path, want: str) -> Path:
     try:
         path = (raw if raw.is_absolute() else root / raw).resolve()
         if not path.is_relative_to(root):
-            raise ValueError(f"data {data!r} is outside the data root")
+            raise ValueError(f"data {data!r} is outside the data root {root}")
         if path == root:
             raise ValueError("data must name a dataset inside the data root, not the root")
         if not path.exists():
             raise ValueError(f"dataset not found: {path.relative_to(root)} in the data root")
         if want == "dir" and not path.is_dir():
             raise ValueError(f"data {data!r} must be a folder of images")
-        if want == "file" and not path.is_file():
+        dataset = path.is_dir() and (path / "_manifest.json").is_file()  # a multi-part catalog
+        if want == "file" and not (path.is_file() or dataset):
             raise ValueError(f"data {data!r} must be a catalog file (.parquet, .csv, .fits)")
     except OSError as exc:
         raise ValueError(f"data {data!r} cannot be read: {exc.strerror or exc}") from None
@@ -207,27 +278,38 @@ class JobStore:
         self._cas = client.register_script(_CAS_STATE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._chunk_done = client.register_script(_CHUNK_DONE)
+        self._renew_chunk = client.register_script(_RENEW_CHUNK)
 
     @classmethod
     def from_url(cls, url: str) -> JobStore:
         return cls(redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10))
 
     # -- reading ---------------------------------------------------------------------------
-    def get(self, job_id: str) -> dict[str, Any]:
+    def get(self, job_id: str, kind: str | None = TRAIN) -> dict[str, Any]:
+        """The record of job `job_id` of `kind` (None: any kind); JobNotFound if none."""
+        what = KIND_NAMES.get(kind or "", "job")
         if not JOB_ID_RE.match(job_id):
-            raise JobNotFound(f"no training job {job_id!r}")
+            raise JobNotFound(f"no {what} {job_id!r}")
         raw = self.r.hgetall(record_key(job_id))
         if not raw:
-            raise JobNotFound(f"no training job {job_id!r}")
-        return decode_record(raw)
+            raise JobNotFound(f"no {what} {job_id!r}")
+        rec = decode_record(raw)
+        rec.setdefault("kind", TRAIN)  # records written before jobs had kinds
+        if kind is not None and rec["kind"] != kind:
+            raise JobNotFound(f"no {what} {job_id!r}")
+        return rec
 
     def field(self, job_id: str, name: str) -> Any:
         raw = self.r.hget(record_key(job_id), name)
         return None if raw is None else json.loads(raw)
 
-    def list(self, limit: int = 50, state: str | None = None) -> list[dict[str, Any]]:
-        """Newest first; with `state`, only jobs in that state (scans up to 10x `limit`)."""
-        ids = self.r.zrevrange(INDEX_KEY, 0, (limit * 10 if state else limit) - 1)
+    def list(
+        self, limit: int = 50, state: str | None = None, kind: str | None = TRAIN
+    ) -> list[dict[str, Any]]:
+        """Newest first; with `state`, only jobs in that state; with `kind`, only that kind
+        (scans up to 10x `limit`)."""
+        ids = self.r.zrevrange(INDEX_KEY, 0, (limit * 10 if state or kind else limit) - 1)
         pipe = self.r.pipeline()
         for jid in ids:
             pipe.hgetall(record_key(jid.decode()))
@@ -236,20 +318,23 @@ class JobStore:
             if not raw:
                 continue
             rec = decode_record(raw)
+            rec.setdefault("kind", TRAIN)
+            if kind is not None and rec["kind"] != kind:
+                continue
             if state is None or rec.get("state") == state:
                 out.append(rec)
             if len(out) >= limit:
                 break
         return out
 
-    def count_by_state(self) -> dict[str, int]:
+    def count_by_state(self, kind: str = TRAIN) -> dict[str, int]:
         ids = self.r.zrange(INDEX_KEY, 0, -1)
         pipe = self.r.pipeline()
         for jid in ids:
-            pipe.hget(record_key(jid.decode()), "state")
+            pipe.hmget(record_key(jid.decode()), "state", "kind")
         counts = dict.fromkeys(STATES, 0)
-        for raw in pipe.execute():
-            if raw is not None:
+        for raw, raw_kind in pipe.execute():
+            if raw is not None and (json.loads(raw_kind) if raw_kind else TRAIN) == kind:
                 st = json.loads(raw)
                 counts[st] = counts.get(st, 0) + 1
         return counts
@@ -259,6 +344,7 @@ class JobStore:
         now = time.time()
         rec = {
             "job_id": job_id,
+            "kind": TRAIN,
             "state": QUEUED,
             "epoch": 0,
             "step": 0,
@@ -299,7 +385,7 @@ class JobStore:
             args=[time.time(), new, "1" if if_no_lease else "0", *allowed_from],
         )
         if res is None:
-            raise JobNotFound(f"no training job {job_id!r}")
+            raise JobNotFound(f"no job {job_id!r}")
         res = res.decode() if isinstance(res, bytes) else res
         if res.startswith("!"):
             live = " with a live run" if if_no_lease and res[1:] == RUNNING else ""
@@ -345,20 +431,58 @@ class JobStore:
                 out[host.decode() if isinstance(host, bytes) else host] = int(rep["cuda"])
         return out
 
-    def active(self, scan: int = 1000) -> list[tuple[str, str, bool]]:
-        """(job id, state, lease held) of the queued and running jobs among the newest `scan`."""
+    def active(self, scan: int = 1000, kind: str = TRAIN) -> list[tuple[str, str, bool]]:
+        """(job id, state, lease held) of the queued and running jobs of `kind` among the
+        newest `scan`."""
         ids = [j.decode() for j in self.r.zrevrange(INDEX_KEY, 0, scan - 1)]
         pipe = self.r.pipeline(transaction=False)
         for jid in ids:
-            pipe.hget(record_key(jid), "state")
+            pipe.hmget(record_key(jid), "state", "kind")
             pipe.exists(lease_key(jid))
         res = pipe.execute()
         out = []
-        for jid, raw, held in zip(ids, res[::2], res[1::2], strict=True):
+        for jid, (raw, raw_kind), held in zip(ids, res[::2], res[1::2], strict=True):
             state = json.loads(raw) if raw is not None else None
+            if (json.loads(raw_kind) if raw_kind else TRAIN) != kind:
+                continue
             if state in (QUEUED, RUNNING):
                 out.append((jid, state, bool(held)))
         return out
+
+    # -- chunks of fanned-out jobs --------------------------------------------------------------
+    def chunk_done(self, job_id: str, chunk: int, rows: int) -> int:
+        """Count chunk `chunk` (of `rows` rows) as done, once; returns the chunks done."""
+        keys = [record_key(job_id), done_key(job_id)]
+        return int(self._chunk_done(keys=keys, args=[chunk, rows, time.time()]))
+
+    def done_chunks(self, job_id: str) -> set[int]:
+        return {int(k) for k in self.r.smembers(done_key(job_id))}
+
+    def claim_chunk(self, job_id: str, chunk: int, token: str) -> bool:
+        """Take chunk `chunk` for this run: its lease, if no live run holds it."""
+        ttl = int(CHUNK_LEASE_TTL_S * 1000)
+        return bool(self.r.set(chunk_lease_key(job_id, chunk), token, nx=True, px=ttl))
+
+    def renew_chunk(self, job_id: str, chunk: int, token: str) -> bool:
+        keys = [chunk_lease_key(job_id, chunk), record_key(job_id)]
+        args = [token, int(CHUNK_LEASE_TTL_S * 1000), time.time()]
+        return bool(self._renew_chunk(keys=keys, args=args))
+
+    def release_chunk(self, job_id: str, chunk: int, token: str) -> None:
+        self._release(keys=[chunk_lease_key(job_id, chunk)], args=[token])
+
+    def chunks_leased(self, job_id: str, chunks: list[int]) -> list[bool]:
+        pipe = self.r.pipeline(transaction=False)
+        for k in chunks:
+            pipe.exists(chunk_lease_key(job_id, k))
+        return [bool(x) for x in pipe.execute()]
+
+    def forget_chunks(self, job_id: str) -> None:
+        """A fanned-out job starts over: no chunk counted."""
+        pipe = self.r.pipeline()
+        pipe.delete(done_key(job_id))
+        pipe.hset(record_key(job_id), mapping=encode_fields({"rows_done": 0, "chunks_done": 0}))
+        pipe.execute()
 
     def event(self, job_id: str, payload: dict[str, Any]) -> str:
         payload = {"job_id": job_id, "time": time.time(), **payload}
@@ -370,21 +494,24 @@ class JobStore:
         )
         return eid.decode() if isinstance(eid, bytes) else eid
 
-    def request_cancel(self, job_id: str) -> dict[str, Any]:
+    def request_cancel(self, job_id: str, kind: str = TRAIN) -> dict[str, Any]:
         """Cooperative cancel: a queued job, or a running one without a live run, is cancelled
-        now; a live run sees the flag at its next check, checkpoints and ends as cancelled."""
-        rec = self.get(job_id)
+        now; a live run sees the flag at its next check, checkpoints and ends as cancelled.
+        A fanned-out job is cancelled at once: every chunk checks the state before it starts
+        and before it is counted, so none runs on after its current one."""
+        rec = self.get(job_id, kind)
         if rec["state"] in TERMINAL:
             raise JobStateError(f"job {job_id} already {rec['state']}")
         self.update(job_id, cancel_requested=True)
+        allowed = (QUEUED,) if kind == TRAIN else (QUEUED, RUNNING)
         try:
-            self.transition(job_id, CANCELLED, (QUEUED,), if_no_lease=True)
+            self.transition(job_id, CANCELLED, allowed, if_no_lease=True)
         except JobStateError:
             pass  # running: the run sees the flag, checkpoints and ends as cancelled
         else:
             self.update(job_id, finished_at=time.time())
             self.event(job_id, {"event": "state", "state": CANCELLED})
-        return self.get(job_id)
+        return self.get(job_id, kind)
 
     def requeue_for_resume(self, job_id: str, **fields: Any) -> dict[str, Any]:
         """A cancelled or failed job, or a running one whose run is gone (no lease), goes back
@@ -399,4 +526,4 @@ class JobStore:
             **fields,
         )
         self.event(job_id, {"event": "state", "state": QUEUED})
-        return self.get(job_id)
+        return self.get(job_id, None)

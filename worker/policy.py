@@ -13,13 +13,16 @@ from models.settings import get_settings
 
 TRAINING_QUEUE = "training"
 INFERENCE_QUEUE = "inference"
-QUEUES = (TRAINING_QUEUE, INFERENCE_QUEUE)
+DATA_QUEUE = "data"  # CPU work: catalog builds and dataset uploads, never beside training
+QUEUES = (TRAINING_QUEUE, INFERENCE_QUEUE, DATA_QUEUE)
 
 TRAIN_TASK = "cosmogan.train"
 GENERATE_TASK = "cosmogan.generate"
 EMULATE_TASK = "cosmogan.emulate"
 PING_TASK = "cosmogan.ping"
-EMULATE_FILE_TASK = "cosmogan.emulate_file"
+EMULATE_FILE_TASK = "cosmogan.emulate_file"  # the chunks of an emulation job
+DATASET_BUILD_TASK = "cosmogan.dataset_build"  # the chunks of a catalog build
+DATASET_INGEST_TASK = "cosmogan.dataset_ingest"  # an uploaded catalog or image archive
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -30,7 +33,16 @@ ROUTES = {
     EMULATE_TASK: {"queue": INFERENCE_QUEUE},
     EMULATE_FILE_TASK: {"queue": INFERENCE_QUEUE},
     PING_TASK: {"queue": INFERENCE_QUEUE},
+    DATASET_BUILD_TASK: {"queue": DATA_QUEUE},
+    DATASET_INGEST_TASK: {"queue": DATA_QUEUE},
 }
+
+# Messages sent per fanned-out job: each run claims chunks until none is left, so this only
+# needs to reach every worker process (`worker.fanout`).
+FANOUT_MESSAGES = 64
+# Queue a fanned-out job of each kind runs on.
+KIND_QUEUES = {"emulate": INFERENCE_QUEUE, "dataset": DATA_QUEUE}
+KIND_TASKS = {"emulate": EMULATE_FILE_TASK, "dataset": DATASET_BUILD_TASK}
 
 
 def torch_threads(queue: str) -> int:
@@ -42,18 +54,26 @@ def torch_threads(queue: str) -> int:
     cores = os.cpu_count() or 2
     if queue == TRAINING_QUEUE:
         return max(1, cores - 1)
+    if queue == DATA_QUEUE:
+        return 1  # one process per core instead
     return max(1, min(4, cores // 4))
 
 
-def pool_policy(queue: str, concurrency: int, batch_max_size: int) -> tuple[int, int]:
+def pool_policy(
+    queue: str, concurrency: int, batch_max_size: int, data_processes: int | None = None
+) -> tuple[int, int]:
     """(processes, prefetch multiplier) for a worker of `queue`.
 
     Training: one job per process at a time, prefetch 1, so late acks hand a job back if the
     process dies. Inference: one process whose celery-batches buffer is fed by prefetching;
-    the prefetch must exceed a full batch or a batch could never fill.
+    the prefetch must exceed a full batch or a batch could never fill. Data: `data_processes`
+    (default: the settings', else one per core), prefetch 1, late acks.
     """
     if queue == TRAINING_QUEUE:
         return max(1, concurrency), 1
+    if queue == DATA_QUEUE:
+        n = data_processes or get_settings().data_processes or os.cpu_count() or 1
+        return max(1, n), 1
     return 1, 2 * batch_max_size
 
 

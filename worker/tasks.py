@@ -17,11 +17,13 @@ from concurrent.futures import Future
 from queue import Empty
 from typing import Any
 
+import redis
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
 from models.settings import get_settings
-from worker.celery_app import app
+from worker.celery_app import app, send_run
+from worker.jobs import EMULATE
 from worker.payload import (
     COST,
     DEADLINE,
@@ -31,7 +33,15 @@ from worker.payload import (
     seed_pace,
     store_outputs,
 )
-from worker.policy import EMULATE_FILE_TASK, EMULATE_TASK, GENERATE_TASK, PING_TASK, TRAIN_TASK
+from worker.policy import (
+    DATASET_BUILD_TASK,
+    DATASET_INGEST_TASK,
+    EMULATE_FILE_TASK,
+    EMULATE_TASK,
+    GENERATE_TASK,
+    PING_TASK,
+    TRAIN_TASK,
+)
 
 log = logging.getLogger(__name__)
 _settings = get_settings()
@@ -203,10 +213,54 @@ def emulate(requests: list[SimpleRequest]) -> int:
 
 @app.task(name=EMULATE_FILE_TASK)
 def emulate_file(job_id: str) -> None:
-    """A large catalog, emulated in this inference process's background job thread."""
+    """Chunks of a large catalog, emulated in this inference process's background thread."""
     from worker import emulate_jobs
+    from worker.jobs import JobStore
 
-    emulate_jobs.submit(lambda: app.backend.client, _settings.home, job_id)
+    emulate_jobs.submit(
+        lambda: JobStore(app.backend.client),
+        _settings.home,
+        job_id,
+        lambda n: send_run(EMULATE, job_id, n=n),
+    )
+
+
+@app.task(
+    name=DATASET_BUILD_TASK,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,  # a chunk whose process died goes back to the queue
+    autoretry_for=(OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError),
+    retry_backoff=True,
+    retry_backoff_max=60,
+    max_retries=8,
+    ignore_result=True,
+)
+def dataset_build(self: Any, job_id: str) -> None:
+    """Chunks of a catalog build, claimed until none is left (CPU work, `data` queue)."""
+    from worker import datasets, fanout
+    from worker.jobs import JobNotFound, JobStore
+
+    store = JobStore(app.backend.client)
+    try:
+        datasets.run_build(store, job_id)
+    except JobNotFound:
+        return  # deleted meanwhile
+    except (OSError, redis.exceptions.RedisError) as exc:
+        if self.request.retries >= self.max_retries:
+            fanout.fail(store, job_id, f"{type(exc).__name__}: {exc}")
+        raise
+    except Exception as exc:  # deterministic: every retry would fail the same way
+        log.exception("dataset build %s failed", job_id)
+        fanout.fail(store, job_id, f"{type(exc).__name__}: {exc}")
+
+
+@app.task(name=DATASET_INGEST_TASK)
+def dataset_ingest(name: str, token: str, fmt: str, sha256: str, size: int) -> dict[str, Any]:
+    """Check an uploaded catalog or image archive and publish it as dataset `name`."""
+    from worker import datasets
+
+    return datasets.ingest(name, token, fmt, sha256, size)
 
 
 @app.task(name=PING_TASK)

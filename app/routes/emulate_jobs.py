@@ -1,4 +1,5 @@
-"""`/emulate/jobs`: catalogs of any size emulated in the background; the result is a file."""
+"""`/emulate/jobs`: catalogs of any size emulated in the background, fanned out over every
+inference worker; the result is a file."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from app.schemas import DEFAULT_EMULATOR_MODEL, JOB_ID_PATTERN, MAX_SEED, NAME_P
 from models.atomic import atomic_write
 from models.kinds import EMULATOR
 from worker import emulate_jobs
+from worker.jobs import EMULATE as EMULATE_KIND
 from worker.policy import EMULATE_FILE_TASK, INFERENCE_QUEUE
 
 router = APIRouter(tags=["inference"])
@@ -33,7 +35,7 @@ MEDIA = {"csv": tables.CSV, "parquet": tables.PARQUET, "fits": tables.FITS}
 
 class EmulateJobOut(BaseModel):
     job_id: str
-    state: Literal["queued", "running", "succeeded", "failed"]
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     model: str
     version: str | None = None
     samples: int
@@ -43,7 +45,9 @@ class EmulateJobOut(BaseModel):
     rows_done: int = Field(description="Input rows emulated so far.")
     rows_total: int | None = Field(default=None, description="Input rows, once known.")
     progress: float | None = Field(default=None, description="rows_done / rows_total.")
-    stalled: bool = Field(default=False, description="No heartbeat from its worker for 60 s.")
+    chunks_total: int | None = Field(default=None, description="Chunks the job is cut into.")
+    chunks_done: int = Field(default=0, description="Chunks finished, by any worker.")
+    stalled: bool = Field(default=False, description="No heartbeat from any of its workers.")
     error: str | None = None
     created_at: float
     started_at: float | None = None
@@ -55,7 +59,9 @@ class EmulateJobOut(BaseModel):
 def _out(rec: dict[str, Any]) -> EmulateJobOut:
     url = f"/emulate/jobs/{rec['job_id']}"
     done = rec["state"] == "succeeded"
-    return EmulateJobOut(**rec, url=url, result=f"{url}/result" if done else None)
+    fields = {k: v for k, v in rec.items() if k in EmulateJobOut.model_fields and v is not None}
+    fields.pop("result", None)
+    return EmulateJobOut(**fields, url=url, result=f"{url}/result" if done else None)
 
 
 @router.post(
@@ -117,16 +123,16 @@ async def create_job(
         "input_format": fmt,
         "output_format": output or fmt,
     }
-    await asyncio.to_thread(emulate_jobs.create, jobs.r, job_id, fields)
+    await asyncio.to_thread(emulate_jobs.create, jobs, job_id, fields)
     await asyncio.to_thread(
         celery.send_task,
         EMULATE_FILE_TASK,
         args=[job_id],
         queue=INFERENCE_QUEUE,
+        task_id=f"{job_id}-{uuid.uuid4().hex[:12]}",  # the reaper finds the job's messages
     )
     response.headers["Location"] = f"/emulate/jobs/{job_id}"
-    rec = await asyncio.to_thread(emulate_jobs.read, jobs.r, job_id)
-    return _out(rec or {})
+    return _out(await asyncio.to_thread(emulate_jobs.read, jobs, job_id))
 
 
 async def _save_body(request: Request, path: os.PathLike) -> None:
@@ -143,14 +149,23 @@ async def _save_body(request: Request, path: os.PathLike) -> None:
 
 
 async def _record(jobs: Any, job_id: str) -> dict[str, Any]:
-    rec = await asyncio.to_thread(emulate_jobs.read, jobs.r, job_id)
-    if rec is None:
-        raise ApiError(404, f"no emulate job {job_id!r}")
-    return rec
+    return await asyncio.to_thread(emulate_jobs.read, jobs, job_id)  # 404: JobNotFound
 
 
 @router.get("/emulate/jobs/{job_id}", response_model=EmulateJobOut, summary="An emulate job")
 async def get_job(job_id: Annotated[str, JOB_ID_PATH], jobs: JobsDep) -> EmulateJobOut:
+    return _out(await _record(jobs, job_id))
+
+
+@router.delete(
+    "/emulate/jobs/{job_id}",
+    status_code=202,
+    dependencies=[ApiKey],
+    response_model=EmulateJobOut,
+    summary="Cancel an emulate job: no chunk of it starts after this",
+)
+async def cancel_job(job_id: Annotated[str, JOB_ID_PATH], jobs: JobsDep) -> EmulateJobOut:
+    await asyncio.to_thread(jobs.request_cancel, job_id, EMULATE_KIND)
     return _out(await _record(jobs, job_id))
 
 

@@ -21,6 +21,8 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from app.deps import ApiKey, Authenticated, CeleryDep, JobsDep, SettingsDep
 from app.errors import ApiError
 from app.limits import StreamSlots, client_key
+from app.routes.datasets import HOW_TO_MAKE
+from app.routes.datasets import describe as describe_dataset
 from app.schemas import (
     JOB_ID_PATTERN,
     MAX_SEED,
@@ -30,6 +32,7 @@ from app.schemas import (
     TrainAccepted,
     TrainRequest,
 )
+from models import datasets as model_datasets
 from models.registry import DEFAULT_MODEL, FamilyMismatch, Registry
 from models.results import results_table
 from models.settings import Settings
@@ -56,18 +59,49 @@ JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="A training
 SAMPLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.png$")
 
 
-def resolve_data(preset: str, data: str | None, dry_run: bool, settings: Settings) -> str | None:
-    """The dataset path, checked to exist inside the data root (no escaping it), and to be a
-    folder for an image preset or a catalog file for the emulator."""
+def resolve_data(
+    preset: str,
+    data: str | None,
+    dry_run: bool,
+    settings: Settings,
+    jobs: JobStore | None = None,
+) -> str | None:
+    """The dataset to train on: a dataset name (`/datasets`), else a path checked to exist
+    inside the data root (no escaping it), a folder for an image preset or a catalog for the
+    emulator. The preset's default is its dataset name (`balrog`), else the file of that
+    name the CLI builds (`balrog.parquet`)."""
     if data is None and dry_run:
         return None
-    raw = data if data is not None else default_data(preset)
-    want = "dir" if family(preset) == "image" else "file"
+    fam = family(preset)
+    default = default_data(preset)
+    names = [data] if data is not None else [Path(default).stem, default]
+    root = settings.data_dir
+    for name in dict.fromkeys(names):
+        path = model_datasets.training_path(root, name)
+        if path is not None:
+            kind = "images" if fam == "image" else "catalog"
+            have = (model_datasets.describe(root, name) or {}).get("kind")
+            if have != kind:
+                raise ApiError(
+                    422, f"dataset {name!r} holds {have}; preset {preset!r} needs {kind}"
+                )
+            return str(path)
+        try:
+            building = describe_dataset(jobs, settings, name) if jobs is not None else None
+        except redis.exceptions.RedisError:
+            building = None  # no word on builds: the message below still says what to do
+        if building is not None and building["state"] != "ready":
+            done = f", {building['progress']:.0%} done" if building.get("progress") else ""
+            raise ApiError(
+                422,
+                f"dataset {name!r} is not ready: its build is {building['state']}{done} "
+                f"(GET /datasets/{name})",
+            )
+    want = "dir" if fam == "image" else "file"
     try:
-        return str(check_data_path(raw, settings.data_dir, want))
+        return str(check_data_path(names[-1], root, want))
     except ValueError as exc:
-        hint = "" if data is not None else " (build it with `cosmogan data` or pass 'data')"
-        raise ApiError(422, f"{exc}{hint}") from None
+        raise ApiError(422, f"{exc}; {HOW_TO_MAKE}") from None
 
 
 def check_runnable(config: Any, jobs: JobStore) -> None:
@@ -164,7 +198,7 @@ def create_job(
     else:
         config = build_config(body.preset, body.overrides)
         check_runnable(config, jobs)
-        data = resolve_data(body.preset, body.data, config.dry_run, settings)
+        data = resolve_data(body.preset, body.data, config.dry_run, settings, jobs)
         target = body.model or DEFAULT_MODEL[family(body.preset)]
         try:
             Registry(settings.registry_dir).check_family(target, family(body.preset))

@@ -904,6 +904,58 @@ async function deleteVersion(name, version) {
   } catch (e) { toast(e.message, true); }
 }
 
+// ----------------------------------------------------------------------------- datasets
+const UPLOAD_TYPES = { csv: "text/csv", parquet: "application/vnd.apache.parquet", fits: "application/fits",
+  zip: "application/zip", tar: "application/x-tar", gz: "application/gzip", tgz: "application/gzip" };
+
+function initDatasets() {
+  $("#d-upload").addEventListener("submit", uploadDataset);
+  $("#d-build").addEventListener("submit", buildDataset);
+  refreshDatasets();
+  setInterval(() => { if (!$("#training").hidden) refreshDatasets(); }, 3000);
+}
+
+async function refreshDatasets() {
+  let list;
+  try {
+    list = (await getJSON("/datasets")).datasets;
+  } catch (_) { return; }
+  $("#t-datasets").replaceChildren(...list.filter((d) => d.state === "ready").map((d) => el("option", { value: d.name })));
+  $("#d-list tbody").replaceChildren(...list.map((d) => {
+    const pct = d.state === "ready" ? "" : d.progress != null ? ` ${(100 * d.progress).toFixed(0)}%` : "";
+    const eta = d.eta_s != null ? `, ${fmtDuration(d.eta_s)} left` : "";
+    return el("tr", {}, el("td", {}, d.name), el("td", {}, `${d.state}${pct}${eta}`),
+      el("td", {}, d.rows == null ? "?" : d.rows.toLocaleString()), el("td", {}, d.source || ""));
+  }));
+}
+
+async function uploadDataset(ev) {
+  ev.preventDefault();
+  const file = $("#d-up-file").files[0];
+  const ext = file.name.split(".").pop().toLowerCase();
+  const type = UPLOAD_TYPES[ext];
+  if (!type) { toast("Upload a .csv, .parquet, .fits, .zip, .tar or .tar.gz file", true); return; }
+  try {
+    const name = $("#d-up-name").value.trim();
+    const d = await (await api("PUT", `/datasets/${name}`, { body: file, headers: { "content-type": type }, auth: true })).json();
+    toast(`Dataset ${d.name}: ${d.rows.toLocaleString()} ${d.kind === "images" ? "images" : "rows"}`);
+    $("#t-data").value = d.name;
+    refreshDatasets();
+  } catch (e) { toast(e.message, true); }
+}
+
+async function buildDataset(ev) {
+  ev.preventDefault();
+  const json = { name: $("#d-b-name").value.trim(), simulator: $("#d-b-sim").value,
+    rows: parseInt($("#d-b-rows").value, 10), seed: parseInt($("#d-b-seed").value || "0", 10) };
+  try {
+    const r = await (await api("POST", "/datasets", { json, auth: true })).json();
+    toast(`Building ${r.name} (job ${r.job_id.slice(0, 8)})`);
+    $("#t-data").value = r.name;
+    refreshDatasets();
+  } catch (e) { toast(e.message, true); }
+}
+
 // --------------------------------------------------------------------------------- start
 async function main() {
   const key = $("#api-key");
@@ -919,6 +971,7 @@ async function main() {
   }
   initGallery();
   initTraining();
+  initDatasets();
   initEmulator();
   window.addEventListener("hashchange", showTab);
   showTab();

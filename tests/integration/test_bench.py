@@ -27,7 +27,7 @@ def test_quick_bench_runs_every_suite(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads((out / "latest.json").read_text())
-    assert set(report["seconds"]) == {"training", "serving"}
+    assert set(report["seconds"]) == {"training", "serving", "scaling"}
     assert report["machine"]["cores"] >= 1
     tables = report["tables"]
     assert len(tables) >= 5
@@ -37,6 +37,10 @@ def test_quick_bench_runs_every_suite(tmp_path: Path) -> None:
         for row in table["rows"]:
             numbers = [v for v in row if isinstance(v, int | float)]
             assert all(math.isfinite(v) and v >= 0 for v in numbers), (table["title"], row)
+
+    scaling = report["raw"]["scaling"]  # one worker and two gave the same bytes
+    assert scaling["same_build"] and scaling["same_emulation"]
+    assert scaling["build_ratio"] > 0 and scaling["emulate_ratio"] > 0
 
     train = report["raw"]["training"]
     for recipe in ("seed", "ours", "ours-w16"):

@@ -32,11 +32,14 @@ detected) and `detected`, `split` (80/10/10 train/val/test, fixed by the seed) a
 with one `seed` and two `draw_seed`s are two independent simulator draws of the same
 objects, whose differences are the floor any emulator is measured against. Simulated in
 chunks over processes; each finished chunk is saved under `<out>.parts/`, so an interrupted
-build resumes where it stopped.
+build resumes where it stopped. `catalog_part` makes one chunk of finished rows on its own:
+the service's builds (`worker.datasets`) fan those out over every `data` worker, and their
+parts concatenated are the rows of `build_catalog` for the same parameters.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -183,6 +186,86 @@ def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
         pq.write_table(table, f)
 
 
+@functools.lru_cache(maxsize=2)
+def _inputs(rows: int, seed: int, data_dir: str) -> pd.DataFrame:
+    """`sample_inputs` for a whole build, kept while a process runs its chunks."""
+    return sample_inputs(rows, seed, Path(data_dir))
+
+
+@functools.lru_cache(maxsize=2)
+def _split(rows: int, seed: int) -> np.ndarray:
+    return assign_split(rows, seed)
+
+
+def chunk_slice(rows: int, chunk_rows: int, chunk: int) -> slice:
+    """The rows of chunk `chunk` of a build of `rows` rows in chunks of `chunk_rows`."""
+    return slice(chunk * chunk_rows, min(rows, (chunk + 1) * chunk_rows))
+
+
+def catalog_rows(inputs: pd.DataFrame, observed: pd.DataFrame, split: np.ndarray) -> pd.DataFrame:
+    """Catalog rows in their final column order: inputs, the simulator's measurements,
+    `detected`, `split` and `truth_id` (one function, so a part and a whole catalog agree)."""
+    catalog = inputs[list(columns.INPUTS)].reset_index(drop=True).copy()
+    for name in (*columns.OBSERVED, *columns.MAGERR):
+        catalog[name] = observed[name].to_numpy(np.float64)
+    catalog[columns.DETECTED] = observed[columns.DETECTED].to_numpy(bool)
+    catalog[columns.SPLIT] = split
+    catalog["truth_id"] = inputs["truth_id"].to_numpy()
+    return catalog
+
+
+def build_meta(rows: int, simulator: str, seed: int, draw_seed: int) -> dict[str, Any]:
+    """What a built catalog says about itself (Parquet schema metadata `cosmogan`)."""
+    return {
+        "simulator": simulator,
+        "seed": seed,
+        "draw_seed": draw_seed,
+        "rows": rows,
+        "truth": "Buzzard DES mock (pzflow galaxy-data)",
+        "units": "mag AB; sky_sigma per 0.263 arcsec pixel at ZP 30; psf_fwhm arcsec",
+    }
+
+
+def with_meta(table: pa.Table, meta: dict[str, Any]) -> pa.Table:
+    return table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), b"cosmogan": json.dumps(meta).encode()}
+    )
+
+
+def catalog_part(
+    rows: int,
+    simulator: str,
+    seed: int,
+    draw_seed: int,
+    chunk_rows: int,
+    chunk: int,
+    data_dir: Path | None = None,
+) -> pa.Table:
+    """Chunk `chunk` of a build as a table of finished catalog rows.
+
+    Fixed by (rows, seed, draw seed, chunk rows, chunk index) alone: the simulator's draws
+    depend on (draw seed, row id), the objects and the split on the seed, so a chunk rerun
+    after a crash, or run on another machine, gives the same rows; concatenated in chunk
+    order the parts are the rows `build_catalog` writes.
+    """
+    from models.settings import get_settings
+
+    if simulator not in minibalrog.SIMULATORS:
+        raise ValueError(f"unknown simulator {simulator!r}")
+    root = str(Path(data_dir or get_settings().data_dir).resolve())
+    inputs = _inputs(rows, seed, root)
+    s = chunk_slice(rows, chunk_rows, chunk)
+    if s.start >= rows:
+        raise ValueError(f"chunk {chunk} is past the {rows} rows of the build")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    arr = inputs[list(columns.INPUTS)].to_numpy(np.float64)[s]
+    row_ids = np.arange(s.start, s.stop, dtype=np.int64)
+    observed = minibalrog.simulate(arr, simulator=simulator, seed=draw_seed, row_ids=row_ids)
+    part = catalog_rows(inputs.iloc[s], observed, _split(rows, seed)[s])
+    table = pa.Table.from_pandas(part, preserve_index=False)
+    return with_meta(table, build_meta(rows, simulator, seed, draw_seed))
+
+
 def _simulate_chunk(
     simulator: str, inputs: np.ndarray, row_ids: np.ndarray, seed: int, part: str
 ) -> int:
@@ -219,9 +302,11 @@ def build_catalog(
     chunk_rows: int = 2000,
     draw_seed: int | None = None,
     progress: bool = True,
+    data_dir: Path | None = None,
 ) -> dict:
     """Build the mini-Balrog catalog at `out` (Parquet), resumably; returns a summary.
-    `progress` draws a bar over the objects simulated."""
+    `progress` draws a bar over the objects simulated; `data_dir` holds the truth table
+    (default: the settings' data root)."""
     from tqdm import tqdm
 
     from models.settings import get_settings
@@ -242,7 +327,7 @@ def build_catalog(
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
-    inputs = sample_inputs(rows, seed, get_settings().data_dir)
+    inputs = sample_inputs(rows, seed, data_dir or get_settings().data_dir)
     arr = inputs[list(columns.INPUTS)].to_numpy(np.float64)
     row_ids = np.arange(rows, dtype=np.int64)
     parts = out.with_name(out.name + ".parts")
@@ -296,25 +381,9 @@ def build_catalog(
     ).sort_values("row_id")
     if not np.array_equal(observed["row_id"].to_numpy(), row_ids):
         raise RuntimeError(f"chunks in {parts} do not cover rows 0..{rows - 1}; delete it")
-    catalog = inputs[list(columns.INPUTS)].copy()
-    for name in (*columns.OBSERVED, *columns.MAGERR):
-        catalog[name] = observed[name].to_numpy(np.float64)
-    catalog[columns.DETECTED] = observed[columns.DETECTED].to_numpy(bool)
-    catalog[columns.SPLIT] = assign_split(rows, seed)
-    catalog["truth_id"] = inputs["truth_id"].to_numpy()
+    catalog = catalog_rows(inputs, observed.reset_index(drop=True), assign_split(rows, seed))
     table = pa.Table.from_pandas(catalog, preserve_index=False)
-    meta = {
-        "simulator": simulator,
-        "seed": seed,
-        "draw_seed": draw_seed,
-        "rows": rows,
-        "truth": "Buzzard DES mock (pzflow galaxy-data)",
-        "units": "mag AB; sky_sigma per 0.263 arcsec pixel at ZP 30; psf_fwhm arcsec",
-    }
-    table = table.replace_schema_metadata(
-        {**(table.schema.metadata or {}), b"cosmogan": json.dumps(meta).encode()}
-    )
-    _write_parquet_atomic(table, out)
+    _write_parquet_atomic(with_meta(table, build_meta(rows, simulator, seed, draw_seed)), out)
     shutil.rmtree(parts, ignore_errors=True)
 
     seconds = time.perf_counter() - start

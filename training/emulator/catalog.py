@@ -59,8 +59,19 @@ def with_emulated(
     return out
 
 
+def dataset_parts(path: str | Path) -> list[Path]:
+    """The Parquet parts of a multi-part dataset folder, in row order (by file name)."""
+    parts = sorted(Path(path).glob("*.parquet"))
+    if not parts:
+        raise CatalogError(f"{path}: a folder with no Parquet parts")
+    return parts
+
+
 def catalog_format(path: str | Path) -> str:
-    """'csv', 'parquet' or 'fits' from the file name (compressed CSV/FITS allowed)."""
+    """'csv', 'parquet' or 'fits' from the file name (compressed CSV/FITS allowed); a folder
+    is a multi-part Parquet dataset."""
+    if Path(path).is_dir():
+        return "parquet"
     name = Path(path).name.lower()
     for suffix in (".gz", ".bz2", ".xz", ".zip"):
         name = name.removesuffix(suffix)
@@ -107,10 +118,17 @@ def iter_catalog(path: str | Path, chunk_rows: int = 100_000) -> Iterator[pd.Dat
         raise CatalogError(f"chunk_rows must be at least 1, got {chunk_rows}")
     path = Path(path)
     fmt = catalog_format(path)
-    if not path.is_file():
+    if not path.is_file() and not path.is_dir():
         raise CatalogError(f"{path}: no such file")
     try:
-        if fmt == "csv":
+        if path.is_dir():  # a multi-part dataset: its parts in order, one at a time
+            import pyarrow.parquet as pq
+
+            for part in dataset_parts(path):
+                with pq.ParquetFile(part) as pf:
+                    for batch in pf.iter_batches(batch_size=chunk_rows):
+                        yield normalize_columns(batch.to_pandas())
+        elif fmt == "csv":
             with pd.read_csv(path, chunksize=chunk_rows) as reader:
                 for chunk in reader:
                     yield normalize_columns(chunk)
@@ -135,6 +153,10 @@ def count_rows(path: str | Path) -> int | None:
     path = Path(path)
     fmt = catalog_format(path)
     try:
+        if path.is_dir():
+            import pyarrow.parquet as pq
+
+            return sum(pq.ParquetFile(p).metadata.num_rows for p in dataset_parts(path))
         if fmt == "parquet":
             import pyarrow.parquet as pq
 

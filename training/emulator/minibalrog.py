@@ -75,6 +75,17 @@ ELLIPTICITY_SCALE = 0.2
 ELLIPTICITY_MAX = 0.7
 
 SIMULATORS = ("galsim", "analytic")
+MODEL_VERSION = 1  # bump when a change here alters the rows a (seed, draw seed) gives
+
+
+def simulator_version(simulator: str) -> str:
+    """This simulator's version as a manifest records it: the model's, and GalSim's."""
+    if simulator == "galsim":
+        import galsim
+
+        return f"minibalrog-{MODEL_VERSION}+galsim-{galsim.__version__}"
+    return f"minibalrog-{MODEL_VERSION}"
+
 
 # per-object random streams of `row_uniforms`
 _S_SIZE, _S_EMOD, _S_EANG, _S_DX, _S_DY = range(5)
