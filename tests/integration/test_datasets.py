@@ -65,7 +65,7 @@ def test_upload_train_serve(client: httpx.Client, service: Service, tmp_path: Pa
     rows = df.drop(columns=["mag_r", "mag_i", "mag_z", "detected"]).head(3)
     out = client.post(
         "/emulate",
-        json={"rows": rows.to_dict(orient="records"), "model": "balrog-flow", "version": job_id},
+        json={"rows": rows.to_dict(orient="records"), "model": "balrog", "version": job_id},
     )
     assert out.status_code == 200, out.text
     assert len(out.json()["rows"]) == 3
