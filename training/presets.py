@@ -66,6 +66,9 @@ class EmulatorTrainConfig:
     mse_weight: float = 0.0  # the seed's MSE pull to the mean; >0 only for the baseline
     emulate_errors: bool = True  # also generate magerr_{r,i,z} when the catalog has them
     log_conditions: bool = True  # standardize ln(sky sigma), ln(PSF FWHM): S/N is linear
+    # divide each band's target by a per-object error scale (a linear fit of ln magerr on
+    # the inputs): bright objects' offsets are otherwise ~1 % of the target's spread
+    error_scale: bool = True
     detector_epochs: int = 20
     detector_batch_size: int = 1024  # the detection classifier sees every training row
     detector_lr: float = 1e-3
@@ -240,6 +243,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         "deterministic",
         "emulate_errors",
         "log_conditions",
+        "error_scale",
     }:
         if not isinstance(value, bool):
             raise PresetError(f"override {key!r} must be true or false, got {value!r}")

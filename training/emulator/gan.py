@@ -65,7 +65,7 @@ def magnitude_distances(
     cond, true = scalers.split_inputs(x)
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(len(split), generator.cfg.noise_dim, generator=g).to(device)
-    fake = scalers.observed(generator(z, cond, true), x[:, :3]).cpu().numpy()
+    fake = scalers.observed(generator(z, cond, true), x).cpu().numpy()
     out: dict[str, float] = {}
     for j, band in enumerate("riz"):
         out[f"ks_{band}"] = float(stats.ks_2samp(fake[:, j], split.observed[:, j]).statistic)
@@ -99,7 +99,7 @@ def validation_figure(
     cond, true = scalers.split_inputs(x)
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(len(rows), generator.cfg.noise_dim, generator=g).to(device)
-    fake = scalers.observed(generator(z, cond, true), x[:, :3]).cpu().numpy().astype(np.float64)
+    fake = scalers.observed(generator(z, cond, true), x).cpu().numpy().astype(np.float64)
     err = fake[:, 3:] if fake.shape[1] == 6 else None
     out = Output(fake[:, :3], np.ones(len(rows), dtype=bool), err)
     figs = figures(rows, out, Bins.from_inputs(rows.x.astype(np.float64)))
