@@ -11,8 +11,10 @@ import torch
 from models.checkpoint import load_checkpoint
 from models.emulator import EmulatorScalers
 from training.emulator.data import fit_scalers, load_emulator_catalog
+from training.emulator.detector import detection_figures
 from training.emulator.evaluate import verdict
 from training.emulator.gan import train_emulator_gan
+from training.emulator.metrics import Bins
 from training.presets import build_config
 
 torch.set_num_threads(1)
@@ -99,3 +101,19 @@ def test_verdict_says_when_a_model_loses_to_the_gaussian():
     )
     assert verdict({"better": 5, "tie": 5, "worse": 4}).startswith("no clear gain")
     assert verdict({}).startswith("not compared")
+
+
+def test_detection_figures_see_a_miscalibrated_detector():
+    rng = np.random.default_rng(0)
+    n = 40_000
+    x = np.ones((n, 9))
+    x[:, :3] = rng.uniform(20.0, 25.0, (n, 1)) + rng.normal(0, 0.1, (n, 3))
+    x[:, 3:] = rng.lognormal(0.0, 0.2, (n, 6))
+    p = 1.0 / (1.0 + np.exp(2.0 * (x[:, 1] - 23.5)))
+    detected = rng.random(n) < p
+    bins = Bins.from_inputs(x)
+    good = detection_figures(x, p, detected, bins)
+    bad = detection_figures(x, np.clip(p + 0.05, 0, 1), detected, bins)
+    assert good["completeness_error_max"] < 0.03 < bad["completeness_error_max"]
+    assert good["ece_mag_bins_max"] < 0.03 < bad["ece_mag_bins_max"]
+    assert len(good["ece_mag_bins"]) == len(good["ece_mag_bin_edges_i"]) - 1

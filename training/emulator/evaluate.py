@@ -32,7 +32,7 @@ from models.emulator_sampler import EmulatorSampler
 from training.emulator.baselines import GaussianBaseline
 from training.emulator.c2st import classifier_auc
 from training.emulator.data import Split, load_emulator_catalog, read_rows, split_labels
-from training.emulator.detector import calibration_report
+from training.emulator.detector import calibration_report, detection_figures
 from training.emulator.metrics import (
     KS_MEAN_FACTOR,
     Bins,
@@ -223,7 +223,11 @@ def evaluate_emulator(
         log.info("emulating the test rows with %s", name)
         rows = em.emulate(test.x, 1, seed)
         outputs[name] = Output(rows.mags, rows.detected, rows.magerr)
-        detection[name] = calibration_report(em.detection_probability(test.x), test.detected)
+        prob = em.detection_probability(test.x)
+        detection[name] = {
+            **calibration_report(prob, test.detected),
+            **detection_figures(x64, prob, test.detected, bins),
+        }
 
     if train_data is None and split != "all":
         train_data = data
@@ -362,6 +366,11 @@ def job_figures(model: str | Path, data: str | Path, out_dir: str | Path) -> dic
         "vs_baseline": counts,
         "verdict": verdict(counts),
         "us_per_object": report["seconds_per_object"] * 1e6,
+        "detection": {
+            k: v
+            for k, v in report["detection_calibration_test"]["ours"].items()
+            if not isinstance(v, list)
+        },
     }
 
 
