@@ -132,9 +132,10 @@ def train_detector(
         order = torch.randperm(len(train), generator=g).to(device)
         total = 0.0
         for i in range(0, len(train), bs):
-            # cosine decay to zero over the run: a constant rate leaves the probabilities
-            # jittering by ~1 % near the threshold, where completeness changes fastest
-            done = (epoch + i / len(train)) / epochs
+            # the full rate for the first half, then a cosine decay to zero: a constant rate
+            # leaves the probabilities jittering by ~1 % near the threshold, where the
+            # completeness changes fastest
+            done = max(0.0, 2 * (epoch + i / len(train)) / epochs - 1)
             for group in opt.param_groups:
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * done))
             idx = order[i : i + bs]
