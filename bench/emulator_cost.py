@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     models = dict(DEFAULT_MODELS)
     if args.model:
         models = {k: Path(v) for k, _, v in (m.partition("=") for m in args.model)}
+    figures = costs(models, args.rows, args.galsim_rows)  # sets one torch thread first
     out = {"machine": machine(), "rows": args.rows, "galsim_rows": args.galsim_rows}
-    out["models"] = costs(models, args.rows, args.galsim_rows)
+    out["models"] = figures
     print(json.dumps(out, indent=2))
     return 0
 
