@@ -86,11 +86,11 @@ def validation_figure(
 ) -> dict[str, float]:
     """The epoch's figure of merit on the validation split's detected objects (lower is better).
 
-    `val_score` is the mean of four KS figures of `cosmogan evaluate` (per band, colours,
-    within bins of true magnitude, within quartiles of each condition; plus the log errors
-    when the model draws them): the per-band marginals alone miss what conditions do to the
-    scatter, which is where a GAN that looks converged still drifts. Each object gets `draws`
-    realizations, so that the generated side adds little noise to the figure.
+    `val_score` is the mean of these KS figures of `cosmogan evaluate`: per band, colours,
+    within bins of true magnitude, within quartiles of each condition, and of the log errors
+    when the model draws them. The per-band marginals alone miss what magnitude and
+    conditions do to the scatter, which is where a GAN that looks converged still drifts.
+    Each object gets `draws` realizations, so that the generated side adds little noise.
     """
     if len(split) == 0:
         return {}
@@ -132,7 +132,9 @@ def train_emulator_gan(
     """Train the detection classifier, then the cWGAN-GP, into the run folder `out_dir`.
 
     One epoch is one pass of the critic over the detected training objects: every critic
-    step draws a fresh batch, so a generator step consumes `n_critic × batch_size` rows.
+    step draws a fresh batch, so a generator step consumes `n_critic × batch_size` rows. The
+    run lasts `epochs`, or more when that is under `min_steps` generator steps; the weights
+    served (`model.pt`) are the EMA of the epoch with the best `validation_figure`.
     """
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
