@@ -90,6 +90,12 @@ def test_the_best_validation_epoch_is_served(tmp_path, catalog):
     last = full.training_state["ema"]
     same = all(torch.equal(served[k], last[k]) for k in served)
     assert same == (best == max(scores))
+    # the job's result says what the served model achieved, against the Gaussian
+    metrics = result["metrics"]
+    counts = metrics["vs_baseline"]
+    assert metrics["verdict"] == verdict(counts) and sum(counts.values()) >= 14
+    assert metrics["us_per_object"] > 0
+    assert 0 <= metrics["detection"]["completeness_error_max"] <= 1
 
 
 def test_verdict_says_when_a_model_loses_to_the_gaussian():
