@@ -147,7 +147,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def _ctrl_c_at(step: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A real SIGINT to this process once the bar has shown `step` (the handler is the CLI's)."""
+    """One real SIGINT to this process once the bar has shown `step` (the CLI's handler)."""
     show = StepBar.__call__
     sent: list[int] = []
 
@@ -175,7 +175,6 @@ def test_an_interrupted_run_resumes_with_its_data_and_settings(
     assert cut["status"] == "cancelled" and cut["step"] == 2
     again = captured.err.split("continue with: ")[1].strip()
     assert again == f"cosmogan train balrog-flow --resume --out {out}"
-    monkeypatch.undo()  # no more Ctrl-C
 
     # the printed command alone: the data and --epochs 6 come from the run's config.json
     assert main(["-q", *shlex.split(again)[1:]]) == 0

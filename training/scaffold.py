@@ -17,7 +17,8 @@ Every loop follows one convention, so that they read alike and behave alike:
 2. `Run.start` writes `config.json` and opens the metrics log, cut back to the checkpoint's
    step, so that after any kill and resume its steps are strictly increasing;
 3. `while run.more(step)`: the one place a loop asks its stop flag, before each step (and
-   the emulators' detector phase before each of its epochs); a cancelled run breaks out;
+   the emulators' detector phase before each of its epochs); a stop ends the loop, and the
+   run is cancelled;
 4. the loop's one `checkpoint()` builds its `Checkpoint` and saves it with `Run.save`:
    every `checkpoint_every` steps, at each epoch end, when the run ends (also when cancelled),
    and at the start of the emulators' detector phase (a cancel there resumes at that start);

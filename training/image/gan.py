@@ -152,6 +152,7 @@ def train_image_gan(
         max_steps=config.max_steps,
         dry_run_steps=DRY_RUN_STEPS if config.dry_run else None,
     )
+
     # ---------------------------------------------------------------------------------------
     # Build networks: generator, critic (WGAN-GP) or discriminator (DCGAN), EMA generator.
     net_cfg = network_config(config)
