@@ -59,6 +59,14 @@ class EmulatorScalers:
     columns) is z-scored with its train-split mean and standard deviation. `input_min` and
     `input_max` are the training ranges of the raw inputs, for the out-of-domain flag (empty
     in checkpoints from before the flag).
+
+    With `scale_coef` (3 bands × [bias, 9 weights]), each band's target is first divided by
+    a per-object scale before the z-score: ``ln s = bias + w · (standardized inputs)``, a
+    linear fit of ln magerr (the expected error of a sky-dominated measurement is linear in
+    the true magnitude and the log conditions). The offset becomes offset / s and the log
+    error ln magerr − ln s. Without it the offsets of bright objects (scatter ~0.01 mag) are
+    a hundredth of the target's standard deviation and a generator that is right to 0.05 of
+    it gets their distribution wrong entirely. Empty in older checkpoints: no scale.
     """
 
     true_mean: tuple[float, ...]
@@ -70,6 +78,7 @@ class EmulatorScalers:
     log_conditions: bool = False
     input_min: tuple[float, ...] = ()
     input_max: tuple[float, ...] = ()
+    scale_coef: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -98,25 +107,53 @@ class EmulatorScalers:
         cond = (raw_cond - _t(self.cond_mean, x)) / _t(self.cond_std, x)  # (B, 6)
         return cond, true
 
-    def target(self, observed: Tensor, true_raw: Tensor, magerr: Tensor | None = None) -> Tensor:
-        """Observed magnitudes (B, 3) [and errors (B, 3)] → standardized targets (B, out_dim)."""
-        raw = observed - true_raw
+    def ln_scale(self, x: Tensor) -> Tensor | None:
+        """Raw inputs (B, 9) → ln of the per-object, per-band scale (B, 3); None without one."""
+        if not self.scale_coef:
+            return None
+        cond, true = self.split_inputs(x)
+        feats = torch.cat([torch.ones_like(true[:, :1]), true, cond], dim=1)  # (B, 10)
+        return feats @ _t(self.scale_coef, x).reshape(3, -1).T  # (B, 3)
+
+    def ln_scale_numpy(self, x: np.ndarray) -> np.ndarray | None:
+        """`ln_scale` for float64 arrays."""
+        if not self.scale_coef:
+            return None
+        true = (x[:, :3] - np.asarray(self.true_mean)) / np.asarray(self.true_std)
+        raw_cond = np.log(x[:, 3:]) if self.log_conditions else x[:, 3:]
+        cond = (raw_cond - np.asarray(self.cond_mean)) / np.asarray(self.cond_std)
+        feats = np.concatenate([np.ones((len(x), 1)), true, cond], axis=1)
+        return feats @ np.asarray(self.scale_coef).reshape(3, -1).T
+
+    def target(self, observed: Tensor, x: Tensor, magerr: Tensor | None = None) -> Tensor:
+        """Observed magnitudes (B, 3) [and errors (B, 3)] of the raw inputs `x` (B, 9) →
+        standardized targets (B, out_dim)."""
+        raw = observed - x[:, :3]
         if self.out_dim == 6:
             if magerr is None:
                 raise ValueError("this model emulates magnitude errors: pass magerr")
             raw = torch.cat([raw, torch.log(magerr)], dim=1)
+        ln_s = self.ln_scale(x)
+        if ln_s is not None:
+            raw = torch.cat([raw[:, :3] * torch.exp(-ln_s), raw[:, 3:] - ln_s], dim=1)
         return (raw - _t(self.delta_mean, raw)) / _t(self.delta_std, raw)
 
-    def observed(self, target: Tensor, true_raw: Tensor) -> Tensor:
+    def observed(self, target: Tensor, x: Tensor) -> Tensor:
         """Inverse of `target`: standardized (B, out_dim) → magnitudes (B, 3) [, errors (B, 3)]."""
         raw = target * _t(self.delta_std, target) + _t(self.delta_mean, target)
-        mags = true_raw + raw[:, :3]
+        ln_s = self.ln_scale(x)
+        if ln_s is not None:
+            raw = torch.cat([raw[:, :3] * torch.exp(ln_s), raw[:, 3:] + ln_s], dim=1)
+        mags = x[:, :3] + raw[:, :3]
         return torch.cat([mags, torch.exp(raw[:, 3:])], dim=1) if self.out_dim == 6 else mags
 
-    def observed_numpy(self, target: np.ndarray, true_raw: np.ndarray) -> np.ndarray:
+    def observed_numpy(self, target: np.ndarray, x: np.ndarray) -> np.ndarray:
         """`observed` for float64 arrays (the sampler's output precision)."""
         raw = target * np.asarray(self.delta_std) + np.asarray(self.delta_mean)
-        mags = true_raw + raw[:, :3]
+        ln_s = self.ln_scale_numpy(x)
+        if ln_s is not None:
+            raw = np.concatenate([raw[:, :3] * np.exp(ln_s), raw[:, 3:] + ln_s], axis=1)
+        mags = x[:, :3] + raw[:, :3]
         return np.concatenate([mags, np.exp(raw[:, 3:])], axis=1) if self.out_dim == 6 else mags
 
     def out_of_domain(self, x: np.ndarray) -> np.ndarray:

@@ -190,8 +190,8 @@ class EmulatorSampler:
             keep = torch.from_numpy(det).to(self.device)
             z = noise[sl][torch.from_numpy(det)].to(self.device)  # (d, noise_dim)
             target = self.generator(z, cond[keep], true[keep]).double().cpu().numpy()  # (d, D)
-            true_raw = x[sl][det, :3].astype(np.float64)
-            out[np.flatnonzero(det) + i] = self.scalers.observed_numpy(target, true_raw)
+            x_raw = x[sl][det].astype(np.float64)
+            out[np.flatnonzero(det) + i] = self.scalers.observed_numpy(target, x_raw)
         return EmulatedRows(
             mags=out[:, :3],
             magerr=out[:, 3:] if self.emulates_errors else None,

@@ -59,10 +59,16 @@ class EmulatorTrainConfig:
     gp_lambda: float = 10.0
     n_critic: int = 5
     epochs: int = 200
+    # at least this many generator steps: on a small catalog an epoch is a few steps, and
+    # 200 of them stop the GAN long before it converges (more epochs are run to get there)
+    min_steps: int = 10_000
     ema_decay: float = 0.999
     mse_weight: float = 0.0  # the seed's MSE pull to the mean; >0 only for the baseline
     emulate_errors: bool = True  # also generate magerr_{r,i,z} when the catalog has them
     log_conditions: bool = True  # standardize ln(sky sigma), ln(PSF FWHM): S/N is linear
+    # divide each band's target by a per-object error scale (a linear fit of ln magerr on
+    # the inputs): bright objects' offsets are otherwise ~1 % of the target's spread
+    error_scale: bool = True
     detector_epochs: int = 20
     detector_batch_size: int = 1024  # the detection classifier sees every training row
     detector_lr: float = 1e-3
@@ -167,6 +173,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "checkpoint_every": (1, 10**9),
     "sample_count": (1, 256),
     "max_steps": (1, 10**9),
+    "min_steps": (0, 10**9),
     "max_rows": (1, 10**9),
     "width": (4, 512),
     "samples_every": (1, 10**6),
@@ -236,6 +243,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         "deterministic",
         "emulate_errors",
         "log_conditions",
+        "error_scale",
     }:
         if not isinstance(value, bool):
             raise PresetError(f"override {key!r} must be true or false, got {value!r}")

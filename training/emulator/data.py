@@ -8,7 +8,7 @@ measured in it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +66,7 @@ def target_tensors(
     magerr = None
     if scalers.out_dim == 6 and det.magerr is not None:
         magerr = torch.from_numpy(det.magerr).to(device)
-    return cond, true, scalers.target(obs, x[:, :3], magerr)
+    return cond, true, scalers.target(obs, x, magerr)
 
 
 def split_labels(rows: int, seed: int) -> np.ndarray:
@@ -141,18 +141,28 @@ def fake_catalog(rows: int = 3000, seed: int = 0) -> dict[str, Split]:
 
 
 def fit_scalers(
-    train: Split, *, log_conditions: bool = True, with_errors: bool = True
+    train: Split,
+    *,
+    log_conditions: bool = True,
+    with_errors: bool = True,
+    error_scale: bool = False,
 ) -> EmulatorScalers:
     """Train-split standardization of inputs (all rows) and targets (detected rows).
 
     The target gets the log magnitude errors as 3 more columns when `with_errors` and the
     catalog has them; the training ranges of the inputs are kept for the out-of-domain flag.
+    With `error_scale`, each band's target is first divided by a per-object scale fitted
+    here (see `EmulatorScalers`): a least-squares fit of ln magerr on the standardized
+    inputs, or of ln |offset| when the catalog has no errors (its constant bias does not
+    matter: the z-score after it takes it out).
     """
     det = train.only_detected()
     if len(det) < 2:
         raise ValueError("the training split has fewer than 2 detected objects")
-    target = det.observed.astype(np.float64) - det.x[:, :3]
-    if with_errors and train.has_errors and det.magerr is not None:
+    offset = det.observed.astype(np.float64) - det.x[:, :3]
+    target = offset
+    has_errors = with_errors and train.has_errors and det.magerr is not None
+    if has_errors:
         target = np.concatenate([target, np.log(det.magerr.astype(np.float64))], axis=1)
 
     def std(a: np.ndarray) -> list[float]:
@@ -160,17 +170,32 @@ def fit_scalers(
 
     x = train.x.astype(np.float64)
     cond = np.log(x[:, 3:]) if log_conditions else x[:, 3:]
-    return EmulatorScalers(
+    scalers = EmulatorScalers(
         true_mean=tuple(x[:, :3].mean(axis=0)),
         true_std=tuple(std(x[:, :3])),
         cond_mean=tuple(cond.mean(axis=0)),
         cond_std=tuple(std(cond)),
-        delta_mean=tuple(target.mean(axis=0)),
-        delta_std=tuple(std(target)),
+        delta_mean=(),
+        delta_std=(),
         log_conditions=log_conditions,
         input_min=tuple(x.min(axis=0)),
         input_max=tuple(x.max(axis=0)),
     )
+    if error_scale:
+        xd = det.x.astype(np.float64)
+        true_s = (xd[:, :3] - np.asarray(scalers.true_mean)) / np.asarray(scalers.true_std)
+        raw_cond = np.log(xd[:, 3:]) if log_conditions else xd[:, 3:]
+        cond_s = (raw_cond - np.asarray(scalers.cond_mean)) / np.asarray(scalers.cond_std)
+        feats = np.concatenate([np.ones((len(xd), 1)), true_s, cond_s], axis=1)  # (N, 10)
+        if has_errors:
+            ln_err = np.log(det.magerr.astype(np.float64))  # type: ignore[union-attr]
+        else:
+            ln_err = np.log(np.abs(offset - np.median(offset, axis=0)) + 1e-6)
+        coef = np.linalg.lstsq(feats, ln_err, rcond=None)[0].T  # (3, 10)
+        scalers = replace(scalers, scale_coef=tuple(coef.ravel().tolist()))
+        ln_s = feats @ coef.T
+        target = np.concatenate([offset * np.exp(-ln_s), target[:, 3:] - ln_s], axis=1)
+    return replace(scalers, delta_mean=tuple(target.mean(axis=0)), delta_std=tuple(std(target)))
 
 
 __all__ = [

@@ -32,7 +32,7 @@ from models.emulator_sampler import EmulatorSampler
 from training.emulator.baselines import GaussianBaseline
 from training.emulator.c2st import classifier_auc
 from training.emulator.data import Split, load_emulator_catalog, read_rows, split_labels
-from training.emulator.detector import calibration_report
+from training.emulator.detector import calibration_report, detection_figures
 from training.emulator.metrics import (
     KS_MEAN_FACTOR,
     Bins,
@@ -223,7 +223,11 @@ def evaluate_emulator(
         log.info("emulating the test rows with %s", name)
         rows = em.emulate(test.x, 1, seed)
         outputs[name] = Output(rows.mags, rows.detected, rows.magerr)
-        detection[name] = calibration_report(em.detection_probability(test.x), test.detected)
+        prob = em.detection_probability(test.x)
+        detection[name] = {
+            **calibration_report(prob, test.detected),
+            **detection_figures(x64, prob, test.detected, bins),
+        }
 
     if train_data is None and split != "all":
         train_data = data
@@ -305,6 +309,26 @@ def evaluate_emulator(
     return report
 
 
+def verdict(counts: dict[str, int]) -> str:
+    """One sentence on a model against the Gaussian baseline, from `vs_baseline`'s counts.
+
+    A model worse than the Gaussian on most figures is marked unfit for science: a per-bin
+    Gaussian costs nothing to fit, and a network that loses to it has not learned the data.
+    """
+    better, tie, worse = (counts.get(k, 0) for k in ("better", "tie", "worse"))
+    n = better + tie + worse
+    if n == 0:
+        return "not compared: no Gaussian baseline could be fitted on this catalog"
+    if worse > n / 2:
+        return (
+            f"worse than the Gaussian baseline on {worse} of {n} figures: do not use it for science"
+        )
+    rest = f" (tied on {tie}, worse on {worse})"
+    if better > n / 2:
+        return f"better than the Gaussian baseline on {better} of {n} figures{rest}"
+    return f"no clear gain over the Gaussian baseline: better on {better} of {n} figures{rest}"
+
+
 def job_figures(model: str | Path, data: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """The end-of-training evaluation: `cosmogan evaluate --checkpoint MODEL --data DATA`.
 
@@ -313,8 +337,10 @@ def job_figures(model: str | Path, data: str | Path, out_dir: str | Path) -> dic
     headline figures under the metric schema every training job records (see
     `training.image.metrics.figures_vs_floor`): `figures`, `floor` and `ratio` (empty here: a
     user's catalog has no second simulator draw), `evaluated_on`, plus `baseline` (the
-    Gaussian's figures) and `vs_baseline` (how many figures beat, tie or lose to it), so that
-    a job's result and the command show the same numbers.
+    Gaussian's figures), `vs_baseline` (how many figures beat, tie or lose to it beyond the
+    bootstrap noise), `verdict` (that count in one sentence, see `verdict`) and
+    `us_per_object` (the model's sampling cost on this machine), so that a job's result and
+    the command show the same numbers.
     """
     from models.registry import write_json_atomic
 
@@ -329,16 +355,24 @@ def job_figures(model: str | Path, data: str | Path, out_dir: str | Path) -> dic
     figures = {**headline("ours"), "c2st_auc": report["classifier_auc"]["ours"]["auc"]}
     floor = headline("floor")
     goal = report["goals"].get("ours", {})
+    counts = {
+        key.removesuffix("_than_gaussian").removesuffix("_with_gaussian"): len(goal[key])
+        for key in ("better_than_gaussian", "tie_with_gaussian", "worse_than_gaussian")
+        if key in goal
+    }
     return {
         "figures": figures,
         "floor": floor,
         "ratio": {k: figures[k] / v for k, v in floor.items() if v and k in figures},
         "evaluated_on": {"rows": report["rows"], "split": report["split"]},
         "baseline": headline("gaussian"),
-        "vs_baseline": {
-            key.removesuffix("_than_gaussian").removesuffix("_with_gaussian"): len(goal[key])
-            for key in ("better_than_gaussian", "tie_with_gaussian", "worse_than_gaussian")
-            if key in goal
+        "vs_baseline": counts,
+        "verdict": verdict(counts),
+        "us_per_object": report["seconds_per_object"] * 1e6,
+        "detection": {
+            k: v
+            for k, v in report["detection_calibration_test"]["ours"].items()
+            if not isinstance(v, list)
         },
         # each figure's verdict against the Gaussian, beyond the bootstrap noise
         "verdicts": {
@@ -347,4 +381,11 @@ def job_figures(model: str | Path, data: str | Path, out_dir: str | Path) -> dic
     }
 
 
-__all__ = ["compare", "default_baseline", "evaluate_emulator", "job_figures", "load_test"]
+__all__ = [
+    "compare",
+    "default_baseline",
+    "evaluate_emulator",
+    "job_figures",
+    "load_test",
+    "verdict",
+]

@@ -11,6 +11,7 @@ offset, the identity is built in and all its capacity goes into the error distri
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from models.checkpoint import Checkpoint
 from models.device import resolve_device
 from models.emulator import Critic, Detector, EmulatorConfig, EmulatorScalers, Generator
 from training.emulator.data import Split, target_tensors
+from training.emulator.metrics import Bins, Output, figures
 from training.emulator.shared import DetectorPhase, finish, load_splits, preprocessing, run_scalers
 from training.losses import gradient_penalty, wgan_critic_loss, wgan_generator_loss
 from training.presets import EmulatorTrainConfig
@@ -41,6 +43,7 @@ from training.scaffold import (
 log = logging.getLogger(__name__)
 
 MONITOR_ROWS = 5000  # validation objects used for the per-epoch KS/W1 monitor
+VAL_DRAWS = 4  # generated realizations per validation object in the epoch's figure
 
 
 # --------------------------------------------------------------------------------------------
@@ -62,7 +65,7 @@ def magnitude_distances(
     cond, true = scalers.split_inputs(x)
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(len(split), generator.cfg.noise_dim, generator=g).to(device)
-    fake = scalers.observed(generator(z, cond, true), x[:, :3]).cpu().numpy()
+    fake = scalers.observed(generator(z, cond, true), x).cpu().numpy()
     out: dict[str, float] = {}
     for j, band in enumerate("riz"):
         out[f"ks_{band}"] = float(stats.ks_2samp(fake[:, j], split.observed[:, j]).statistic)
@@ -70,6 +73,47 @@ def magnitude_distances(
     out["ks_mean"] = float(np.mean([out[f"ks_{b}"] for b in "riz"]))
     out["w1_mean"] = float(np.mean([out[f"w1_{b}"] for b in "riz"]))
     return out
+
+
+@torch.no_grad()
+def validation_figure(
+    generator: Generator,
+    scalers: EmulatorScalers,
+    split: Split,
+    device: torch.device,
+    seed: int = 0,
+    draws: int = VAL_DRAWS,
+) -> dict[str, float]:
+    """The epoch's figure of merit on the validation split's detected objects (lower is better).
+
+    `val_score` is the mean of these KS figures of `cosmogan evaluate`: per band, colours,
+    within bins of true magnitude, within quartiles of each condition, and of the log errors
+    when the model draws them. The per-band marginals alone miss what magnitude and
+    conditions do to the scatter, which is where a GAN that looks converged still drifts.
+    Each object gets `draws` realizations, so that the generated side adds little noise.
+    """
+    if len(split) == 0:
+        return {}
+    rows = split.take(np.tile(np.arange(len(split)), draws))
+    x = torch.from_numpy(rows.x).to(device)
+    cond, true = scalers.split_inputs(x)
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(len(rows), generator.cfg.noise_dim, generator=g).to(device)
+    fake = scalers.observed(generator(z, cond, true), x).cpu().numpy().astype(np.float64)
+    err = fake[:, 3:] if fake.shape[1] == 6 else None
+    out = Output(fake[:, :3], np.ones(len(rows), dtype=bool), err)
+    figs = figures(rows, out, Bins.from_inputs(rows.x.astype(np.float64)))
+    parts = {
+        "val_ks_bands": np.mean([figs[f"ks_{b}"] for b in "riz"]),
+        "val_ks_colours": np.mean([figs["ks_r-i"], figs["ks_i-z"]]),
+        "val_ks_mag_bins": figs["ks_mag_bins_mean"],
+        "val_ks_cond_bins": figs["ks_cond_bins_mean"],
+    }
+    if err is not None and rows.magerr is not None:
+        parts["val_ks_magerr"] = np.mean([figs[f"ks_magerr_{b}"] for b in "riz"])
+    out_figs = {k: float(v) for k, v in parts.items() if v is not None and np.isfinite(v)}
+    out_figs["val_score"] = float(np.mean(list(out_figs.values())))
+    return out_figs
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,7 +132,9 @@ def train_emulator_gan(
     """Train the detection classifier, then the cWGAN-GP, into the run folder `out_dir`.
 
     One epoch is one pass of the critic over the detected training objects: every critic
-    step draws a fresh batch, so a generator step consumes `n_critic × batch_size` rows.
+    step draws a fresh batch, so a generator step consumes `n_critic × batch_size` rows. The
+    run lasts `epochs`, or more when that is under `min_steps` generator steps; the weights
+    served (`model.pt`) are the EMA of the epoch with the best `validation_figure`.
     """
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -111,18 +157,24 @@ def train_emulator_gan(
     critic = Critic(net_cfg).to(device)
     detection = DetectorPhase(Detector(net_cfg).to(device), previous)
     ema = ema_copy(generator)
+    best = ema_copy(generator)  # the served weights: the EMA of the best validation epoch
     opt_g = torch.optim.Adam(
         generator.parameters(), lr=config.lr, betas=(config.beta1, config.beta2)
     )
     opt_c = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
     step, metrics = 0, {}
+    best_score, best_epoch = math.inf, 0
     if previous is not None:
         state = previous.training_state
         generator.load_state_dict(state["generator"])
         critic.load_state_dict(state["critic"])
         opt_g.load_state_dict(state["opt_g"])
         opt_c.load_state_dict(state["opt_c"])
-        ema.load_state_dict(previous.ema)
+        ema.load_state_dict(state.get("ema", previous.ema))
+        # a checkpoint from before the best-epoch rule serves its last EMA
+        best.load_state_dict(previous.ema)
+        best_score = state.get("best_score", math.inf)
+        best_epoch = state.get("best_epoch", 0)
         metrics = dict(previous.extra.get("metrics", {}))
         step = previous.step
         restore_rng(state, device)
@@ -133,9 +185,10 @@ def train_emulator_gan(
     n_det = len(target_all)
     batch = min(config.batch_size, n_det)
     rows_per_step = batch * config.n_critic
+    steps_per_epoch = max(1, n_det // rows_per_step)
     schedule = Schedule.of(
-        n_det // rows_per_step,
-        config.epochs,
+        steps_per_epoch,
+        max(config.epochs, math.ceil(config.min_steps / steps_per_epoch)),
         max_steps=config.max_steps,
         dry_run_steps=2 if config.dry_run else None,
     )
@@ -150,7 +203,7 @@ def train_emulator_gan(
                 kind="cwgan-gp",
                 config=net_cfg.to_dict(),
                 preprocessing=preprocessing(scalers),
-                ema={k: v.detach().clone() for k, v in ema.state_dict().items()},
+                ema={k: v.detach().clone() for k, v in best.state_dict().items()},
                 step=step,
                 epoch=schedule.epoch(step),
                 extra=detection.checkpoint_extra(config, metrics),
@@ -159,6 +212,9 @@ def train_emulator_gan(
                     "critic": critic.state_dict(),
                     "opt_g": opt_g.state_dict(),
                     "opt_c": opt_c.state_dict(),
+                    "ema": ema.state_dict(),
+                    "best_score": best_score,
+                    "best_epoch": best_epoch,
                     "rng": rng_state(device),
                 },
             )
@@ -172,6 +228,8 @@ def train_emulator_gan(
 
     # ---- the cWGAN-GP ------------------------------------------------------------------------
     val_det = val.only_detected().head(MONITOR_ROWS)
+    if len(val_det) == 0:  # no validation objects to choose by: the last epoch is served
+        log.warning("no detected validation objects: the last epoch's weights are served")
     perm: torch.Tensor | None = None
     pace = Pace(step)
     generator.train()
@@ -220,11 +278,15 @@ def train_emulator_gan(
         stats = pace.stats(step, schedule.total_steps)
         eta = stats["eta_s"]
         epoch_end = schedule.epoch_end(step)
-        monitor = (
-            magnitude_distances(ema, scalers, val_det, device, seed=config.seed)
-            if epoch_end
-            else {}
-        )
+        monitor: dict[str, float] = {}
+        if epoch_end:
+            monitor = magnitude_distances(ema, scalers, val_det, device, seed=config.seed)
+            monitor.update(validation_figure(ema, scalers, val_det, device, seed=config.seed))
+            score = monitor.get("val_score", -math.inf)  # none: the latest epoch is the best
+            if score <= best_score or not math.isfinite(best_score):
+                best_score, best_epoch = score, schedule.epoch(step)
+                best.load_state_dict(ema.state_dict())
+            monitor.update(best_val_score=best_score, best_epoch=best_epoch)
         metrics.update(monitor)
         if epoch_end or step % config.log_every == 0:
             run.log.write(step, schedule.epoch(step), **losses, **stats, **monitor)
@@ -241,4 +303,4 @@ def train_emulator_gan(
     return run.result(step, losses=losses, eta_s=eta, metrics=metrics, model=model)
 
 
-__all__ = ["magnitude_distances", "train_emulator_gan"]
+__all__ = ["magnitude_distances", "train_emulator_gan", "validation_figure"]

@@ -107,7 +107,7 @@ def _binned(
     return ks, w1, n
 
 
-def _completeness(key: np.ndarray, detected: np.ndarray, edges: np.ndarray) -> np.ndarray:
+def completeness(key: np.ndarray, detected: np.ndarray, edges: np.ndarray) -> np.ndarray:
     nb = len(edges) - 1
     which = np.searchsorted(edges, key, side="right") - 1
     inside = (which >= 0) & (which < nb)
@@ -188,8 +188,8 @@ def figures(
     # completeness
     errs = []
     for j, b in enumerate(BANDS):
-        c_sim = _completeness(x[:, j], test.detected, bins.completeness[j])
-        c_emu = _completeness(x[:, j], out.detected, bins.completeness[j])
+        c_sim = completeness(x[:, j], test.detected, bins.completeness[j])
+        c_emu = completeness(x[:, j], out.detected, bins.completeness[j])
         errs.append(np.abs(c_emu - c_sim))
         detail[f"completeness_sim_{b}_bins"] = c_sim.tolist()
         detail[f"completeness_emu_{b}_bins"] = c_emu.tolist()
@@ -199,8 +199,8 @@ def figures(
     cerr = np.concatenate(
         [
             np.abs(
-                _completeness(x[:, 3 + k], out.detected, e)
-                - _completeness(x[:, 3 + k], test.detected, e)
+                completeness(x[:, 3 + k], out.detected, e)
+                - completeness(x[:, 3 + k], test.detected, e)
             )
             for k, e in enumerate(bins.condition)
         ]

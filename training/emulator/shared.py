@@ -40,7 +40,10 @@ def run_scalers(
     if previous is not None:
         return EmulatorScalers.from_dict(previous.preprocessing)
     return fit_scalers(
-        train, log_conditions=config.log_conditions, with_errors=config.emulate_errors
+        train,
+        log_conditions=config.log_conditions,
+        with_errors=config.emulate_errors,
+        error_scale=getattr(config, "error_scale", False),
     )
 
 

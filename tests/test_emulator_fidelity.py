@@ -1,0 +1,125 @@
+"""The cWGAN-GP's robust defaults: per-object error scale, best validation epoch, enough steps;
+and the verdict every emulator job states against the Gaussian baseline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from models.checkpoint import load_checkpoint
+from models.emulator import EmulatorScalers
+from training.emulator.data import fit_scalers, load_emulator_catalog
+from training.emulator.detector import detection_figures
+from training.emulator.evaluate import verdict
+from training.emulator.gan import train_emulator_gan
+from training.emulator.metrics import Bins
+from training.presets import build_config
+
+torch.set_num_threads(1)
+
+
+def _train_split(catalog):
+    return load_emulator_catalog(catalog)["train"]
+
+
+def test_error_scale_round_trips_and_evens_out_the_target(catalog):
+    train = _train_split(catalog)
+    det = train.only_detected()
+    x = torch.from_numpy(det.x).double()
+    obs = torch.from_numpy(det.observed).double()
+    err = torch.from_numpy(det.magerr).double()
+    plain = fit_scalers(train, error_scale=False)
+    scaled = fit_scalers(train, error_scale=True)
+    assert not plain.scale_coef and len(scaled.scale_coef) == 30
+
+    target = scaled.target(obs, x, err)
+    back = scaled.observed(target, x)
+    torch.testing.assert_close(back, torch.cat([obs, err], dim=1), rtol=0, atol=1e-9)
+    numpy_back = scaled.observed_numpy(target.numpy(), det.x.astype(np.float64))
+    np.testing.assert_allclose(numpy_back, back.numpy(), atol=1e-9)
+
+    # bright objects' offsets: a sliver of the target's spread without the scale, not with it
+    bright = det.x[:, 1] < np.quantile(det.x[:, 1], 0.2)
+    for scalers, lo, hi in ((plain, 0.0, 0.25), (scaled, 0.4, 2.5)):
+        t = scalers.target(obs, x, err).numpy()
+        ratio = t[bright, :3].std(axis=0) / t[:, :3].std(axis=0)
+        assert ((ratio > lo) & (ratio < hi)).all(), ratio
+
+
+def test_checkpoints_without_a_scale_load_as_before(catalog):
+    scaled = fit_scalers(_train_split(catalog), error_scale=True)
+    old = {k: v for k, v in scaled.to_dict().items() if k != "scale_coef"}
+    loaded = EmulatorScalers.from_dict(old)
+    assert loaded.scale_coef == () and loaded.ln_scale_numpy(np.ones((2, 9))) is None
+    target = np.zeros((2, 6))
+    x = np.full((2, 9), 1.0)
+    x[:, :3] = 22.0
+    out = loaded.observed_numpy(target, x)
+    mean = np.asarray(loaded.delta_mean)  # the old rule: offset and ln magerr de-standardized
+    expected = np.tile(np.concatenate([22.0 + mean[:3], np.exp(mean[3:])]), (2, 1))
+    np.testing.assert_allclose(out, expected)
+
+
+def test_min_steps_runs_more_epochs_on_a_small_catalog(tmp_path, catalog):
+    base = {"detector_epochs": 1, "epochs": 1, "device": "cpu", "checkpoint_every": 100}
+    short = train_emulator_gan(
+        build_config("balrog", {**base, "min_steps": 0}), catalog, tmp_path / "a"
+    )
+    longer = train_emulator_gan(
+        build_config("balrog", {**base, "min_steps": 4}), catalog, tmp_path / "b"
+    )
+    assert short["step"] < 4 <= longer["step"]
+
+
+def test_the_best_validation_epoch_is_served(tmp_path, catalog):
+    config = build_config(
+        "balrog",
+        {"detector_epochs": 1, "device": "cpu", "max_steps": 5, "batch_size": 1000},
+    )
+    result = train_emulator_gan(config, catalog, tmp_path / "run")
+    lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").open()]
+    scores = {line["epoch"]: line["val_score"] for line in lines if "val_score" in line}
+    assert len(scores) >= 3
+    best = min(scores, key=lambda e: (scores[e], -e))  # ties go to the later epoch
+    full = load_checkpoint(result["checkpoint"])
+    assert full.training_state["best_epoch"] == best
+    assert result["metrics"]["best_epoch"] == best
+    served = load_checkpoint(result["model"]).ema
+    last = full.training_state["ema"]
+    same = all(torch.equal(served[k], last[k]) for k in served)
+    assert same == (best == max(scores))
+    # the job's result says what the served model achieved, against the Gaussian
+    metrics = result["metrics"]
+    counts = metrics["vs_baseline"]
+    assert metrics["verdict"] == verdict(counts) and sum(counts.values()) >= 14
+    assert metrics["us_per_object"] > 0
+    assert 0 <= metrics["detection"]["completeness_error_max"] <= 1
+
+
+def test_verdict_says_when_a_model_loses_to_the_gaussian():
+    assert verdict({"better": 12, "tie": 1, "worse": 1}) == (
+        "better than the Gaussian baseline on 12 of 14 figures (tied on 1, worse on 1)"
+    )
+    assert verdict({"better": 2, "tie": 3, "worse": 9}) == (
+        "worse than the Gaussian baseline on 9 of 14 figures: do not use it for science"
+    )
+    assert verdict({"better": 5, "tie": 5, "worse": 4}).startswith("no clear gain")
+    assert verdict({}).startswith("not compared")
+
+
+def test_detection_figures_see_a_miscalibrated_detector():
+    rng = np.random.default_rng(0)
+    n = 40_000
+    x = np.ones((n, 9))
+    x[:, :3] = rng.uniform(20.0, 25.0, (n, 1)) + rng.normal(0, 0.1, (n, 3))
+    x[:, 3:] = rng.lognormal(0.0, 0.2, (n, 6))
+    p = 1.0 / (1.0 + np.exp(2.0 * (x[:, 1] - 23.5)))
+    detected = rng.random(n) < p
+    bins = Bins.from_inputs(x)
+    good = detection_figures(x, p, detected, bins)
+    bad = detection_figures(x, np.clip(p + 0.05, 0, 1), detected, bins)
+    assert good["completeness_error_max"] < 0.03 < bad["completeness_error_max"]
+    assert good["ece_mag_bins_max"] < 0.03 < bad["ece_mag_bins_max"]
+    assert len(good["ece_mag_bins"]) == len(good["ece_mag_bin_edges_i"]) - 1
