@@ -1,5 +1,8 @@
 # One image for the API and the worker (compose picks the command).
-FROM python:3.11-slim
+# BASE_IMAGE: any Debian-like image with Python 3.11 and pip as `python`/`pip` (CI builds one
+# from Debian packages, where no registry can be reached).
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
