@@ -11,15 +11,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /srv/cosmogan
 
-# Dependency layer: only pyproject.toml, so code edits do not reinstall torch.
-COPY pyproject.toml README.md ./
-RUN mkdir -p launcher app worker training/image training/emulator models \
+# Dependency layer: only pyproject.toml (an empty README.md for its metadata), so edits to the
+# code or the docs do not reinstall torch.
+COPY pyproject.toml ./
+RUN touch README.md && mkdir -p launcher app worker training/image training/emulator models \
     && for p in launcher app worker training training/image training/emulator models; do touch "$p/__init__.py"; done \
     && pip install . \
     && pip install --no-deps 'pzflow==4.0.0' \
     && pip uninstall -y cosmogan
 
 # The code (and the shipped default weights in models/weights/).
+COPY README.md ./
 COPY launcher ./launcher
 COPY app ./app
 COPY worker ./worker
