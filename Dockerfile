@@ -3,6 +3,7 @@
 # from Debian packages, where no registry can be reached).
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
+LABEL org.opencontainers.image.title=cosmogan
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
