@@ -40,7 +40,7 @@ bench-smoke: $(STAMP)
 	  if [ $$rc -eq 5 ]; then echo "no bench test was collected" >&2; exit 1; fi; exit $$rc
 
 # `docker-compose up` for real (root: installs and starts Docker if missing): Redis, the API and
-# two CPU workers, the headline routes, a Redis crash mid-job (about 15 min cold, 5 min warm)
+# two CPU workers, the headline routes, a Redis crash mid-job (about 11 min cold, 1 min warm)
 test-docker:
 	.ci/test-docker
 
