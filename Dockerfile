@@ -1,5 +1,9 @@
 # One image for the API and the worker (compose picks the command).
-FROM python:3.11-slim
+# BASE_IMAGE: any Debian-like image with Python 3.11 and pip as `python`/`pip` (CI builds one
+# from Debian packages, where no registry can be reached).
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+LABEL org.opencontainers.image.title=cosmogan
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -8,15 +12,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /srv/cosmogan
 
-# Dependency layer: only pyproject.toml, so code edits do not reinstall torch.
-COPY pyproject.toml README.md ./
-RUN mkdir -p launcher app worker training/image training/emulator models \
+# Dependency layer: only pyproject.toml (an empty README.md for its metadata), so edits to the
+# code or the docs do not reinstall torch.
+COPY pyproject.toml ./
+RUN touch README.md && mkdir -p launcher app worker training/image training/emulator models \
     && for p in launcher app worker training training/image training/emulator models; do touch "$p/__init__.py"; done \
     && pip install . \
     && pip install --no-deps 'pzflow==4.0.0' \
     && pip uninstall -y cosmogan
 
 # The code (and the shipped default weights in models/weights/).
+COPY README.md ./
 COPY launcher ./launcher
 COPY app ./app
 COPY worker ./worker
