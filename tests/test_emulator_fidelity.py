@@ -123,3 +123,9 @@ def test_detection_figures_see_a_miscalibrated_detector():
     assert good["completeness_error_max"] < 0.03 < bad["completeness_error_max"]
     assert good["ece_mag_bins_max"] < 0.03 < bad["ece_mag_bins_max"]
     assert len(good["ece_mag_bins"]) == len(good["ece_mag_bin_edges_i"]) - 1
+
+
+def test_epochs_asked_for_are_the_epochs_that_run():
+    assert build_config("balrog", {"epochs": 5}).min_steps == 0
+    assert build_config("balrog", {"epochs": 5, "min_steps": 7}).min_steps == 7
+    assert build_config("balrog").min_steps == build_config("balrog", {"lr": 1e-4}).min_steps > 0

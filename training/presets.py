@@ -60,7 +60,8 @@ class EmulatorTrainConfig:
     n_critic: int = 5
     epochs: int = 200
     # at least this many generator steps: on a small catalog an epoch is a few steps, and
-    # 200 of them stop the GAN long before it converges (more epochs are run to get there)
+    # 200 of them stop the GAN long before it converges (more epochs are run to get there);
+    # an `epochs` override without one sets it to 0: the epochs asked for are what runs
     min_steps: int = 10_000
     ema_decay: float = 0.999
     mse_weight: float = 0.0  # the seed's MSE pull to the mean; >0 only for the baseline
@@ -218,6 +219,8 @@ def build_config(preset: str, overrides: dict[str, Any] | None = None, *, base: 
             raise PresetError(f"override {key!r} is fixed by preset {preset!r}")
         default = getattr(base, key)
         overrides[key] = _coerce(key, value, default)
+    if "epochs" in overrides and "min_steps" in known and "min_steps" not in overrides:
+        overrides["min_steps"] = 0  # a number of epochs asked for is the number that runs
     return replace(base, **overrides)
 
 
