@@ -465,7 +465,13 @@ def test_no_dead_ends_on_a_wide_screen(page, service: Service) -> None:
             wide = page.evaluate(
                 "document.documentElement.scrollWidth - document.documentElement.clientWidth"
             )
-            assert wide <= 0, f"{tab} scrolls sideways by {wide} px at 1400 px"
+            beyond = page.evaluate(
+                "Array.from(document.querySelectorAll('body *'))"
+                ".filter(e => e.getBoundingClientRect().right"
+                " > document.documentElement.clientWidth + 0.5)"
+                ".map(e => e.tagName + '#' + e.id + '.' + e.className).slice(0, 8)"
+            )
+            assert wide <= 0, f"{tab} scrolls sideways by {wide} px at 1400 px: {beyond}"
         # an image model with no active version: a hint, never `name@null`
         open_tab(page, service, "gallery")
         page.select_option("#g-model", "idle-nebula")
