@@ -135,7 +135,8 @@ class EmulatorScalers:
             raw = torch.cat([raw, torch.log(magerr)], dim=1)
         ln_s = self.ln_scale(x)
         if ln_s is not None:
-            raw = torch.cat([raw[:, :3] * torch.exp(-ln_s), raw[:, 3:] - ln_s], dim=1)
+            errs = [raw[:, 3:] - ln_s] if self.out_dim == 6 else []  # errors in units of s
+            raw = torch.cat([raw[:, :3] * torch.exp(-ln_s), *errs], dim=1)
         return (raw - _t(self.delta_mean, raw)) / _t(self.delta_std, raw)
 
     def observed(self, target: Tensor, x: Tensor) -> Tensor:
@@ -143,7 +144,8 @@ class EmulatorScalers:
         raw = target * _t(self.delta_std, target) + _t(self.delta_mean, target)
         ln_s = self.ln_scale(x)
         if ln_s is not None:
-            raw = torch.cat([raw[:, :3] * torch.exp(ln_s), raw[:, 3:] + ln_s], dim=1)
+            errs = [raw[:, 3:] + ln_s] if self.out_dim == 6 else []
+            raw = torch.cat([raw[:, :3] * torch.exp(ln_s), *errs], dim=1)
         mags = x[:, :3] + raw[:, :3]
         return torch.cat([mags, torch.exp(raw[:, 3:])], dim=1) if self.out_dim == 6 else mags
 
@@ -152,7 +154,8 @@ class EmulatorScalers:
         raw = target * np.asarray(self.delta_std) + np.asarray(self.delta_mean)
         ln_s = self.ln_scale_numpy(x)
         if ln_s is not None:
-            raw = np.concatenate([raw[:, :3] * np.exp(ln_s), raw[:, 3:] + ln_s], axis=1)
+            errs = [raw[:, 3:] + ln_s] if self.out_dim == 6 else []
+            raw = np.concatenate([raw[:, :3] * np.exp(ln_s), *errs], axis=1)
         mags = x[:, :3] + raw[:, :3]
         return np.concatenate([mags, np.exp(raw[:, 3:])], axis=1) if self.out_dim == 6 else mags
 

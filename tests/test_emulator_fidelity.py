@@ -129,3 +129,19 @@ def test_epochs_asked_for_are_the_epochs_that_run():
     assert build_config("balrog", {"epochs": 5}).min_steps == 0
     assert build_config("balrog", {"epochs": 5, "min_steps": 7}).min_steps == 7
     assert build_config("balrog").min_steps == build_config("balrog", {"lr": 1e-4}).min_steps > 0
+
+
+def test_the_error_scale_works_on_a_catalog_without_errors(tmp_path):
+    from tests.faults.conftest import write_catalog
+
+    path = tmp_path / "no_errors.parquet"
+    write_catalog(path, rows=1200)
+    cfg = {"detector_epochs": 1, "device": "cpu", "max_steps": 3, "batch_size": 64}
+    result = train_emulator_gan(build_config("balrog", cfg), path, tmp_path / "run")
+    ckpt = load_checkpoint(result["model"])
+    scalers = EmulatorScalers.from_dict(ckpt.preprocessing)
+    assert scalers.scale_coef and scalers.out_dim == 3
+    x = torch.tensor([[22.0, 21.5, 21.2, 5.0, 6.0, 8.0, 1.0, 0.9, 0.95]])
+    observed = torch.tensor([[22.1, 21.4, 21.3]])
+    back = scalers.observed(scalers.target(observed, x), x)
+    torch.testing.assert_close(back, observed, rtol=0, atol=1e-4)

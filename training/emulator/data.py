@@ -194,7 +194,10 @@ def fit_scalers(
         coef = np.linalg.lstsq(feats, ln_err, rcond=None)[0].T  # (3, 10)
         scalers = replace(scalers, scale_coef=tuple(coef.ravel().tolist()))
         ln_s = feats @ coef.T
-        target = np.concatenate([offset * np.exp(-ln_s), target[:, 3:] - ln_s], axis=1)
+        scaled = [offset * np.exp(-ln_s)]
+        if has_errors:  # ln magerr - ln s: the errors in units of the scale
+            scaled.append(target[:, 3:] - ln_s)
+        target = np.concatenate(scaled, axis=1)
     return replace(scalers, delta_mean=tuple(target.mean(axis=0)), delta_std=tuple(std(target)))
 
 
