@@ -79,7 +79,7 @@ def _load() -> str:
 def run(quick: bool, command: str) -> tuple[list[Table], dict[str, Any]]:
     from launcher.service import start_service
 
-    build_rows, chunk_rows = (300, 25) if quick else (4000, 250)
+    build_rows, chunk_rows = (300, 25) if quick else (6000, 100)
     emulate_rows = 2 * 32_768 if quick else 8 * 32_768
     body = _catalog(emulate_rows)
     raw: dict[str, Any] = {"load": _load(), "build_rows": build_rows}

@@ -123,11 +123,10 @@ def run_chunks(
     while running(store, job_id):
         k = _claim(store, job_id, total, token)
         if k is None:
-            if len(store.done_chunks(job_id)) >= total:
-                break
-            # the rest is leased: wait, and redo any whose run dies (its lease lapses)
-            time.sleep(CHUNK_HEARTBEAT_S)
-            continue
+            # done, or the rest is leased by live runs: this worker is free for other work.
+            # A chunk whose run dies is redone by a run still claiming, else by the one the
+            # reaper sends once no lease is left (`app.reaper`).
+            break
         try:
             with _heartbeat(store, job_id, k, token):
                 rows = chunk(k)
