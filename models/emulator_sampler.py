@@ -5,9 +5,10 @@ come from a CPU `torch.Generator` seeded with `(seed, b)`. A row's result theref
 only on the seed and its position, never on the device, the other rows of the batch or the
 chunk size a file is streamed with.
 
-Two model kinds are served the same way: the cWGAN-GP generator (`cwgan-gp`) and the
-conditional normalizing flow (`cflow`); both map (noise, conditions, true magnitudes) to the
-standardized observed − true offsets (and log magnitude errors, when the model has them).
+Three model kinds are served the same way: the cWGAN-GP generator (`cwgan-gp`), the
+conditional normalizing flow (`cflow`) and the flow's one-pass distilled student
+(`cflow-distilled`); each maps (noise, conditions, true magnitudes) to the standardized
+observed − true offsets (and log magnitude errors, when the model has them).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from models.columns import INPUTS
 from models.device import resolve_device
 from models.emulator import Detector, EmulatorConfig, EmulatorScalers, Generator
-from models.flow import FlowConfig, OffsetFlow
+from models.flow import FlowConfig, FlowStudent, OffsetFlow
 from models.kinds import EMULATOR_KINDS
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,10 @@ class EmulatedRows:
 
 def build_offset_model(kind: str, config: dict[str, Any]) -> tuple[nn.Module, Detector]:
     """The (untrained) offset network and detection classifier of an emulator checkpoint kind."""
-    if kind == "cflow":
+    if kind in ("cflow", "cflow-distilled"):
         flow_cfg = FlowConfig.from_dict(config)
-        return OffsetFlow(flow_cfg), Detector(flow_cfg)
+        net = OffsetFlow(flow_cfg) if kind == "cflow" else FlowStudent(flow_cfg)
+        return net, Detector(flow_cfg)
     gan_cfg = EmulatorConfig.from_dict(config)
     return Generator(gan_cfg), Detector(gan_cfg)
 

@@ -7,6 +7,11 @@ autoregressive flow of monotonic rational-quadratic splines (Durkan et al. 2019)
 on the 9 standardized inputs, as gaNdalF does for DES Balrog. Sampling maps a standard normal
 draw `z` through the inverse transform, row by row, so a row's output depends only on its own
 `z` and inputs: the emulator sampler feeds it the same counter-based noise as the generator.
+
+Inverting a masked autoregressive flow takes one network pass per dimension and transform
+(30 here). `FlowStudent` is a plain MLP distilled from a trained flow's sampling map
+`(z, inputs) → flow⁻¹(z | inputs)` by regression (`training.emulator.distill`): one pass per
+object, and for the same `z` it gives (nearly) the flow's own sample.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ class FlowConfig:
     bins: int = 8  # spline knots per dimension
     slope: float = 0.2  # the detection classifier's LeakyReLU slope
     det_hidden: int = 128  # width of the detection classifier's two hidden layers
+    student_hidden: int = 192  # width of the distilled student's hidden layers
+    student_depth: int = 3  # the distilled student's hidden layers
 
     @property
     def noise_dim(self) -> int:
@@ -72,4 +79,26 @@ class OffsetFlow(nn.Module):
         return self.flow(torch.cat([true, cond], dim=1)).transform.inv(z)
 
 
-__all__ = ["FlowConfig", "OffsetFlow"]
+class FlowStudent(nn.Module):
+    """`z (B, out_dim)`, conditions, true mags → standardized targets (B, out_dim) in one pass:
+    an MLP trained to reproduce a flow's inverse transform (the flow's sample for the same z).
+
+    Called like the flow and the cWGAN-GP `Generator`, so the sampler serves all three.
+    """
+
+    def __init__(self, cfg: FlowConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        width, layers = cfg.out_dim + cfg.cond_dim + cfg.mag_dim, []
+        for _ in range(cfg.student_depth):
+            layers += [nn.Linear(width, cfg.student_hidden), nn.SiLU()]
+            width = cfg.student_hidden
+        layers.append(nn.Linear(width, cfg.out_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor, cond: Tensor, true: Tensor) -> Tensor:
+        # z (B, out_dim), cond (B, 6), true (B, 3)
+        return self.net(torch.cat([z, cond, true], dim=1))
+
+
+__all__ = ["FlowConfig", "FlowStudent", "OffsetFlow"]

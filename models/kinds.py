@@ -18,6 +18,7 @@ FAMILY_OF_KIND: dict[str, Family] = {
     "dcgan-64": IMAGE,  # DCGAN generator, 64×64 RGB
     "cwgan-gp": EMULATOR,  # conditional WGAN-GP + detection classifier
     "cflow": EMULATOR,  # conditional normalizing flow + detection classifier
+    "cflow-distilled": EMULATOR,  # one-pass student of a conditional flow + detection classifier
 }
 KINDS = tuple(FAMILY_OF_KIND)
 IMAGE_KINDS = tuple(k for k, f in FAMILY_OF_KIND.items() if f == IMAGE)

@@ -5,6 +5,10 @@ when the catalog has them, log magnitude errors) by maximum likelihood. A likeli
 what the adversarial game does not: a validation figure that falls as the model improves,
 so the served weights are those of the best validation epoch and the run stops when the
 validation likelihood has not improved for `patience` epochs.
+
+With kind `cflow-distilled` (preset `balrog-fast`) a third phase follows: the best flow is
+distilled into its one-pass student (`training.emulator.distill`), which the checkpoint
+serves; the distillation's progress rides on the flow's last step, in `metrics`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import torch
 from models.checkpoint import Checkpoint
 from models.device import resolve_device
 from models.emulator import Detector
-from models.flow import FlowConfig, OffsetFlow
+from models.flow import FlowConfig, FlowStudent, OffsetFlow
+from training.emulator import distill
 from training.emulator.data import target_tensors
 from training.emulator.shared import DetectorPhase, finish, load_splits, preprocessing, run_scalers
 from training.presets import FlowTrainConfig
@@ -63,6 +68,7 @@ def train_emulator_flow(
     One epoch is one pass over the detected training objects in batches of `batch_size`.
     """
     device = resolve_device(config.device)
+    distilled = config.kind == "cflow-distilled"
     torch.manual_seed(config.seed)
     use_deterministic_kernels(device, config.deterministic)
 
@@ -81,18 +87,31 @@ def train_emulator_flow(
             hidden=config.hidden,
             transforms=config.transforms,
             bins=config.bins,
+            student_hidden=config.student_hidden,
+            student_depth=config.student_depth,
         )
     flow = OffsetFlow(net_cfg).to(device)
+    student = FlowStudent(net_cfg).to(device) if distilled else None
+    dopt = (
+        torch.optim.Adam(student.parameters(), lr=config.distill_lr)
+        if student is not None
+        else None
+    )
     detection = DetectorPhase(Detector(net_cfg).to(device), previous)
     best = ema_copy(flow)  # the served weights: those of the best validation epoch
     opt = torch.optim.Adam(flow.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, metrics = 0, {}
     best_nll, stale = math.inf, 0
+    phase, dstep = "flow", 0
     if previous is not None:
         state = previous.training_state
         flow.load_state_dict(state["flow"])
         opt.load_state_dict(state["opt"])
-        best.load_state_dict(previous.ema)
+        best.load_state_dict(state["best_flow"] if student is not None else previous.ema)
+        if student is not None and dopt is not None:
+            student.load_state_dict(previous.ema)
+            dopt.load_state_dict(state["dopt"])
+            phase, dstep = state["phase"], state["dstep"]
         metrics = dict(previous.extra.get("metrics", {}))
         best_nll, stale = state["best_nll"], state["stale"]
         step = previous.step
@@ -115,12 +134,21 @@ def train_emulator_flow(
     )
 
     def checkpoint() -> Checkpoint:
+        served = student if student is not None else best
+        distill_state = {}
+        if student is not None and dopt is not None:
+            distill_state = {
+                "best_flow": {k: v.detach().clone() for k, v in best.state_dict().items()},
+                "dopt": dopt.state_dict(),
+                "phase": phase,
+                "dstep": dstep,
+            }
         return run.save(
             Checkpoint(
-                kind="cflow",
+                kind=config.kind,
                 config=net_cfg.to_dict(),
                 preprocessing=preprocessing(scalers),
-                ema={k: v.detach().clone() for k, v in best.state_dict().items()},
+                ema={k: v.detach().clone() for k, v in served.state_dict().items()},
                 step=step,
                 epoch=schedule.epoch(step),
                 extra=detection.checkpoint_extra(config, metrics),
@@ -130,6 +158,7 @@ def train_emulator_flow(
                     "best_nll": best_nll,
                     "stale": stale,
                     "rng": rng_state(device),
+                    **distill_state,
                 },
             )
         )
@@ -144,7 +173,7 @@ def train_emulator_flow(
     order: torch.Tensor | None = None
     pace = Pace(step)
     flow.train()
-    while stale < config.patience and run.more(step):
+    while phase == "flow" and stale < config.patience and run.more(step):
         e, k = divmod(step, schedule.steps_per_epoch)
         if order is None or k == 0:
             order = epoch_order(config.seed, e, n_det, schedule.steps_per_epoch * batch, device)
@@ -183,6 +212,31 @@ def train_emulator_flow(
             checkpoint()
         if epoch_end:
             run.report("epoch", step, losses=losses, eta_s=eta, metrics=metrics)
+
+    # ---- `cflow-distilled`: the best flow's one-pass student ---------------------------------
+    if student is not None and dopt is not None and not run.stopped():
+        if phase == "flow":
+            phase = "distill"
+            checkpoint()  # the flow is done: a resume goes on from here
+        rows = 2048 if config.dry_run else config.distill_rows
+        steps = 2 if config.dry_run else config.distill_steps
+        pool = distill.draw_pool(
+            best, detection.detector, scalers, train, rows, config.seed, device
+        )
+        dpace = Pace(dstep)
+        while dstep < steps and not run.stopped():
+            mse = distill.distill_step(student, dopt, pool, config, dstep)
+            dstep += 1
+            losses = {"distill_mse": mse}
+            eta = dpace.stats(dstep, steps)["eta_s"]
+            if dstep % config.log_every == 0 or dstep == steps:
+                metrics.update(distill_step=dstep, distill_steps=steps)
+                run.log.write(step, schedule.epoch(step), **losses, distill_step=dstep)
+                run.report("step", step, losses=losses, eta_s=eta, metrics=metrics)
+            if dstep % config.checkpoint_every == 0 and dstep < steps:
+                checkpoint()
+        if dstep >= steps:
+            metrics.update(distill.val_mse(student, pool))
 
     # ---- end: a full checkpoint always; model.pt and its figures when the run completed ------
     if stale >= config.patience:
