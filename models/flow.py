@@ -36,7 +36,7 @@ class FlowConfig:
     bins: int = 8  # spline knots per dimension
     slope: float = 0.2  # the detection classifier's LeakyReLU slope
     det_hidden: int = 128  # width of the detection classifier's two hidden layers
-    student_hidden: int = 192  # width of the distilled student's hidden layers
+    student_hidden: int = 256  # width of the distilled student's hidden layers
     student_depth: int = 3  # the distilled student's hidden layers
 
     @property

@@ -160,6 +160,13 @@ def test_report_puts_every_model_beside_floor_and_noise_and_plots_never_lose_it(
     assert "ks_magerr_i" in report["figures"]["gan"]  # both families draw the errors
     verdicts = report["vs_gaussian"]["ours"]
     assert {v["verdict"] for v in verdicts.values()} <= {"better", "worse", "tie"}
+    # ours against each model shown beside it, paired: the same differences as the figures
+    assert set(report["vs_compared"]) == {"gan", "seed_mse"}
+    vs_gan = report["vs_compared"]["gan"]["ks_i"]
+    assert vs_gan["diff"] == pytest.approx(
+        report["figures"]["ours"]["ks_i"] - report["figures"]["gan"]["ks_i"]
+    )
+    assert vs_gan["verdict"] in {"better", "worse", "tie"} and vs_gan["sd"] >= 0
     assert set(report["goals"]["ours"]) >= {"better_than_gaussian", "within_floor_goal"}
     assert 0.4 < report["classifier_auc"]["floor"]["auc"] < 0.6
     on_disk = json.loads((tmp_path / "plots" / "report.json").read_text())

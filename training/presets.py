@@ -117,9 +117,9 @@ class FlowTrainConfig:
     max_rows: int | None = None
     deterministic: bool = True  # CUDA: deterministic kernels, so a resumed run is bit-exact
     # `cflow-distilled` only: the flow is then distilled into a one-pass student (served)
-    student_hidden: int = 192
+    student_hidden: int = 256
     student_depth: int = 3
-    distill_steps: int = 20_000
+    distill_steps: int = 30_000
     distill_rows: int = 400_000  # teacher samples the student learns from
     distill_batch_size: int = 1024
     distill_lr: float = 2e-3

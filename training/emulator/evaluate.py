@@ -118,13 +118,44 @@ def _verdict(diff: float, sd: float | None) -> str:
     return "tie"
 
 
+def paired(
+    point: dict[str, dict[str, float | None]],
+    boots: dict[str, dict[str, list[float | None]]],
+    auc: dict[str, dict[str, Any]],
+    name: str,
+    ref: str,
+) -> dict[str, dict[str, Any]]:
+    """Model `name` against model `ref`, figure by figure: the difference, the standard
+    deviation of the paired bootstrap differences, and the verdict beyond 2 of those."""
+    figs, other = point[name], point[ref]
+    table: dict[str, dict[str, Any]] = {}
+    for k in (k for k in HEADLINE if figs.get(k) is not None and other.get(k) is not None):
+        pairs = [
+            (a - b)
+            for a, b in zip(
+                boots.get(name, {}).get(k, []), boots.get(ref, {}).get(k, []), strict=True
+            )
+            if a is not None and b is not None
+        ]
+        diff = figs[k] - other[k]  # type: ignore[operator]
+        sd = float(np.std(pairs, ddof=1)) if len(pairs) >= 2 else None
+        table[k] = {"diff": diff, "sd": sd, "verdict": _verdict(diff, sd)}
+    a, g = auc.get(name, {}), auc.get(ref, {})
+    if a.get("auc") is not None and g.get("auc") is not None:
+        diff = abs(a["auc"] - 0.5) - abs(g["auc"] - 0.5)
+        sd = float(np.hypot(a.get("auc_sd", 0.0), g.get("auc_sd", 0.0)))
+        table["c2st_auc"] = {"diff": diff, "sd": sd, "verdict": _verdict(diff, sd)}
+    return table
+
+
 def compare(
     point: dict[str, dict[str, float | None]],
     boots: dict[str, dict[str, list[float | None]]],
     auc: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
-    """`vs_floor`, `vs_gaussian` and the per-model goal summary from the figures."""
-    out: dict[str, Any] = {"vs_floor": {}, "vs_gaussian": {}, "goals": {}}
+    """`vs_floor`, `vs_gaussian`, `vs_compared` (ours against each other model it is shown
+    beside) and the per-model goal summary from the figures."""
+    out: dict[str, Any] = {"vs_floor": {}, "vs_gaussian": {}, "vs_compared": {}, "goals": {}}
     floor, gauss = point.get("floor"), point.get("gaussian")
     for name, figs in point.items():
         if name == "floor":
@@ -139,27 +170,7 @@ def compare(
                 k: round(r, 2) for k, r in sorted(ratios.items()) if r > FLOOR_GOAL
             }
         if gauss is not None and name != "gaussian":
-            table = {}
-            for k in keys:
-                if gauss.get(k) is None:
-                    continue
-                pairs = [
-                    (a - b)
-                    for a, b in zip(
-                        boots.get(name, {}).get(k, []),
-                        boots.get("gaussian", {}).get(k, []),
-                        strict=True,
-                    )
-                    if a is not None and b is not None
-                ]
-                diff = figs[k] - gauss[k]  # type: ignore[operator]
-                sd = float(np.std(pairs, ddof=1)) if len(pairs) >= 2 else None
-                table[k] = {"diff": diff, "sd": sd, "verdict": _verdict(diff, sd)}
-            a, g = auc.get(name, {}), auc.get("gaussian", {})
-            if a.get("auc") is not None and g.get("auc") is not None:
-                diff = abs(a["auc"] - 0.5) - abs(g["auc"] - 0.5)
-                sd = float(np.hypot(a.get("auc_sd", 0.0), g.get("auc_sd", 0.0)))
-                table["c2st_auc"] = {"diff": diff, "sd": sd, "verdict": _verdict(diff, sd)}
+            table = paired(point, boots, auc, name, "gaussian")
             out["vs_gaussian"][name] = table
             goal["better_than_gaussian"] = sorted(
                 k for k, v in table.items() if v["verdict"] == "better"
@@ -169,6 +180,9 @@ def compare(
                 k for k, v in table.items() if v["verdict"] == "worse"
             )
         out["goals"][name] = goal
+    if "ours" in point:
+        for ref in sorted(set(point) - {"ours", "floor", "gaussian"}):
+            out["vs_compared"][ref] = paired(point, boots, auc, "ours", ref)
     return out
 
 
