@@ -95,17 +95,18 @@ def run(quick: bool, command: str) -> tuple[list[Table], dict[str, Any]]:
             svc.wait_ready()
             headers = {"Authorization": f"Bearer {API_KEY}"}
             with httpx.Client(base_url=svc.base_url, headers=headers, timeout=120) as client:
-                # warm-up: the truth table's conversion, the model's load
+                # each second worker joins once the first has measured alone, and is warm
+                # (imports done, GalSim's tables or the model loaded) before its pair is timed
                 _build(client, "warm", 20, 10)
-                _emulate(client, _catalog(1000))
                 raw["build_1"] = _build(client, "one", build_rows, chunk_rows)
-                raw["emulate_1"], first = _emulate(client, body)
-                svc.add_worker("data")
-                svc.add_worker("inference")
-                svc.wait_ready()
-                # the new data worker imports GalSim and draws the inputs on its first chunk
+                svc.wait_worker(svc.add_worker("data"))
                 _build(client, "warm-2", 100, 10)
                 raw["build_2"] = _build(client, "two", build_rows, chunk_rows)
+
+                _emulate(client, _catalog(1000))
+                raw["emulate_1"], first = _emulate(client, body)
+                svc.wait_worker(svc.add_worker("inference"))
+                _emulate(client, _catalog(4 * 32_768))
                 raw["emulate_2"], second = _emulate(client, body)
             data = home / "data"
             m1 = json.loads((data / "one" / "_manifest.json").read_text())

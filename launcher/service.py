@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -111,6 +112,24 @@ class Service:
             self._files.append(out)
         self.supervisor.start(name, cmd, worker_env(queue, self.env), signal.SIGTERM, out)
         return name
+
+    def wait_worker(self, name: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Until worker `name` (from `add_worker`) answers a Celery ping: it has started and
+        consumes its queue, so work sent from now on may go to it."""
+        from celery import Celery
+
+        queue_n = name.removeprefix("worker[").removesuffix("]")
+        node = f"{queue_n}.{os.getpid()}@{socket.gethostname()}"
+        app = Celery(broker=self.redis_url)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while not app.control.ping(destination=[node], timeout=1.0):
+                if self.procs[name].poll() is not None:
+                    raise RuntimeError(f"{name} exited with code {self.procs[name].returncode}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} ({node}) did not answer in {timeout_s:.0f}s")
+        finally:
+            app.close()
 
     def _child(self, name: str) -> Child:
         return next(c for c in self.supervisor.children if c.name == name)
