@@ -197,14 +197,14 @@ class AsyncClient:
         with tqdm(
             total=job.get("rows_total"), unit="rows", disable=not show, desc="emulate"
         ) as bar:
-            while job["state"] not in ("succeeded", "failed"):
+            while job["state"] not in TERMINAL:
                 await asyncio.sleep(0.5)
                 job = await self._json("GET", url)
                 if job.get("rows_total") and bar.total != job["rows_total"]:
                     bar.total = job["rows_total"]
                 bar.update(job.get("rows_done", 0) - bar.n)
-        if job["state"] == "failed":
-            raise JobFailed(job["job_id"], "failed", job.get("error"))
+        if job["state"] != "succeeded":
+            raise JobFailed(job["job_id"], job["state"], job.get("error"))
         if dataset is not None:
             return await self.dataset(dataset)
         if job.get("result_dataset"):  # too large for one file: read it part by part
