@@ -245,9 +245,14 @@ def publish_dataset(home: Path, root: Path, rec: dict[str, Any]) -> dict[str, An
     building = datasets.building_dir(root, name)
     names = [datasets.part_name(k) for k in range(rec["chunks_total"])]
     if building.is_dir():  # whatever an earlier, abandoned job of this name left there
-        for stale in set(p.name for p in building.iterdir()) - set(names):
-            path = building / stale
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        keep = set(names)
+        for path in building.iterdir():
+            if path.name in keep:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     moved = datasets.move_parts([folder / "out" / n for n in names], building)
     parts = datasets.describe_parts(moved)
     rows = sum(p["rows"] for p in parts)
