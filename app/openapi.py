@@ -81,17 +81,20 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     "emulates it chunk by chunk "
     "(the same code as `cosmogan emulate`), and the job's record reports progress; `202` with "
     "`Location: /emulate/jobs/{job_id}`. `output` picks the result's format (default: the "
-    "input's)."
+    "input's). `dataset=NAME` publishes the result as Parquet dataset NAME instead (one file "
+    "per chunk; `409` if NAME exists or is being made); a Parquet result past "
+    "`COSMOGAN_EMULATE_MAX_FILE_ROWS` output rows becomes dataset `emulated-<job id>` by itself, "
+    "and a CSV or FITS one fails saying so."
     + example(
         f"curl -X POST '{BASE}/emulate/jobs?samples=1&seed=7' {AUTH} \\\n"
         "  -H 'content-type: application/vnd.apache.parquet' --data-binary @catalog.parquet"
     ),
     ("get", "/emulate/jobs/{job_id}"): "State (queued/running/succeeded/failed), rows done "
-    "so far, and the result's URL once the job has succeeded."
-    + example(f"curl {BASE}/emulate/jobs/{JOB}"),
+    "so far, and the result's URL once the job has succeeded (`/datasets/NAME`, with "
+    "`result_dataset`, when the result is a dataset)." + example(f"curl {BASE}/emulate/jobs/{JOB}"),
     ("get", "/emulate/jobs/{job_id}/result"): "The emulated catalog of a succeeded job, in "
-    "the format asked for; `409` while the job is not done."
-    + example(f"curl -o emulated.parquet {BASE}/emulate/jobs/{JOB}/result"),
+    "the format asked for; `409` while the job is not done; `303` to the dataset when the "
+    "result is one." + example(f"curl -o emulated.parquet {BASE}/emulate/jobs/{JOB}/result"),
     ("delete", "/emulate/jobs/{job_id}"): "Cancels the job: no chunk of it starts after "
     "this, on any worker, and the job ends `cancelled`."
     + example(f"curl -X DELETE {BASE}/emulate/jobs/{JOB} {AUTH}"),
@@ -100,8 +103,13 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     + example(f"curl {BASE}/datasets"),
     ("get", "/datasets/{name}"): "One dataset: `name`, `rows`, `state` (`ready` once "
     "usable, else its build's job state), columns, size, sha256, created, source; a build in "
-    "progress adds `rows_done`, `rows_total`, `progress` and `eta_s`."
-    + example(f"curl {BASE}/datasets/balrog"),
+    "progress adds `rows_done`, `rows_total`, `progress` and `eta_s`. With `parts=true`, a "
+    "catalog's `parts` (`file`, `rows`, `sha256`, `url`) in row order."
+    + example(f"curl '{BASE}/datasets/balrog?parts=true'"),
+    ("get", "/datasets/{name}/parts/{file}"): "One Parquet part of a ready catalog (built, "
+    "uploaded or emulated), by a name `GET /datasets/{name}?parts=true` lists; `404` naming "
+    "the parts otherwise. Check it against the listed sha256."
+    + example(f"curl -O {BASE}/datasets/balrog/parts/part-00000.parquet"),
     ("put", "/datasets/{name}"): "Uploads a catalog (CSV, Parquet or FITS; DES column names "
     "accepted) or an image archive (zip or tar of JPEG/PNG/FITS). A data worker checks it "
     "row by row: a bad row gets a `422` naming its row and column and nothing is kept; `201` "

@@ -204,3 +204,82 @@ def base_description(name: str, source: str, kind: str) -> dict[str, Any]:
         "created": time.time(),
         "format_version": FORMAT_VERSION,
     }
+
+
+# --------------------------------------------------------------------------------------------
+# multi-part catalogs: their parts, one at a time
+PART_RE = re.compile(r"^part-[0-9]{5,}\.parquet$")
+
+
+def describe_parts(paths: list[Path]) -> list[dict[str, Any]]:
+    """`{file, rows, sha256}` of each Parquet part, in the order given (a manifest's list)."""
+    import pyarrow.parquet as pq
+
+    return [
+        {"file": p.name, "rows": pq.ParquetFile(p).metadata.num_rows, "sha256": sha256_file(p)}
+        for p in paths
+    ]
+
+
+def catalog_manifest(
+    name: str, source: str, folder: Path, parts: list[dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
+    """The description of a multi-part catalog in `folder` whose parts are described by
+    `parts` (`describe_parts`): rows, columns, size, per-part and combined sha256."""
+    import pyarrow.parquet as pq
+
+    if not parts:
+        raise DatasetError(f"dataset {name!r} has no parts")
+    files = [folder / p["file"] for p in parts]
+    return {
+        **base_description(name, source, "catalog"),
+        "rows": sum(p["rows"] for p in parts),
+        "columns": pq.read_schema(files[0]).names,
+        "size": sum(f.stat().st_size for f in files),
+        "sha256": combined_sha256([p["sha256"] for p in parts]),
+        "parts": parts,
+        **extra,
+    }
+
+
+def move_parts(paths: list[Path], folder: Path) -> list[Path]:
+    """Move finished parts into `folder` by renaming them (no byte is rewritten); a part
+    already there (a move that was interrupted and is redone) stays. Returns the new paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for src in paths:
+        dst = folder / src.name
+        if src.is_file():
+            os.replace(src, dst)
+        elif not dst.is_file():
+            raise FileNotFoundError(f"part {src.name} is neither at {src.parent} nor moved")
+        out.append(dst)
+    return out
+
+
+def parts(root: Path, name: str) -> list[dict[str, Any]] | None:
+    """The parts (`{file, rows, sha256}`, in row order) of the ready multi-part catalog
+    `name`; None when it is not one (an image set, a file placed by hand, no such dataset).
+    A manifest written before it listed its parts gets them read from the folder."""
+    desc = describe(root, name)
+    if desc is None or desc.get("source") == "file" or desc.get("kind") != "catalog":
+        return None
+    listed = desc.get("parts")
+    if isinstance(listed, list):
+        return listed
+    return describe_parts(sorted(dataset_dir(root, name).glob(PART_GLOB)))
+
+
+def part_path(root: Path, name: str, file: str) -> Path:
+    """The path of part `file` of the ready catalog `name`; DatasetError saying what exists
+    otherwise. Only a file listed in the manifest is ever served (no path from the caller)."""
+    listed = parts(root, name)
+    if listed is None:
+        raise DatasetError(f"dataset {name!r} is not a ready multi-part catalog: it has no parts")
+    files = [p["file"] for p in listed]
+    if file not in files or not PART_RE.match(file):
+        some = ", ".join(files[:3]) + (f", … {files[-1]}" if len(files) > 3 else "")
+        raise DatasetError(
+            f"dataset {name!r} has no part {file[:80]!r}: its {len(files)} parts are {some}"
+        )
+    return dataset_dir(root, name) / file

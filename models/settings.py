@@ -89,6 +89,13 @@ class Settings(BaseSettings):
         description="Cells a POST /emulate response may hold: rows × samples × columns "
         "(the body's plus the emulated ones); bounds the memory a request can take.",
     )
+    emulate_max_file_rows: int = Field(
+        default=20_000_000,
+        ge=1,
+        description="Output rows (rows × samples) of a POST /emulate/jobs result above which "
+        "it is a Parquet dataset (one file per chunk) instead of one file; CSV and FITS "
+        "outputs above it are refused.",
+    )
     max_emulate_json_bytes: int = Field(
         default=8 * 2**20,
         ge=1024,

@@ -178,3 +178,39 @@ def test_a_drawn_seed_survives_json_and_javascript_numbers() -> None:
     seeds = [_common.random_seed() for _ in range(1000)]
     assert all(0 <= s <= 2**53 - 1 and float(s) == s for s in seeds)
     assert json.loads(json.dumps(seeds)) == seeds
+
+
+def test_a_dataset_part_whose_bytes_are_not_the_manifests_is_refused(tmp_path: Path) -> None:
+    import hashlib
+
+    import pandas as pd
+
+    good = _common.parquet_bytes(pd.DataFrame({"id": [0, 1, 2]}))
+    more = _common.parquet_bytes(pd.DataFrame({"id": [3, 4]}))
+    served = {"part-00000.parquet": good, "part-00001.parquet": more}
+    parts = [
+        {"file": f, "rows": r, "sha256": hashlib.sha256(b).hexdigest(), "url": f"/p/{f}"}
+        for (f, b), r in zip(served.items(), (3, 2), strict=True)
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/datasets/cat":
+            assert request.url.params["parts"] == "true"
+            return httpx.Response(200, json={"name": "cat", "rows": 5, "parts": parts})
+        return httpx.Response(200, content=served[request.url.path.rsplit("/", 1)[1]])
+
+    c = client_with(handler, progress=False)
+    assert list(c.read_dataset("cat")["id"]) == [0, 1, 2, 3, 4]
+    folder = c.download_dataset("cat", tmp_path / "cat")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "_manifest.json",
+        "part-00000.parquet",
+        "part-00001.parquet",
+    ]
+    served["part-00001.parquet"] = good  # a part that changed on its way
+    with pytest.raises(cosmogan.CosmoganError, match=r"part-00001\.parquet of dataset 'cat'"):
+        c.read_dataset("cat")
+    with pytest.raises(cosmogan.CosmoganError, match="sha256"):
+        c.download_dataset("cat", tmp_path / "again")
+    assert not (tmp_path / "again" / "part-00001.parquet").exists()
+    assert not (tmp_path / "again" / "_manifest.json").exists()

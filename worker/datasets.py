@@ -174,7 +174,8 @@ def _ingest_catalog(folder: Path, upload: Path, fmt: str) -> dict[str, Any]:
         part += 1
     if rows == 0:
         raise CatalogError("the catalog has no rows")
-    return {"kind": "catalog", "rows": rows, "columns": names, "parts": part}
+    described = datasets.describe_parts([folder / datasets.part_name(k) for k in range(part)])
+    return {"kind": "catalog", "rows": rows, "columns": names, "parts": described}
 
 
 def _members(archive: Any, fmt: str) -> list[tuple[str, int, Any]]:

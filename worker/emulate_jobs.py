@@ -8,7 +8,10 @@ into Parquet parts of CHUNK_ROWS rows under `in/`; then one message per chunk go
 every inference worker claims chunks (`worker.fanout`), writing each emulated part
 atomically under `out/`. Chunk boundaries are multiples of the sampler's BLOCK_ROWS, and its
 draws depend only on (seed, row position), so the parts are the rows one worker would write.
-The run that sees the last chunk done joins the parts in input order into the output file.
+The run that sees the last chunk done joins the parts in input order into the output file,
+or, for a result too large for one file (`Settings.emulate_max_file_rows` output rows) or one
+asked for as a dataset (`dataset=NAME`), moves them unchanged into a Parquet dataset
+(`models.datasets`: one file per chunk, a manifest with per-part sha256) published whole.
 
 A chunk runs in a background thread of the inference process, so interactive requests keep
 being batched beside it: both share the process's loaded models and its cores.
@@ -27,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from models import datasets
+from models.settings import get_settings
 from worker import fanout
-from worker.jobs import EMULATE, RUNNING, JobStore, is_stalled
+from worker.jobs import DATASET_JOBS_KEY, EMULATE, RUNNING, JobStore, is_stalled
 from worker.policy import FANOUT_MESSAGES
 
 log = logging.getLogger(__name__)
@@ -111,8 +115,38 @@ def _exact_chunks(frames: Iterator[Any], rows: int) -> Iterator[Any]:
         yield pd.concat(buf, ignore_index=True)
 
 
+def auto_dataset_name(job_id: str) -> str:
+    """The dataset a result too large for one file becomes when none was named."""
+    return f"emulated-{job_id[:12]}"
+
+
+def check_one_file(rec: dict[str, Any], rows: int, limit: int) -> None:
+    """CatalogError if `rows` input rows make a CSV or FITS result over `limit` output rows:
+    such a result can only be a Parquet dataset (a Parquet output becomes one by itself)."""
+    from models.columns import CatalogError
+
+    out_rows = rows * rec["samples"]
+    if rec.get("result_dataset") or rec["output_format"] == "parquet" or out_rows <= limit:
+        return
+    raise CatalogError(
+        f"the result would hold more than {limit:,} rows (rows × samples), the most one "
+        f"{rec['output_format'].upper()} file may hold here (COSMOGAN_EMULATE_MAX_FILE_ROWS): "
+        "ask for Parquet output (output=parquet), which then becomes a dataset of one file per "
+        "chunk, or name the dataset the result should be (dataset=NAME)"
+    )
+
+
+def result_dataset(rec: dict[str, Any], rows: int, limit: int) -> str | None:
+    """The dataset the result of a job of `rows` input rows becomes (None: one file)."""
+    check_one_file(rec, rows, limit)
+    if rec.get("result_dataset"):
+        return rec["result_dataset"]
+    return auto_dataset_name(rec["job_id"]) if rows * rec["samples"] > limit else None
+
+
 def plan(store: JobStore, home: Path, job_id: str, token: str) -> None:
-    """Check the input and cut it into parts of CHUNK_ROWS rows (`in/part-k.parquet`)."""
+    """Check the input and cut it into parts of CHUNK_ROWS rows (`in/part-k.parquet`); decide
+    whether the result is one file or a dataset."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -124,18 +158,28 @@ def plan(store: JobStore, home: Path, job_id: str, token: str) -> None:
     src = input_path(home, job_id, rec["input_format"])
     folder = job_dir(home, job_id) / "in"
     folder.mkdir(parents=True, exist_ok=True)
+    limit = get_settings().emulate_max_file_rows
     rows = k = 0
-    for chunk in _exact_chunks(iter_catalog(src, CHUNK_ROWS), CHUNK_ROWS):
-        validate_inputs(chunk, row_offset=rows)  # CatalogError names the bad rows
-        path = folder / datasets.part_name(k)
-        with atomic_write(path) as f:
-            pq.write_table(pa.Table.from_pandas(chunk, preserve_index=False), f)
-        rows += len(chunk)
-        k += 1
-        store.renew_lease(job_id, token)  # and the heartbeat: planning is progress
-    if rows == 0:
-        raise CatalogError("the catalog has no rows")
-    store.update(job_id, rows_total=rows, chunks_total=k, chunk_rows=CHUNK_ROWS)
+    try:
+        for chunk in _exact_chunks(iter_catalog(src, CHUNK_ROWS), CHUNK_ROWS):
+            validate_inputs(chunk, row_offset=rows)  # CatalogError names the bad rows
+            check_one_file(rec, rows + len(chunk), limit)  # as soon as it is too large
+            path = folder / datasets.part_name(k)
+            with atomic_write(path) as f:
+                pq.write_table(pa.Table.from_pandas(chunk, preserve_index=False), f)
+            rows += len(chunk)
+            k += 1
+            store.renew_lease(job_id, token)  # and the heartbeat: planning is progress
+        if rows == 0:
+            raise CatalogError("the catalog has no rows")
+        name = result_dataset(rec, rows, limit)
+    except CatalogError:
+        shutil.rmtree(folder, ignore_errors=True)  # a failed job leaves no parts behind
+        raise
+    if name is not None and not rec.get("result_dataset"):
+        store.r.hset(DATASET_JOBS_KEY, name, job_id)  # listed with its progress meanwhile
+    fields: dict[str, Any] = {"rows_total": rows, "chunks_total": k, "chunk_rows": CHUNK_ROWS}
+    store.update(job_id, **fields, **({"result_dataset": name} if name else {}))
     src.unlink(missing_ok=True)
 
 
@@ -189,6 +233,57 @@ def assemble(home: Path, rec: dict[str, Any]) -> dict[str, Any]:
     return {"rows_done": rec["rows_total"]}
 
 
+def publish_dataset(home: Path, root: Path, rec: dict[str, Any]) -> dict[str, Any]:
+    """Move the emulated parts, in input order and unchanged, into dataset
+    `rec["result_dataset"]` under the data root `root`, with its manifest, and publish it
+    whole. Redone after a run died midway, it picks up the parts where they are."""
+    name, job_id = rec["result_dataset"], rec["job_id"]
+    folder = job_dir(home, job_id)
+    done = datasets.describe(root, name)
+    if done is not None and done.get("job_id") == job_id:
+        return {"rows_done": rec["rows_total"]}  # published by a run that died just after
+    building = datasets.building_dir(root, name)
+    names = [datasets.part_name(k) for k in range(rec["chunks_total"])]
+    if building.is_dir():  # whatever an earlier, abandoned job of this name left there
+        keep = set(names)
+        for path in building.iterdir():
+            if path.name in keep:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    moved = datasets.move_parts([folder / "out" / n for n in names], building)
+    parts = datasets.describe_parts(moved)
+    rows = sum(p["rows"] for p in parts)
+    if rows != rec["rows_total"] * rec["samples"]:
+        raise RuntimeError(f"the parts hold {rows} rows, not {rec['rows_total']} × samples")
+    desc = datasets.catalog_manifest(
+        name,
+        "emulation",
+        building,
+        parts,
+        model=f"{rec['model']}@{rec.get('version') or 'active'}",
+        seed=rec["seed"],
+        samples=rec["samples"],
+        input_rows=rec["rows_total"],
+        chunk_rows=rec["chunk_rows"],
+        job_id=job_id,
+    )
+    datasets.write_manifest(building, desc)
+    datasets.publish(building, root, name)
+    shutil.rmtree(folder / "in", ignore_errors=True)
+    shutil.rmtree(folder / "out", ignore_errors=True)
+    return {"rows_done": rec["rows_total"]}
+
+
+def finish(home: Path, rec: dict[str, Any]) -> dict[str, Any]:
+    """The result of a job whose chunks are all done: one file, or a dataset."""
+    if rec.get("result_dataset"):
+        return publish_dataset(home, get_settings().data_dir, rec)
+    return assemble(home, rec)
+
+
 def run(store: JobStore, home: Path, job_id: str, send: Callable[[int], None]) -> None:
     """One run of an emulation job: plan it if nobody has, then claim chunks until none is
     left. `send(n)` sends n more messages for the job (so other workers join in)."""
@@ -222,7 +317,7 @@ def run(store: JobStore, home: Path, job_id: str, send: Callable[[int], None]) -
             store,
             job_id,
             lambda k: emulate_chunk(home, rec, k, loaded.model),
-            lambda: assemble(home, store.get(job_id, EMULATE)),
+            lambda: finish(home, store.get(job_id, EMULATE)),
         )
     except (CatalogError, RequestError, ValueError, OSError) as exc:
         log.info("emulate job %s failed: %s", job_id, exc)

@@ -63,6 +63,9 @@ CHUNK_LEASE_TTL_S = 10.0
 CHUNK_HEARTBEAT_S = 2.0
 
 # Fields stored JSON-encoded in the record; anything else is ignored on write.
+# hash: dataset name → the job that makes it (a build, or an emulation job whose result it is)
+DATASET_JOBS_KEY = "cosmogan:datasets"
+
 FIELDS = (
     "job_id",
     "kind",
@@ -108,6 +111,7 @@ FIELDS = (
     "output_format",
     "seconds",
     "result",
+    "result_dataset",  # an emulation job whose result is a dataset: its name
 )
 
 # Set state to ARGV[2] if the current state is one of ARGV[4..], or if ARGV[3] is '1' and the

@@ -1,4 +1,5 @@
-"""`/datasets`: upload, build (fanned out over the data workers), list, describe, delete."""
+"""`/datasets`: upload, build (fanned out over the data workers), list, describe, read a
+multi-part catalog part by part, delete."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from celery.exceptions import TimeoutError as CeleryTimeout
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi import Path as PathParam
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import tables
@@ -22,12 +24,22 @@ from app.schemas import JOB_ID_PATTERN, MAX_SEED
 from models import datasets
 from models.settings import Settings
 from worker.celery_app import send_run
-from worker.jobs import DATASET, QUEUED, RUNNING, TERMINAL, TRAIN, JobNotFound, JobStore
+from worker.jobs import (
+    DATASET,
+    DATASET_JOBS_KEY,
+    EMULATE,
+    QUEUED,
+    RUNNING,
+    TERMINAL,
+    TRAIN,
+    JobNotFound,
+    JobStore,
+)
 from worker.policy import DATA_QUEUE, DATASET_INGEST_TASK, FANOUT_MESSAGES
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
-BUILDS_KEY = "cosmogan:datasets"  # hash: dataset name → the job id of its build
+BUILDS_KEY = DATASET_JOBS_KEY  # hash: dataset name → the job making it (build or emulation)
 MAX_UPLOAD_BYTES = 16 * 2**30
 INGEST_TIMEOUT_S = 900.0
 # Every process of a build draws the whole build's inputs (`balrog.sample_inputs`, about
@@ -78,6 +90,13 @@ class BuildAccepted(BaseModel):
     job: str
 
 
+class PartOut(BaseModel):
+    file: str = Field(description="The part's file name, in row order.")
+    rows: int
+    sha256: str
+    url: str = Field(description="Where to download it (GET, Parquet).")
+
+
 class DatasetOut(BaseModel):
     """A dataset: a ready one's description, or a build's progress (`state` is its job's)."""
 
@@ -99,6 +118,10 @@ class DatasetOut(BaseModel):
     eta_s: float | None = None
     stalled: bool | None = None
     error: str | None = None
+    parts: list[PartOut] | None = Field(
+        default=None,
+        description="A multi-part catalog's parts, in row order, with `?parts=true`.",
+    )
 
 
 class DatasetList(BaseModel):
@@ -124,6 +147,8 @@ def _shown(desc: dict[str, Any], full: bool) -> DatasetOut:
 def _build_view(rec: dict[str, Any]) -> dict[str, Any]:
     from worker.jobs import is_stalled
 
+    if rec.get("kind") == EMULATE:
+        return _emulation_view(rec)
     done, total = rec.get("rows_done") or 0, rec.get("rows_total") or rec.get("rows")
     eta = None
     started = rec.get("started_at")
@@ -150,14 +175,58 @@ def _build_view(rec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _build_job(jobs: JobStore, name: str) -> dict[str, Any] | None:
-    raw = jobs.r.hget(BUILDS_KEY, name)
-    if raw is None:
-        return None
+def _emulation_view(rec: dict[str, Any]) -> dict[str, Any]:
+    """A dataset being made by an emulation job: its rows are the job's rows × samples."""
+    from worker.jobs import is_stalled
+
+    done, total, samples = rec.get("rows_done") or 0, rec.get("rows_total"), rec["samples"]
+    return {
+        "name": rec["result_dataset"],
+        "state": rec["state"],
+        "kind": "catalog",
+        "rows": total * samples if total else None,
+        "source": "emulation",
+        "created": rec.get("created_at"),
+        "job_id": rec["job_id"],
+        "rows_done": done * samples,
+        "rows_total": total * samples if total else None,
+        "progress": round(done / total, 4) if total else None,
+        "stalled": is_stalled(rec),
+        "error": rec.get("error"),
+        "model": rec.get("model"),
+        "seed": rec.get("seed"),
+        "samples": samples,
+    }
+
+
+def _job(jobs: JobStore, job_id: str) -> dict[str, Any] | None:
     try:
-        return jobs.get(raw.decode(), DATASET)
+        rec = jobs.get(job_id, None)
     except JobNotFound:
         return None
+    return rec if rec.get("kind") in (DATASET, EMULATE) else None
+
+
+def _build_job(jobs: JobStore, name: str) -> dict[str, Any] | None:
+    """The job that makes (or made) dataset `name`: a build or an emulation job."""
+    raw = jobs.r.hget(BUILDS_KEY, name)
+    return None if raw is None else _job(jobs, raw.decode())
+
+
+def check_free(jobs: JobStore, settings: Settings, name: str) -> None:
+    """ApiError unless `name` can become a new dataset: 409 if it exists or is being made."""
+    if name in RESERVED:
+        raise ApiError(422, f"{name!r} is a reserved name")
+    if datasets.describe(settings.data_dir, name) is not None:
+        raise ApiError(409, f"dataset {name!r} already exists; delete it first")
+    rec = _build_job(jobs, name)
+    if rec is not None and rec["state"] in (QUEUED, RUNNING):
+        raise ApiError(409, f"dataset {name!r} is being made by job {rec['job_id']}")
+
+
+def claim(jobs: JobStore, name: str, job_id: str) -> None:
+    """Record `job_id` as the job making dataset `name` (listed with its progress)."""
+    jobs.r.hset(BUILDS_KEY, name, job_id)
 
 
 def describe(jobs: JobStore, settings: Settings, name: str) -> dict[str, Any] | None:
@@ -181,10 +250,9 @@ def list_datasets(jobs: JobsDep, settings: SettingsDep, full: Authenticated) -> 
         name = name.decode()
         if name in out:
             continue
-        try:
-            out[name] = _build_view(jobs.get(raw.decode(), DATASET))
-        except JobNotFound:
-            continue
+        rec = _job(jobs, raw.decode())
+        if rec is not None:
+            out[name] = _build_view(rec)
     items = [_shown(d, full) for _, d in sorted(out.items())]
     root = str(settings.data_dir.resolve()) if full else None
     return DatasetList(datasets=items, data_root=root)
@@ -212,12 +280,45 @@ def cancel_build(
 
 @router.get("/{name}", response_model=DatasetOut, summary="One dataset")
 def get_dataset(
-    name: Entry, jobs: JobsDep, settings: SettingsDep, full: Authenticated
+    name: Entry,
+    jobs: JobsDep,
+    settings: SettingsDep,
+    full: Authenticated,
+    parts: Annotated[
+        bool, Query(description="List a ready multi-part catalog's parts, with their URLs.")
+    ] = False,
 ) -> DatasetOut:
     desc = describe(jobs, settings, name)
     if desc is None:
         raise _missing(name)
-    return _shown(desc, full)
+    out = _shown(desc, full)
+    listed = datasets.parts(settings.data_dir, name) if parts else None
+    if listed is not None:
+        url = f"/datasets/{name}/parts"
+        out.parts = [
+            PartOut(file=p["file"], rows=p["rows"], sha256=p["sha256"], url=f"{url}/{p['file']}")
+            for p in listed
+        ]
+    return out
+
+
+@router.get(
+    "/{name}/parts/{file}",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {tables.PARQUET: {}}},
+        404: {"description": "No such dataset, or no such part (the parts are named)."},
+    },
+    summary="One part (Parquet) of a ready multi-part catalog: built, uploaded or emulated",
+)
+def get_part(name: Entry, file: str, settings: SettingsDep) -> FileResponse:
+    if datasets.describe(settings.data_dir, name) is None:
+        raise _missing(name)
+    try:
+        path = datasets.part_path(settings.data_dir, name, file)
+    except datasets.DatasetError as exc:
+        raise ApiError(404, str(exc)) from None
+    return FileResponse(path, media_type=tables.PARQUET, filename=f"{name}-{file}")
 
 
 # --------------------------------------------------------------------------------------------

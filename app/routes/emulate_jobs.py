@@ -1,5 +1,6 @@
 """`/emulate/jobs`: catalogs of any size emulated in the background, fanned out over every
-inference worker; the result is a file."""
+inference worker; the result is a file, or a Parquet dataset (`dataset=NAME`, or by itself
+past `emulate_max_file_rows` output rows)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
 from app import tables
 from app.deps import ApiKey, CeleryDep, JobsDep, RegistryDep, SettingsDep
 from app.errors import ApiError
 from app.inference import resolve
+from app.routes import datasets as dataset_routes
 from app.schemas import DEFAULT_EMULATOR_MODEL, JOB_ID_PATTERN, MAX_SEED, NAME_PATTERN
+from models import datasets
 from models.atomic import atomic_write
 from models.kinds import EMULATOR
 from worker import emulate_jobs
@@ -53,15 +56,27 @@ class EmulateJobOut(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     url: str
-    result: str | None = Field(default=None, description="The output file, once succeeded.")
+    result: str | None = Field(
+        default=None,
+        description="Once succeeded: the output file, or the dataset (`/datasets/NAME`) when "
+        "the result is one.",
+    )
+    result_dataset: str | None = Field(
+        default=None,
+        description="The dataset the result is (asked for, or too large for one file), once "
+        "known; its parts are listed by GET /datasets/NAME?parts=true.",
+    )
 
 
 def _out(rec: dict[str, Any]) -> EmulateJobOut:
     url = f"/emulate/jobs/{rec['job_id']}"
-    done = rec["state"] == "succeeded"
     fields = {k: v for k, v in rec.items() if k in EmulateJobOut.model_fields and v is not None}
     fields.pop("result", None)
-    return EmulateJobOut(**fields, url=url, result=f"{url}/result" if done else None)
+    result = None
+    if rec["state"] == "succeeded":
+        name = rec.get("result_dataset")
+        result = f"/datasets/{name}" if name else f"{url}/result"
+    return EmulateJobOut(**fields, url=url, result=result)
 
 
 @router.post(
@@ -79,7 +94,11 @@ def _out(rec: dict[str, Any]) -> EmulateJobOut:
             },
         }
     },
-    responses={413: {"description": "Body too large."}, 415: {"description": "Not a table."}},
+    responses={
+        409: {"description": "The dataset named by `dataset` exists or is being made."},
+        413: {"description": "Body too large."},
+        415: {"description": "Not a table."},
+    },
     summary="Emulate a catalog of any size in the background (CSV, Parquet or FITS body)",
 )
 async def create_job(
@@ -96,6 +115,14 @@ async def create_job(
     output: Annotated[
         Literal["csv", "parquet", "fits"] | None, Query(description="Default: as the input")
     ] = None,
+    dataset: Annotated[
+        str | None,
+        Query(
+            pattern=datasets.NAME_PATTERN,
+            description="Publish the result as this new Parquet dataset (one file per chunk) "
+            "instead of one file.",
+        ),
+    ] = None,
 ) -> EmulateJobOut:
     try:
         fmt = tables.body_format(request.headers.get("content-type"))
@@ -107,6 +134,13 @@ async def create_job(
         raise ApiError(
             422, f"samples must be at most {settings.max_emulate_samples}, got {samples}"
         )
+    if dataset is not None:
+        if output not in (None, "parquet"):
+            raise ApiError(
+                422, f"a dataset result is Parquet: drop output={output} or ask output=parquet"
+            )
+        output = "parquet"
+        await asyncio.to_thread(dataset_routes.check_free, jobs, settings, dataset)
     mv = await asyncio.to_thread(resolve, registry, model, version, EMULATOR)
     job_id = uuid.uuid4().hex
     home = settings.home
@@ -123,7 +157,11 @@ async def create_job(
         "input_format": fmt,
         "output_format": output or fmt,
     }
+    if dataset is not None:
+        fields["result_dataset"] = dataset
     await asyncio.to_thread(emulate_jobs.create, jobs, job_id, fields)
+    if dataset is not None:  # listed, and refused to other jobs, while it is made
+        await asyncio.to_thread(dataset_routes.claim, jobs, dataset, job_id)
     await asyncio.to_thread(
         celery.send_task,
         EMULATE_FILE_TASK,
@@ -174,17 +212,20 @@ async def cancel_job(job_id: Annotated[str, JOB_ID_PATH], jobs: JobsDep) -> Emul
     response_class=FileResponse,
     responses={
         200: {"content": {m: {} for m in MEDIA.values()}},
+        303: {"description": "The result is a dataset: its description, listing its parts."},
         409: {"description": "Not done."},
     },
     summary="The emulated catalog of a finished job",
 )
 async def get_result(
     job_id: Annotated[str, JOB_ID_PATH], jobs: JobsDep, settings: SettingsDep
-) -> FileResponse:
+) -> Response:
     rec = await _record(jobs, job_id)
     if rec["state"] != "succeeded":
         detail = f": {rec['error']}" if rec.get("error") else ""
         raise ApiError(409, f"job {job_id} is {rec['state']}{detail}")
+    if rec.get("result_dataset"):
+        return RedirectResponse(f"/datasets/{rec['result_dataset']}?parts=true", 303)
     fmt = rec["output_format"]
     path = emulate_jobs.output_path(settings.home, job_id, fmt)
     if not path.is_file():

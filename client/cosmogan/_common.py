@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -282,9 +283,53 @@ def model_params(model: str | None, version: str | None) -> dict[str, str]:
 
 
 def emulate_job_params(
-    samples: int, seed: int, model: str | None, version: str | None
+    samples: int, seed: int, model: str | None, version: str | None, dataset: str | None = None
 ) -> dict[str, Any]:
-    return {"samples": samples, "seed": seed, "output": "parquet", **model_params(model, version)}
+    params = {"samples": samples, "seed": seed, "output": "parquet", **model_params(model, version)}
+    if dataset is not None:
+        params["dataset"] = dataset
+    return params
+
+
+def dataset_parts(name: str, desc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The parts listed in a dataset's description (`GET /datasets/{name}?parts=true`)."""
+    from cosmogan.errors import CosmoganError
+
+    parts = desc.get("parts")
+    if not parts:
+        raise CosmoganError(
+            f"dataset {name!r} has no Parquet parts to read (state {desc.get('state')!r}, "
+            f"kind {desc.get('kind')!r})"
+        )
+    return parts
+
+
+def checked_part(name: str, part: dict[str, Any], data: bytes) -> bytes:
+    """A downloaded part's bytes, once their sha256 is the manifest's."""
+    from cosmogan.errors import CosmoganError
+
+    got = hashlib.sha256(data).hexdigest()
+    if got != part["sha256"]:
+        raise CosmoganError(
+            f"part {part['file']} of dataset {name!r} arrived with sha256 {got}, not the "
+            f"manifest's {part['sha256']}"
+        )
+    return data
+
+
+def concat_parts(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def save_file(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all (a temporary file renamed into place)."""
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_manifest(folder: Path, desc: dict[str, Any]) -> None:
+    save_file(folder / "_manifest.json", json.dumps(desc, indent=2).encode())
 
 
 def split_ref(model: str, version: str | None) -> tuple[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +20,9 @@ from cosmogan._common import (
     SSEParser,
     Upload,
     attach,
+    checked_part,
+    concat_parts,
+    dataset_parts,
     decode_png,
     emulate_job_params,
     grid_columns,
@@ -28,6 +32,8 @@ from cosmogan._common import (
     random_seed,
     read_parquet,
     resolve_settings,
+    save_file,
+    save_manifest,
     split_grid,
     split_ref,
     to_images,
@@ -136,19 +142,22 @@ class AsyncClient:
         version: str | None = None,
         background: bool | None = None,
         progress: bool | None = None,
-    ) -> pd.DataFrame:
+        dataset: str | None = None,
+    ) -> pd.DataFrame | dict[str, Any]:
         upload = await asyncio.to_thread(prepare_catalog, table)
         seed = random_seed() if seed is None else seed
         limit = (await self.config())["max_emulate_rows"]
         if background is None:
-            background = upload.rows is not None and upload.rows > limit
+            background = dataset is not None or (upload.rows is not None and upload.rows > limit)
         if not background:
             try:
                 return await self._emulate_once(upload, seed, samples, model, version)
             except ApiError as exc:
                 if exc.status != 413:
                     raise
-        return await self._emulate_background(upload, seed, samples, model, version, progress)
+        return await self._emulate_background(
+            upload, seed, samples, model, version, progress, dataset
+        )
 
     async def _emulate_once(
         self, upload: Upload, seed: int, samples: int, model: str | None, version: str | None
@@ -174,11 +183,12 @@ class AsyncClient:
         model: str | None,
         version: str | None,
         progress: bool | None,
-    ) -> pd.DataFrame:
+        dataset: str | None = None,
+    ) -> pd.DataFrame | dict[str, Any]:
         job = await self._json(
             "POST",
             "/emulate/jobs",
-            params=emulate_job_params(samples, seed, model, version),
+            params=emulate_job_params(samples, seed, model, version, dataset),
             content=upload.body,
             headers={"content-type": upload.media},
         )
@@ -187,16 +197,21 @@ class AsyncClient:
         with tqdm(
             total=job.get("rows_total"), unit="rows", disable=not show, desc="emulate"
         ) as bar:
-            while job["state"] not in ("succeeded", "failed"):
+            while job["state"] not in TERMINAL:
                 await asyncio.sleep(0.5)
                 job = await self._json("GET", url)
                 if job.get("rows_total") and bar.total != job["rows_total"]:
                     bar.total = job["rows_total"]
                 bar.update(job.get("rows_done", 0) - bar.n)
-        if job["state"] == "failed":
-            raise JobFailed(job["job_id"], "failed", job.get("error"))
-        resp = await self.request("GET", job["result"])
-        df = await asyncio.to_thread(read_parquet, resp.content)
+        if job["state"] != "succeeded":
+            raise JobFailed(job["job_id"], job["state"], job.get("error"))
+        if dataset is not None:
+            return await self.dataset(dataset)
+        if job.get("result_dataset"):  # too large for one file: read it part by part
+            df = await self.read_dataset(job["result_dataset"], progress=progress)
+        else:
+            resp = await self.request("GET", job["result"])
+            df = await asyncio.to_thread(read_parquet, resp.content)
         df.attrs.update(model=f"{job['model']}@{job.get('version') or 'active'}", seed=job["seed"])
         if upload.index is not None and samples == 1 and len(upload.index) == len(df):
             df.index = upload.index
@@ -292,6 +307,36 @@ class AsyncClient:
 
     async def delete_dataset(self, name: str) -> None:
         await self.request("DELETE", f"/datasets/{name}")
+
+    async def _manifest(self, name: str) -> dict[str, Any]:
+        return await self._json("GET", f"/datasets/{name}", params={"parts": "true"})
+
+    async def _parts(
+        self, name: str, desc: dict[str, Any], progress: bool | None
+    ) -> AsyncIterator[tuple[dict[str, Any], bytes]]:
+        show = self.progress if progress is None else progress
+        with tqdm(total=desc.get("rows"), unit="rows", disable=not show, desc=name) as bar:
+            for part in dataset_parts(name, desc):
+                resp = await self.request("GET", part["url"])
+                yield part, checked_part(name, part, resp.content)
+                bar.update(part["rows"])
+
+    async def read_dataset(self, name: str, *, progress: bool | None = None) -> pd.DataFrame:
+        frames = []
+        async for _, data in self._parts(name, await self._manifest(name), progress):
+            frames.append(await asyncio.to_thread(read_parquet, data))
+        return concat_parts(frames)
+
+    async def download_dataset(
+        self, name: str, folder: str | Path, *, progress: bool | None = None
+    ) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        desc = await self._manifest(name)
+        async for part, data in self._parts(name, desc, progress):
+            await asyncio.to_thread(save_file, folder / Path(part["file"]).name, data)
+        save_manifest(folder, desc)
+        return folder
 
 
 class AsyncJob:

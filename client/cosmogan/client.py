@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +19,9 @@ from cosmogan._common import (
     SSEParser,
     Upload,
     attach,
+    checked_part,
+    concat_parts,
+    dataset_parts,
     decode_png,
     emulate_job_params,
     grid_columns,
@@ -27,6 +31,8 @@ from cosmogan._common import (
     random_seed,
     read_parquet,
     resolve_settings,
+    save_file,
+    save_manifest,
     split_grid,
     split_ref,
     to_images,
@@ -151,7 +157,8 @@ class Client:
         version: str | None = None,
         background: bool | None = None,
         progress: bool | None = None,
-    ) -> pd.DataFrame:
+        dataset: str | None = None,
+    ) -> pd.DataFrame | dict[str, Any]:
         """Observed magnitudes and detection for a catalog: a DataFrame, an astropy or
         pyarrow Table, rows, or a CSV/Parquet/FITS path. Returns the rows as sent (the
         index kept when `samples` is 1; otherwise each row's realizations follow it, with a
@@ -159,21 +166,24 @@ class Client:
         `detected`; `attrs` holds `model` and `seed`.
 
         Catalogs over the server's per-request limit go through `/emulate/jobs`
-        (needs the API key) with a progress bar; `background=True` forces that path.
+        (needs the API key) with a progress bar; `background=True` forces that path. A
+        result too large for one file comes back as a server dataset, read part by part.
+        With `dataset="NAME"` the result stays on the server as dataset NAME, and its
+        description is returned (`read_dataset(NAME)` fetches it).
         Without `seed` the client draws one, so a retried request gives the same rows.
         """
         upload = prepare_catalog(table)
         seed = random_seed() if seed is None else seed
         limit = self.config()["max_emulate_rows"]
         if background is None:
-            background = upload.rows is not None and upload.rows > limit
+            background = dataset is not None or (upload.rows is not None and upload.rows > limit)
         if not background:
             try:
                 return self._emulate_once(upload, seed, samples, model, version)
             except ApiError as exc:
                 if exc.status != 413:
                     raise
-        return self._emulate_background(upload, seed, samples, model, version, progress)
+        return self._emulate_background(upload, seed, samples, model, version, progress, dataset)
 
     def _emulate_once(
         self, upload: Upload, seed: int, samples: int, model: str | None, version: str | None
@@ -198,11 +208,12 @@ class Client:
         model: str | None,
         version: str | None,
         progress: bool | None,
-    ) -> pd.DataFrame:
+        dataset: str | None = None,
+    ) -> pd.DataFrame | dict[str, Any]:
         job = self._json(
             "POST",
             "/emulate/jobs",
-            params=emulate_job_params(samples, seed, model, version),
+            params=emulate_job_params(samples, seed, model, version, dataset),
             content=upload.body,
             headers={"content-type": upload.media},
         )
@@ -211,16 +222,20 @@ class Client:
         with tqdm(
             total=job.get("rows_total"), unit="rows", disable=not show, desc="emulate"
         ) as bar:
-            while job["state"] not in ("succeeded", "failed"):
+            while job["state"] not in TERMINAL:
                 time.sleep(0.5)
                 job = self._json("GET", url)
                 if job.get("rows_total") and bar.total != job["rows_total"]:
                     bar.total = job["rows_total"]
                 bar.update(job.get("rows_done", 0) - bar.n)
-        if job["state"] == "failed":
-            raise JobFailed(job["job_id"], "failed", job.get("error"))
-        resp = self.request("GET", job["result"])
-        df = read_parquet(resp.content)
+        if job["state"] != "succeeded":
+            raise JobFailed(job["job_id"], job["state"], job.get("error"))
+        if dataset is not None:
+            return self.dataset(dataset)
+        if job.get("result_dataset"):  # too large for one file: read it part by part
+            df = self.read_dataset(job["result_dataset"], progress=progress)
+        else:
+            df = read_parquet(self.request("GET", job["result"]).content)
         df.attrs.update(model=f"{job['model']}@{job.get('version') or 'active'}", seed=job["seed"])
         if upload.index is not None and samples == 1 and len(upload.index) == len(df):
             df.index = upload.index
@@ -329,6 +344,40 @@ class Client:
 
     def delete_dataset(self, name: str) -> None:
         self.request("DELETE", f"/datasets/{name}")
+
+    def _manifest(self, name: str) -> dict[str, Any]:
+        return self._json("GET", f"/datasets/{name}", params={"parts": "true"})
+
+    def _parts(
+        self, name: str, desc: dict[str, Any], progress: bool | None
+    ) -> Iterator[tuple[dict[str, Any], bytes]]:
+        """Each part of dataset `name` in row order, its bytes checked against the manifest,
+        with a progress bar over the rows."""
+        show = self.progress if progress is None else progress
+        with tqdm(total=desc.get("rows"), unit="rows", disable=not show, desc=name) as bar:
+            for part in dataset_parts(name, desc):
+                yield part, checked_part(name, part, self.request("GET", part["url"]).content)
+                bar.update(part["rows"])
+
+    def read_dataset(self, name: str, *, progress: bool | None = None) -> pd.DataFrame:
+        """A multi-part catalog dataset (built, uploaded or emulated) as one DataFrame, its
+        parts downloaded in order and each checked against the manifest's sha256."""
+        parts = self._parts(name, self._manifest(name), progress)
+        return concat_parts([read_parquet(data) for _, data in parts])
+
+    def download_dataset(
+        self, name: str, folder: str | Path, *, progress: bool | None = None
+    ) -> Path:
+        """Write a multi-part catalog's parts (each checked against its sha256) and its
+        manifest (`_manifest.json`, the description) into `folder`; returns the folder,
+        which pandas and pyarrow read as one table."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        desc = self._manifest(name)
+        for part, data in self._parts(name, desc, progress):
+            save_file(folder / Path(part["file"]).name, data)
+        save_manifest(folder, desc)
+        return folder
 
 
 class Job:
