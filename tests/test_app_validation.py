@@ -68,6 +68,9 @@ def test_mutating_routes_need_the_key(client: TestClient, headers, status, detai
         ({"preset": "nebula", "data": "absent"}, "dataset not found"),
         ({"preset": "balrog", "resume": "../x"}, "resume"),
         ({"preset": "balrog", "activate": "maybe"}, "activate"),
+        ({"preset": "balrog-fast", "overrides": {"teacher": "/etc/x.pt"}}, "registered model"),
+        ({"preset": "balrog-fast", "overrides": {"teacher": 3}}, "'teacher' must be"),
+        ({"preset": "balrog-fast", "overrides": {"distill_rows": 10**9}}, "'distill_rows'"),
     ],
 )
 def test_train_rejects_bad_bodies_with_a_message(client: TestClient, body, fragment) -> None:

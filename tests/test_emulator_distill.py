@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from models.checkpoint import load_checkpoint
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.columns import INPUTS
 from models.emulator_sampler import EmulatorSampler
 from models.flow import FlowConfig, FlowStudent, OffsetFlow
@@ -96,3 +96,25 @@ def test_cancel_while_distilling_and_resume_equals_an_uninterrupted_run(run, cat
     a, b = load_checkpoint(run / "model.pt").ema, load_checkpoint(done["model"]).ema
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_a_given_teacher_is_distilled_without_training_a_flow(run, catalog, tmp_path):
+    teacher = load_checkpoint(run / "checkpoints" / "last.pt").inference_only()
+    teacher.kind, teacher.ema = "cflow", teacher_state(run)
+    save_checkpoint(teacher, tmp_path / "flow.pt")
+    cfg = replace(FAST, teacher=str(tmp_path / "flow.pt"), distill_steps=200)
+    done = train_emulator_flow(cfg, catalog, tmp_path / "run")
+    assert done["status"] == "succeeded"
+    model = load_checkpoint(done["model"])
+    assert model.kind == "cflow-distilled" and model.extra["metrics"]["teacher"] == cfg.teacher
+    for k, v in teacher.extra["detector"].items():  # the teacher's detector, not a new one
+        assert torch.equal(model.extra["detector"][k], v), k
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert lines and not any('"nll"' in line for line in lines)  # no flow step ran
+
+    with pytest.raises(ValueError, match="only a flow"):
+        train_emulator_flow(replace(cfg, teacher=done["model"]), catalog, tmp_path / "again")
+
+
+def teacher_state(run: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / "checkpoints" / "last.pt").training_state["best_flow"]

@@ -6,6 +6,7 @@ user overrides and rejects unknown keys and out-of-range values with a clear mes
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
@@ -123,6 +124,9 @@ class FlowTrainConfig:
     distill_rows: int = 400_000  # teacher samples the student learns from
     distill_batch_size: int = 1024
     distill_lr: float = 2e-3
+    # distil this flow instead of training one: a registered model (`NAME[@VERSION]`, e.g.
+    # `balrog-flow@default`) or, from the command line, a `cflow` checkpoint file
+    teacher: str | None = None
 
 
 PRESETS: dict[str, ImageTrainConfig | EmulatorTrainConfig | FlowTrainConfig] = {
@@ -197,7 +201,17 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "transforms": (1, 32),
     "bins": (2, 64),
     "patience": (1, 10**6),
+    "student_hidden": (8, 2048),
+    "student_depth": (1, 16),
+    "distill_steps": (1, 10**7),
+    "distill_rows": (1024, 20_000_000),
+    "distill_batch_size": (1, 65_536),
+    "distill_lr": (1e-7, 1.0),
 }
+
+
+# `teacher` as a registered model, `NAME[@VERSION]` (over HTTP the only form accepted)
+TEACHER_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(@[A-Za-z0-9][A-Za-z0-9._-]{0,63})?$")
 
 
 class PresetError(ValueError):
@@ -270,6 +284,10 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             value in ("auto", "cpu", "cuda") or value.startswith("cuda:")
         ):
             raise PresetError(f"override 'device' must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+    if key == "teacher":
+        if value is not None and not (isinstance(value, str) and value):
+            raise PresetError(f"override 'teacher' must be a model or checkpoint, got {value!r}")
         return value
     if value is None and key in {"max_steps", "max_rows"}:
         return None

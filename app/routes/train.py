@@ -36,7 +36,7 @@ from models import datasets as model_datasets
 from models.registry import DEFAULT_MODEL, FamilyMismatch, Registry
 from models.results import results_table
 from models.settings import Settings
-from training.presets import build_config, config_to_dict, default_data, family
+from training.presets import TEACHER_REF, build_config, config_to_dict, default_data, family
 from training.progress import RECORD_FIELDS
 from worker.celery_app import send_training
 from worker.jobs import (
@@ -197,6 +197,9 @@ def create_job(
         jobs.requeue_for_resume(job_id, activate=body.activate or bool(rec.get("activate")))
     else:
         config = build_config(body.preset, body.overrides)
+        teacher = getattr(config, "teacher", None)
+        if teacher is not None and not TEACHER_REF.match(teacher):
+            raise ApiError(422, f"teacher must be a registered model, NAME[@VERSION]: {teacher!r}")
         check_runnable(config, jobs)
         data = resolve_data(body.preset, body.data, config.dry_run, settings, jobs)
         target = body.model or DEFAULT_MODEL[family(body.preset)]

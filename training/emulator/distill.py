@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from models.checkpoint import Checkpoint, load_checkpoint
 from models.emulator import Detector, EmulatorScalers
 from models.flow import FlowStudent, OffsetFlow
 from training.emulator.data import Split
-from training.presets import FlowTrainConfig
+from training.presets import TEACHER_REF, FlowTrainConfig
 
 VAL_ROWS = 20_000  # pool rows held out to score the student
 POOL_FORWARD_ROWS = 8192  # teacher rows per forward pass while the pool is drawn
@@ -81,6 +83,22 @@ def draw_pool(
     return Pool(torch.cat([z, cond, true], dim=1), targets)
 
 
+def load_teacher(ref: str) -> Checkpoint:
+    """The flow checkpoint to distil: a registered model `NAME[@VERSION]`, else a file."""
+    from models.registry import Registry
+    from models.settings import get_settings
+
+    if TEACHER_REF.match(ref) and not Path(ref).is_file():
+        name, _, version = ref.partition("@")
+        path = Registry(get_settings().registry_dir).get(name, version or None).path
+    else:
+        path = Path(ref)
+    ckpt = load_checkpoint(path)
+    if ckpt.kind != "cflow":
+        raise ValueError(f"teacher {ref!r} is a {ckpt.kind!r} model; only a flow (cflow) distils")
+    return ckpt
+
+
 def lr_at(config: FlowTrainConfig, step: int) -> float:
     """The cosine learning rate of distillation step `step`."""
     return config.distill_lr * 0.5 * (1 + math.cos(math.pi * step / config.distill_steps))
@@ -118,4 +136,4 @@ def val_mse(student: FlowStudent, pool: Pool) -> dict[str, float]:
     }
 
 
-__all__ = ["Pool", "distill_step", "draw_pool", "lr_at", "val_mse"]
+__all__ = ["Pool", "distill_step", "draw_pool", "load_teacher", "lr_at", "val_mse"]

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from models.checkpoint import Checkpoint
 from models.device import resolve_device
-from models.emulator import Detector
+from models.emulator import Detector, EmulatorScalers
 from models.flow import FlowConfig, FlowStudent, OffsetFlow
 from training.emulator import distill
 from training.emulator.data import target_tensors
@@ -76,11 +77,23 @@ def train_emulator_flow(
     folder = RunFolder(Path(out_dir))
     train, val = load_splits(config, data)
     previous = folder.previous(resume, config.kind)
-    scalers = run_scalers(config, train, previous)
+    # a given teacher replaces the detector and flow phases: its scalers, detector and flow
+    teacher = distill.load_teacher(config.teacher) if config.teacher and not previous else None
+    scalers = (
+        EmulatorScalers.from_dict(teacher.preprocessing)
+        if teacher is not None
+        else run_scalers(config, train, previous)
+    )
 
     # ---- networks and optimizer (restored when resuming) ------------------------------------
     if previous is not None:
         net_cfg = FlowConfig.from_dict(previous.config)
+    elif teacher is not None:
+        net_cfg = replace(
+            FlowConfig.from_dict(teacher.config),
+            student_hidden=config.student_hidden,
+            student_depth=config.student_depth,
+        )
     else:
         net_cfg = FlowConfig(
             out_dim=scalers.out_dim,
@@ -117,6 +130,14 @@ def train_emulator_flow(
         step = previous.step
         restore_rng(state, device)
         log.info("resuming %s at step %d", folder.root, step)
+    elif teacher is not None:
+        flow.load_state_dict(teacher.ema)
+        best.load_state_dict(teacher.ema)
+        detection.detector.load_state_dict(teacher.extra["detector"])
+        detection.calibration = dict(teacher.extra.get("calibration", {}))
+        detection.trained = True
+        metrics = {"teacher": config.teacher, **detection.calibration}
+        phase = "distill"
 
     # ---- schedule ------------------------------------------------------------------------
     train_t = target_tensors(scalers, train, device)
@@ -132,6 +153,8 @@ def train_emulator_flow(
     run = Run.start(
         folder, config, data, schedule, previous, progress=progress, should_stop=should_stop
     )
+    if teacher is not None:
+        step = schedule.total_steps  # the flow's phases were the teacher's run
 
     def checkpoint() -> Checkpoint:
         served = student if student is not None else best
