@@ -18,7 +18,8 @@ from bench.common import machine, time_calls
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "models" / "weights"
 DEFAULT_MODELS = {
-    "flow (balrog@default)": WEIGHTS / "balrog.pt",
+    "distilled flow (balrog@default)": WEIGHTS / "balrog.pt",
+    "flow (balrog-flow@default)": WEIGHTS / "balrog-flow.pt",
     "cWGAN-GP (baselines/balrog-cwgan-gp.pt)": WEIGHTS / "baselines" / "balrog-cwgan-gp.pt",
 }
 

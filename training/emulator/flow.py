@@ -8,7 +8,8 @@ validation likelihood has not improved for `patience` epochs.
 
 With kind `cflow-distilled` (preset `balrog-fast`) a third phase follows: the best flow is
 distilled into its one-pass student (`training.emulator.distill`), which the checkpoint
-serves; the distillation's progress rides on the flow's last step, in `metrics`.
+serves; the distillation's progress rides on the flow's last step, in `metrics`. Given a
+`teacher` (a trained flow), the run takes its scalers, detector and flow and only distils.
 """
 
 from __future__ import annotations
