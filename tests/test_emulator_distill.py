@@ -118,3 +118,12 @@ def test_a_given_teacher_is_distilled_without_training_a_flow(run, catalog, tmp_
 
 def teacher_state(run: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(run / "checkpoints" / "last.pt").training_state["best_flow"]
+
+
+def test_a_teacher_named_as_a_model_is_read_from_the_registry(home):
+    from training.emulator.distill import load_teacher
+
+    flow = load_teacher("balrog-flow@default")  # a fresh home knows the shipped flow
+    assert flow.kind == "cflow"
+    with pytest.raises(ValueError, match="only a flow"):
+        load_teacher("balrog")  # the shipped default is itself a student

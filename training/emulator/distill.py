@@ -90,7 +90,9 @@ def load_teacher(ref: str) -> Checkpoint:
 
     if TEACHER_REF.match(ref) and not Path(ref).is_file():
         name, _, version = ref.partition("@")
-        path = Registry(get_settings().registry_dir).get(name, version or None).path
+        registry = Registry(get_settings().registry_dir)
+        registry.ensure_defaults()  # a fresh home knows the shipped flow, balrog-flow@default
+        path = registry.get(name, version or None).path
     else:
         path = Path(ref)
     ckpt = load_checkpoint(path)
