@@ -223,12 +223,15 @@ def test_a_burst_beyond_what_can_finish_in_time_is_refused_at_once(svc: FaultSer
 
 
 def test_work_is_abandoned_when_its_client_is_gone(svc: FaultService) -> None:
-    """A client that gives up on 160,000 emulated rows (about a minute of work here): the
-    inference process stops between passes, and the next request is served at once."""
+    """A client that gives up on 160,000 rows emulated by the exact flow (about a minute of
+    work here): the inference process stops between passes, and the next request is served
+    at once."""
     log = svc.log_path("worker[inference]")
     before = log.read_text(errors="replace").count("abandoned")
     with svc.client(timeout=3) as client, pytest.raises(httpx.TimeoutException):
-        client.post("/emulate", content=json_rows(10_000, samples=16))
+        client.post(
+            "/emulate", params={"model": "balrog-flow"}, content=json_rows(10_000, samples=16)
+        )
     t0 = time.monotonic()
     while log.read_text(errors="replace").count("abandoned") == before:
         assert time.monotonic() - t0 < 20, "the work of a client that left went on"

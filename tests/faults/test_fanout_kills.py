@@ -118,15 +118,16 @@ def test_an_emulation_job_survives_a_killed_inference_worker(
             r = client.post(
                 "/emulate/jobs",
                 content=body,
-                params={"seed": 5},
+                params={"seed": 5, "model": "balrog-flow"},  # the exact flow: seconds a chunk
                 headers={"content-type": PARQUET},
             )
             assert r.status_code == 202, r.text
             return r.headers["location"]
 
         url = submit()
-        wait(client, url, lambda j: j["state"] == "running" and j["chunks_done"] >= 1, 180)
+        seen = wait(client, url, lambda j: j["state"] == "running" and j["chunks_done"] >= 1, 180)
         kill_worker(svc, "worker[inference]")
+        assert seen["chunks_done"] < 10  # killed mid-job
         hit = wait(client, url, lambda j: j["state"] not in ("queued", "running"), 300)
         assert hit["state"] == "succeeded", hit
         assert hit["rows_done"] == hit["rows_total"] == rows and hit["chunks_done"] == 10
