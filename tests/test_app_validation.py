@@ -69,6 +69,8 @@ def test_mutating_routes_need_the_key(client: TestClient, headers, status, detai
         ({"preset": "balrog", "resume": "../x"}, "resume"),
         ({"preset": "balrog", "activate": "maybe"}, "activate"),
         ({"preset": "balrog-fast", "overrides": {"teacher": "/etc/x.pt"}}, "registered model"),
+        ({"preset": "balrog-fast", "overrides": {"teacher": "nope@v1"}}, "has no"),
+        ({"preset": "balrog-fast", "overrides": {"teacher": "balrog"}}, "only a flow"),
         ({"preset": "balrog-fast", "overrides": {"teacher": 3}}, "'teacher' must be"),
         ({"preset": "balrog-fast", "overrides": {"distill_rows": 10**9}}, "'distill_rows'"),
     ],

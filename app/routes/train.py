@@ -33,7 +33,7 @@ from app.schemas import (
     TrainRequest,
 )
 from models import datasets as model_datasets
-from models.registry import DEFAULT_MODEL, FamilyMismatch, Registry
+from models.registry import DEFAULT_MODEL, FamilyMismatch, Registry, RegistryError
 from models.results import results_table
 from models.settings import Settings
 from training.presets import TEACHER_REF, build_config, config_to_dict, default_data, family
@@ -169,6 +169,21 @@ def _enqueue(celery: Any, jobs: JobStore, job_id: str) -> None:
         ) from exc
 
 
+def check_teacher(teacher: str, settings: Settings) -> None:
+    """A `teacher` override names a registered flow, `NAME[@VERSION]`, or gets a 422."""
+    if not TEACHER_REF.match(teacher):
+        raise ApiError(422, f"teacher must be a registered model, NAME[@VERSION]: {teacher!r}")
+    name, _, version = teacher.partition("@")
+    registry = Registry(settings.registry_dir)
+    registry.ensure_defaults()
+    try:
+        kind = registry.get(name, version or None).kind
+    except RegistryError as exc:
+        raise ApiError(422, f"teacher {teacher!r}: {exc}") from None
+    if kind != "cflow":
+        raise ApiError(422, f"teacher {teacher!r} is a {kind!r} model; only a flow (cflow) distils")
+
+
 @router.post(
     "",
     status_code=202,
@@ -198,8 +213,8 @@ def create_job(
     else:
         config = build_config(body.preset, body.overrides)
         teacher = getattr(config, "teacher", None)
-        if teacher is not None and not TEACHER_REF.match(teacher):
-            raise ApiError(422, f"teacher must be a registered model, NAME[@VERSION]: {teacher!r}")
+        if teacher is not None:
+            check_teacher(teacher, settings)
         check_runnable(config, jobs)
         data = resolve_data(body.preset, body.data, config.dry_run, settings, jobs)
         target = body.model or DEFAULT_MODEL[family(body.preset)]

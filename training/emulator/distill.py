@@ -28,6 +28,7 @@ from training.presets import TEACHER_REF, FlowTrainConfig
 
 VAL_ROWS = 20_000  # pool rows held out to score the student
 POOL_FORWARD_ROWS = 8192  # teacher rows per forward pass while the pool is drawn
+FORWARD_ROWS = 65_536  # detector rows per forward pass (bounds memory on large catalogs)
 
 
 @dataclass
@@ -66,7 +67,17 @@ def draw_pool(
     """`rows` teacher samples on inputs drawn from `train` in proportion to P(detected)."""
     x = torch.from_numpy(train.x).to(device)
     cond, true = scalers.split_inputs(x)
-    weights = detector.calibrated_prob(cond, true).double().cpu().numpy()
+    weights = (
+        torch.cat(
+            [
+                detector.calibrated_prob(cond[i : i + FORWARD_ROWS], true[i : i + FORWARD_ROWS])
+                for i in range(0, len(x), FORWARD_ROWS)
+            ]
+        )
+        .double()
+        .cpu()
+        .numpy()
+    )
     rng = np.random.default_rng([seed, 17])
     pick = torch.from_numpy(rng.choice(len(weights), size=rows, p=weights / weights.sum()))
     cond, true = cond[pick.to(device)], true[pick.to(device)]
