@@ -80,28 +80,22 @@ def finish_build(root: Path, rec: dict[str, Any]) -> dict[str, Any]:
     missing = [p.name for p in parts if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"parts missing from {folder}: {missing[:5]}")
-    described = [
-        {"file": p.name, "rows": _part_rows(p), "sha256": datasets.sha256_file(p)} for p in parts
-    ]
+    described = datasets.describe_parts(parts)
     rows = sum(p["rows"] for p in described)
     if rows != rec["rows"]:
         raise RuntimeError(f"the parts hold {rows} rows, not {rec['rows']}")
-    import pyarrow.parquet as pq
-
-    desc = {
-        **datasets.base_description(name, rec["simulator"], "catalog"),
-        "rows": rows,
-        "columns": pq.read_schema(parts[0]).names,
-        "size": sum(p.stat().st_size for p in parts),
-        "sha256": datasets.combined_sha256([p["sha256"] for p in described]),
-        "simulator": rec["simulator"],
-        "simulator_version": minibalrog.simulator_version(rec["simulator"]),
-        "seed": rec["seed"],
-        "draw_seed": rec["draw_seed"],
-        "chunk_rows": rec["chunk_rows"],
-        "parts": described,
-        "job_id": rec["job_id"],
-    }
+    desc = datasets.catalog_manifest(
+        name,
+        rec["simulator"],
+        folder,
+        described,
+        simulator=rec["simulator"],
+        simulator_version=minibalrog.simulator_version(rec["simulator"]),
+        seed=rec["seed"],
+        draw_seed=rec["draw_seed"],
+        chunk_rows=rec["chunk_rows"],
+        job_id=rec["job_id"],
+    )
     datasets.write_manifest(folder, desc)
     datasets.publish(folder, root, name)
     return {"result": name, "rows_total": rows}

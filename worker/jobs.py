@@ -62,10 +62,10 @@ STALE_AFTER_S = 3 * HEARTBEAT_S
 CHUNK_LEASE_TTL_S = 10.0
 CHUNK_HEARTBEAT_S = 2.0
 
-# Fields stored JSON-encoded in the record; anything else is ignored on write.
 # hash: dataset name → the job that makes it (a build, or an emulation job whose result it is)
 DATASET_JOBS_KEY = "cosmogan:datasets"
 
+# Fields stored JSON-encoded in the record; anything else is ignored on write.
 FIELDS = (
     "job_id",
     "kind",

@@ -39,7 +39,6 @@ from worker.policy import DATA_QUEUE, DATASET_INGEST_TASK, FANOUT_MESSAGES
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
-BUILDS_KEY = DATASET_JOBS_KEY  # hash: dataset name → the job making it (build or emulation)
 MAX_UPLOAD_BYTES = 16 * 2**30
 INGEST_TIMEOUT_S = 900.0
 # Every process of a build draws the whole build's inputs (`balrog.sample_inputs`, about
@@ -209,16 +208,21 @@ def _job(jobs: JobStore, job_id: str) -> dict[str, Any] | None:
 
 def _build_job(jobs: JobStore, name: str) -> dict[str, Any] | None:
     """The job that makes (or made) dataset `name`: a build or an emulation job."""
-    raw = jobs.r.hget(BUILDS_KEY, name)
+    raw = jobs.r.hget(DATASET_JOBS_KEY, name)
     return None if raw is None else _job(jobs, raw.decode())
+
+
+def _check_not_ready(root: Path, name: str) -> None:
+    """ApiError unless `name` may name a dataset and none by that name is ready."""
+    if name in RESERVED:
+        raise ApiError(422, f"{name!r} is a reserved name")
+    if datasets.describe(root, name) is not None:
+        raise ApiError(409, f"dataset {name!r} already exists; delete it first")
 
 
 def check_free(jobs: JobStore, settings: Settings, name: str) -> None:
     """ApiError unless `name` can become a new dataset: 409 if it exists or is being made."""
-    if name in RESERVED:
-        raise ApiError(422, f"{name!r} is a reserved name")
-    if datasets.describe(settings.data_dir, name) is not None:
-        raise ApiError(409, f"dataset {name!r} already exists; delete it first")
+    _check_not_ready(settings.data_dir, name)
     rec = _build_job(jobs, name)
     if rec is not None and rec["state"] in (QUEUED, RUNNING):
         raise ApiError(409, f"dataset {name!r} is being made by job {rec['job_id']}")
@@ -226,7 +230,7 @@ def check_free(jobs: JobStore, settings: Settings, name: str) -> None:
 
 def claim(jobs: JobStore, name: str, job_id: str) -> None:
     """Record `job_id` as the job making dataset `name` (listed with its progress)."""
-    jobs.r.hset(BUILDS_KEY, name, job_id)
+    jobs.r.hset(DATASET_JOBS_KEY, name, job_id)
 
 
 def describe(jobs: JobStore, settings: Settings, name: str) -> dict[str, Any] | None:
@@ -246,7 +250,7 @@ def _missing(name: str) -> ApiError:
 @router.get("", response_model=DatasetList, summary="Every dataset: ready ones and builds")
 def list_datasets(jobs: JobsDep, settings: SettingsDep, full: Authenticated) -> DatasetList:
     out = {d["name"]: d for d in datasets.iter_ready(settings.data_dir)}
-    for name, raw in jobs.r.hgetall(BUILDS_KEY).items():
+    for name, raw in jobs.r.hgetall(DATASET_JOBS_KEY).items():
         name = name.decode()
         if name in out:
             continue
@@ -334,10 +338,7 @@ def build_dataset(
     body: BuildRequest, response: Response, jobs: JobsDep, celery: CeleryDep, settings: SettingsDep
 ) -> BuildAccepted:
     name, root = body.name, settings.data_dir
-    if name in RESERVED:
-        raise ApiError(422, f"{name!r} is a reserved name")
-    if datasets.describe(root, name) is not None:
-        raise ApiError(409, f"dataset {name!r} already exists; delete it first")
+    _check_not_ready(root, name)  # a build of `name` under way is resumed or refused below
     draw_seed = body.seed if body.draw_seed is None else body.draw_seed
     chunk_rows = body.chunk_rows or CHUNK_ROWS[body.simulator]
     params = {
@@ -373,7 +374,7 @@ def build_dataset(
                 "chunks_done": 0,
             },
         )
-        jobs.r.hset(BUILDS_KEY, name, job_id)
+        claim(jobs, name, job_id)
         _send(celery, job_id, chunks)
     response.headers["Location"] = f"/datasets/{name}"
     state = jobs.field(job_id, "state")
@@ -526,7 +527,7 @@ def delete_dataset(name: Entry, jobs: JobsDep, settings: SettingsDep) -> Respons
         raise ApiError(409, f"dataset {name!r} is used by queued or running job(s) {busy}")
     found = datasets.remove(root, name)
     if datasets.NAME_RE.match(name):
-        found = bool(jobs.r.hdel(BUILDS_KEY, name)) or found
+        found = bool(jobs.r.hdel(DATASET_JOBS_KEY, name)) or found
     if not found:
         raise _missing(name)
     return Response(status_code=204)
