@@ -145,6 +145,13 @@ class Registry:
             raise RegistryError(f"model {name!r} has no version {version!r}")
         return self._read(name, version)
 
+    def resolve(self, ref: str) -> ModelVersion:
+        """The version a reference `NAME[@VERSION]` names (the active one without a version),
+        with the shipped models registered first, as a fresh home needs."""
+        self.ensure_defaults()
+        name, _, version = ref.partition("@")
+        return self.get(name, version or None)
+
     def active_version(self, name: str) -> str | None:
         """The active version; None when none was activated, RegistryDamaged when the
         pointer exists but cannot be read."""

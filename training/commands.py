@@ -292,11 +292,7 @@ def _resolve_model(ref: str | None, checkpoint: str | None, default: str) -> Pat
         return Path(checkpoint)
     from models.registry import Registry
 
-    settings = get_settings()
-    reg = Registry(settings.registry_dir)
-    reg.ensure_defaults()
-    name, _, version = (ref or default).partition("@")
-    return reg.get(name, version or None).path
+    return Registry(get_settings().registry_dir).resolve(ref or default).path
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:

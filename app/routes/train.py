@@ -173,11 +173,8 @@ def check_teacher(teacher: str, settings: Settings) -> None:
     """A `teacher` override names a registered flow, `NAME[@VERSION]`, or gets a 422."""
     if not TEACHER_REF.match(teacher):
         raise ApiError(422, f"teacher must be a registered model, NAME[@VERSION]: {teacher!r}")
-    name, _, version = teacher.partition("@")
-    registry = Registry(settings.registry_dir)
-    registry.ensure_defaults()
     try:
-        kind = registry.get(name, version or None).kind
+        kind = Registry(settings.registry_dir).resolve(teacher).kind
     except RegistryError as exc:
         raise ApiError(422, f"teacher {teacher!r}: {exc}") from None
     if kind != "cflow":

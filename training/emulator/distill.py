@@ -100,10 +100,7 @@ def load_teacher(ref: str) -> Checkpoint:
     from models.settings import get_settings
 
     if TEACHER_REF.match(ref) and not Path(ref).is_file():
-        name, _, version = ref.partition("@")
-        registry = Registry(get_settings().registry_dir)
-        registry.ensure_defaults()  # a fresh home knows the shipped flow, balrog-flow@default
-        path = registry.get(name, version or None).path
+        path = Registry(get_settings().registry_dir).resolve(ref).path
     else:
         path = Path(ref)
     ckpt = load_checkpoint(path)
