@@ -103,6 +103,14 @@ class Settings(BaseSettings):
         "CSV, Parquet and FITS bodies may be up to 64 MiB).",
     )
 
+    job_floor_max_rows: int = Field(
+        default=50_000,
+        ge=0,
+        description="Evaluated rows of an emulator job up to which its evaluation simulates a "
+        "second GalSim draw of them (the floor; about 5 ms an object on one core); above it "
+        "the result has no floor and says why. The analytic simulator has no limit.",
+    )
+
     # inference batching and timeouts
     batch_max_size: int = Field(default=64, ge=1, description="Max requests per coalesced batch.")
     data_processes: int | None = Field(

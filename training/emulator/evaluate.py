@@ -9,6 +9,9 @@ Models scored on the same simulated test rows, one realization per object each:
 - `gaussian` — `training.emulator.baselines.GaussianBaseline`, fitted on a train split;
 - `floor` — with `floor_data`, a second, independent simulator draw of the same objects
   (`cosmogan data balrog --seed S --draw-seed D`): what a perfect emulator would score.
+  Without it, a catalog the service's simulator built (and nobody changed since) gets
+  its second draw simulated here (`training.emulator.floor`); any other catalog has no
+  floor, and the report says why (`floor_source` or `floor_missing`).
 
 Noise: every figure is recomputed on `bootstrap` paired resamples of the test objects (the
 same resample for every model); `noise` holds each figure's bootstrap standard deviation,
@@ -87,13 +90,22 @@ def load_test(
     data: Path, split: str, seed: int, floor_data: Path | None
 ) -> tuple[Split, Output | None]:
     """The test rows, and the floor draw of the same objects when `floor_data` is given."""
+    _, _, test, floor = _load(data, split, seed, floor_data)
+    return test, floor
+
+
+def _load(
+    data: Path, split: str, seed: int, floor_data: Path | None
+) -> tuple[Split, np.ndarray, Split, Output | None]:
+    """Every row of `data`, the mask of the rows under evaluation, those rows, and the
+    `floor_data` draw of them (None without it)."""
     rows, labels = read_rows(data)
     keep = _select(rows, labels, split, seed)
     test = rows.take(keep)
     if len(test) == 0 or test.detected.sum() < 2:
         raise ValueError(f"{data} has too few detected objects in its {split!r} rows")
     if floor_data is None:
-        return test, None
+        return rows, keep, test, None
     other, _ = read_rows(floor_data)
     if len(other) != len(rows) or not np.array_equal(other.x, rows.x):
         raise ValueError(
@@ -101,7 +113,26 @@ def load_test(
             "and two --draw-seed values"
         )
     o = other.take(keep)
-    return test, Output(o.observed.astype(np.float64), o.detected, _as64(o.magerr))
+    return rows, keep, test, Output(o.observed.astype(np.float64), o.detected, _as64(o.magerr))
+
+
+def own_floor(data: Path, rows: Split, keep: np.ndarray) -> tuple[Output | None, str, bool]:
+    """The floor of rows `keep` of `data` without a `--floor-data` catalog: a second draw
+    simulated here when the service's simulator built `data` (`training.emulator.floor`).
+    Returns (the draw or None, the sentence that says where it came from or why there is
+    none, whether there is one); a draw that fails leaves the report without a floor."""
+    from training.emulator.floor import second_draw
+
+    try:
+        draw = second_draw(data, keep, x=rows.x)
+    except (OSError, ValueError) as exc:  # e.g. no truth table on this machine
+        log.warning("no floor: the second draw of %s failed: %s", data, exc)
+        return None, f"no floor: the second simulator draw failed ({exc})", False
+    if draw.output is None:
+        log.info("%s", draw.missing)
+        return None, str(draw.missing), False
+    log.info("the floor is %s", draw.source)
+    return draw.output, str(draw.source), True
 
 
 def _as64(a: np.ndarray | None) -> np.ndarray | None:
@@ -216,7 +247,15 @@ def evaluate_emulator(
     data = Path(data) if data else get_settings().data_dir / "balrog.parquet"
     floor_path = Path(floor_data) if floor_data else None
     split = split or ("all" if floor_path else "test")
-    test, floor = load_test(data, split, seed, floor_path)
+    rows_all, keep, test, floor = _load(data, split, seed, floor_path)
+    floor_source: str | None = None
+    floor_missing: str | None = None
+    if floor_path is not None:
+        floor_source = f"the second simulator draw of the same objects in {floor_path}"
+    else:
+        floor, sentence, found = own_floor(data, rows_all, keep)
+        floor_source, floor_missing = (sentence, None) if found else (None, sentence)
+    del rows_all
     log.info("evaluating %s on %d rows of %s (%s split)", checkpoint, len(test.x), data, split)
     bins = Bins.from_inputs(test.x.astype(np.float64))
 
@@ -285,6 +324,8 @@ def evaluate_emulator(
         "kind": ckpt.kind,
         "data": str(data),
         "floor_data": str(floor_path) if floor_path else None,
+        "floor_source": floor_source,
+        "floor_missing": floor_missing,
         "train_data": str(train_data) if train_data else None,
         "split": split,
         "rows": len(test),
@@ -349,8 +390,10 @@ def job_figures(model: str | Path, data: str | Path, out_dir: str | Path) -> dic
     Runs `evaluate_emulator` with the command's defaults (test split, seed 0, Gaussian fitted
     on the train split), writes the report to `<out_dir>/evaluation.json` and returns its
     headline figures under the metric schema every training job records (see
-    `training.image.metrics.figures_vs_floor`): `figures`, `floor` and `ratio` (empty here: a
-    user's catalog has no second simulator draw), `evaluated_on`, plus `baseline` (the
+    `training.image.metrics.figures_vs_floor`): `figures`, `floor` and `ratio` (a second
+    simulator draw of the test objects when the service's simulator built the catalog, see
+    `training.emulator.floor`; else empty), `floor_source` (that draw in one sentence) or
+    `floor_missing` (why there is none), `evaluated_on`, plus `baseline` (the
     Gaussian's figures), `vs_baseline` (how many figures beat, tie or lose to it beyond the
     bootstrap noise), `verdict` (that count in one sentence, see `verdict`) and
     `us_per_object` (the model's sampling cost on this machine), so that a job's result and
@@ -378,6 +421,7 @@ def job_figures(model: str | Path, data: str | Path, out_dir: str | Path) -> dic
         "figures": figures,
         "floor": floor,
         "ratio": {k: figures[k] / v for k, v in floor.items() if v and k in figures},
+        **{k: report[k] for k in ("floor_source", "floor_missing") if report.get(k)},
         "evaluated_on": {"rows": report["rows"], "split": report["split"]},
         "baseline": headline("gaussian"),
         "vs_baseline": counts,
