@@ -175,8 +175,12 @@ def test_report_puts_every_model_beside_floor_and_noise_and_plots_never_lose_it(
         with open(path, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     # `cosmogan evaluate` dispatches every emulator kind here; the test split by default
+    assert report["floor_source"].endswith(str(draws[1])) and report["floor_missing"] is None
+    # without --floor-data, a catalog the simulator built gets a second draw of its test rows
     again = evaluate(gan["model"], data=draws[0], device="cpu", bootstrap=0)
-    assert again["split"] == "test" and "floor" not in again["models"]
+    assert again["split"] == "test" and "floor" in again["models"]
+    assert again["floor_missing"] is None and "second analytic draw" in again["floor_source"]
+    assert 0 < again["vs_floor"]["gaussian"]["ks_i"] < np.inf
 
 
 def test_a_failing_plot_is_a_warning(draws, tmp_path, caplog):

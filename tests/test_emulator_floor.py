@@ -157,3 +157,27 @@ def test_the_cap_on_galsim_rows(built, tmp_path, monkeypatch):
     assert "COSMOGAN_JOB_FLOOR_MAX_ROWS" in draw.missing
     # the analytic simulator costs microseconds an object: no cap
     assert second_draw(path, keep, max_rows=100).output is not None
+
+
+def test_a_jobs_result_has_the_floor_of_its_own_test_split(built, tmp_path):
+    from training.emulator.gan import train_emulator_gan
+    from training.presets import build_config
+
+    _, path, _ = built
+    config = build_config(
+        "balrog", {"detector_epochs": 1, "device": "cpu", "max_steps": 3, "batch_size": 1000}
+    )
+    metrics = train_emulator_gan(config, path, tmp_path / "run")["metrics"]
+    assert "second analytic draw" in metrics["floor_source"] and "floor_missing" not in metrics
+    assert metrics["floor"]["ks_i"] > 0
+    assert metrics["ratio"]["ks_i"] == pytest.approx(
+        metrics["figures"]["ks_i"] / metrics["floor"]["ks_i"]
+    )
+    report = json.loads((tmp_path / "run" / "evaluation.json").read_text())
+    assert report["rows"] == int(_test_mask(path).sum()) and "floor" in report["models"]
+
+    copy = tmp_path / "copy.parquet"
+    pd.read_parquet(path).to_parquet(copy)  # the same rows without the build record
+    metrics = train_emulator_gan(config, copy, tmp_path / "run2")["metrics"]
+    assert metrics["floor"] == {} and metrics["ratio"] == {} and "floor_source" not in metrics
+    assert "not made by the service's simulator" in metrics["floor_missing"]
