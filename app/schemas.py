@@ -109,7 +109,9 @@ class JobOut(JobProgress):
     results: dict[str, Any] | None = Field(
         default=None,
         description="The evaluation as one table: figure, model, Gaussian baseline, floor, "
-        "ratio, verdict (lower is better; see `GET /models`).",
+        "ratio, verdict (lower is better; see `GET /models`), with `floor_source` (the "
+        "second simulator draw the floor comes from) or `floor_missing` (why there is "
+        "none) and `us_per_object`.",
     )
     target: str | None = Field(default=None, description="The model name it trains into.")
     cancel_requested: bool = False

@@ -5,7 +5,8 @@ Every figure is a distance to the simulator (or to held-out images), so lower is
 `c2st_auc` is a classifier's AUC, best at 0.5. `ratio` is model / floor (1 = as close as
 two draws of the simulator are to each other). The verdict compares the model with the
 Gaussian baseline beyond the bootstrap noise (`better`, `tie`, `worse`), where the
-evaluation measured it.
+evaluation measured it. Beside the rows: where the floor came from (`floor_source`) or why
+there is none (`floor_missing`), and what one emulated object costs (`us_per_object`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from typing import Any
 
 VERDICTS = ("better", "tie", "worse")
 # numbers recorded beside the figures that are not distances to the data
-NOT_FIGURES = {"seconds_per_object", "best_epoch", "step", "epoch"}
+NOT_FIGURES = {
+    "seconds_per_object",
+    "us_per_object",
+    "times_faster_than_galsim",
+    "best_epoch",
+    "step",
+    "epoch",
+}
 GOAL_KEYS = {
     "better_than_gaussian": "better",
     "tie_with_gaussian": "tie",
@@ -84,13 +92,30 @@ def results_table(
     if not rows:
         return None
     counts = {v: sum(1 for row in rows if row["verdict"] == v) for v in VERDICTS}
+    cost = _num(metrics.get("us_per_object"))
+    if cost is None and _num(metrics.get("seconds_per_object")) is not None:
+        cost = metrics["seconds_per_object"] * 1e6
     return {
         "lower_is_better": True,
         "rows": rows,
         "counts": counts,
         "summary": summary(counts),
         "loses_to_baseline": counts["worse"] > (sum(counts.values()) / 2),
+        "floor_source": _text(metrics.get("floor_source")) or _shipped_floor(extra),
+        "floor_missing": _text(metrics.get("floor_missing")),
+        "us_per_object": cost,
     }
+
+
+def _text(v: Any) -> str | None:
+    return v if isinstance(v, str) and v else None
+
+
+def _shipped_floor(sidecar: dict[str, Any]) -> str | None:
+    """A shipped emulator's floor: the second draw its sidecar names (`--floor-data`)."""
+    evaluated = sidecar.get("evaluated_on")
+    data = _text(evaluated.get("floor_data")) if isinstance(evaluated, dict) else None
+    return f"a second simulator draw of the test objects: {data}" if data else None
 
 
 def summary(counts: dict[str, int]) -> str | None:

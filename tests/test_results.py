@@ -47,3 +47,28 @@ def test_shipped_versions_get_the_same_rows_as_trained_ones() -> None:
     table = results_table(balrog["metrics"], shipped=balrog)
     assert table["counts"]["better"] == len(balrog["goals"]["better_than_gaussian"])
     assert not table["loses_to_baseline"]
+
+
+def test_the_table_names_the_floor_or_why_there_is_none_and_the_cost() -> None:
+    job = {
+        "figures": {"ks_r": 0.02},
+        "floor": {"ks_r": 0.01},
+        "floor_source": "a second analytic draw of the 600 evaluated objects",
+        "us_per_object": 3.5,
+    }
+    table = results_table(job)
+    assert table["floor_source"] == job["floor_source"] and table["floor_missing"] is None
+    assert table["us_per_object"] == 3.5
+    missing = results_table(
+        {"figures": {"ks_r": 0.02}, "floor": {}, "floor_missing": "no floor: x"}
+    )
+    assert missing["floor_missing"] == "no floor: x" and missing["floor_source"] is None
+    assert missing["us_per_object"] is None
+    for name in ("balrog", "balrog-flow"):
+        sidecar = json.loads((WEIGHTS / f"{name}.json").read_text())
+        table = results_table(sidecar["metrics"], shipped=sidecar)
+        # the cost is beside the table, not a row of distances
+        assert table["us_per_object"] == sidecar["metrics"]["us_per_object"] > 0
+        figures = {r["figure"] for r in table["rows"]}
+        assert not figures & {"us_per_object", "times_faster_than_galsim", "seconds_per_object"}
+        assert "balrog_test_floor.parquet" in table["floor_source"]

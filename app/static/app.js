@@ -474,6 +474,10 @@ function resultsView(results) {
     el("td", { class: "num" }, fmt(r.floor)), el("td", { class: "num" }, ratioText(r.ratio)),
     el("td", { class: r.verdict || "" }, r.verdict || "—")));
   out.push(el("div", { class: "hscroll" }, el("table", { class: "grid results" }, el("thead", {}, head), el("tbody", {}, rows))));
+  // where the floor column comes from, or why it is empty; and what one object costs
+  const floor = results.floor_source ? `Floor: ${results.floor_source}.` : results.floor_missing ? `${results.floor_missing}.` : "";
+  if (floor) out.push(el("p", { class: "hint floor-source" }, floor));
+  if (results.us_per_object != null) out.push(el("p", { class: "hint cost" }, `${fmt(results.us_per_object)} µs per emulated object, measured by the evaluation.`));
   out.push(el("p", { class: "hint" }, RESULT_HINT));
   return out;
 }
@@ -878,6 +882,7 @@ async function renderModels() {
           info("job", (v) => (v.job_id ? el("code", {}, v.job_id.slice(0, 8)) : "")),
           info("kind", (v) => v.kind || "?"),
           info("note", (v) => el("span", { class: "note" }, v.note || "")),
+          familyOf(name) === "emulator" ? info("µs per object", (v) => fmt(v.results?.us_per_object ?? v.metrics?.us_per_object ?? null)) : "",
           info("vs Gaussian", (v) => v.results?.summary ? el("span", { class: v.results.loses_to_baseline ? "error" : "" },
             `${v.results.counts.better} better · ${v.results.counts.tie} tie · ${v.results.counts.worse} worse`) : "—"),
           actions, rows))));
