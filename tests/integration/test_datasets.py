@@ -140,6 +140,15 @@ def test_build_fanned_out_then_train(client: httpx.Client, service: Service) -> 
     assert r.status_code == 202, r.text
     job = wait_for_state(client, r.json()["job_id"], {"succeeded", "failed"}, timeout=240)
     assert job["state"] == "succeeded", job
+    # the service built it, so the job's test split gets a second draw: the floor
+    metrics = job["metrics"]
+    assert metrics["floor"] and "floor_missing" not in metrics, metrics
+    tested = metrics["evaluated_on"]["rows"]
+    assert f"second analytic draw of the {tested:,} evaluated objects" in metrics["floor_source"]
+    assert metrics["ratio"]["ks_i"] > 0 and metrics["verdict"]
+    assert job["results"]["floor_source"] == metrics["floor_source"]
+    assert job["results"]["us_per_object"] == metrics["us_per_object"] > 0
+    assert any(row["floor"] for row in job["results"]["rows"])
     assert client.post("/datasets", json=spec).status_code == 409  # exists now
 
 

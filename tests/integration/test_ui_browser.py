@@ -515,6 +515,9 @@ def test_results_read_as_a_table_and_runs_overlay(page, service: Service) -> Non
     shown = page.locator("#t-results tbody tr").count()
     assert shown == len(results["rows"])
     assert results["summary"] in page.inner_text("#t-results .verdict")
+    # a catalog the service did not simulate has no second draw: the page says so
+    assert "not made by the service's simulator" in results["floor_missing"]
+    assert results["floor_missing"] in page.inner_text("#t-results .floor-source")
     verdicts = page.locator(
         "#t-results tbody td.better, #t-results tbody td.tie, #t-results tbody td.worse"
     ).count()
