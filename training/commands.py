@@ -460,7 +460,8 @@ def add_commands(sub: Any) -> None:
     )
     ev.add_argument(
         "--floor-data",
-        help="emulator: a second simulator draw of the same objects (--draw-seed): the floor",
+        help="emulator: a second simulator draw of the same objects (--draw-seed): the floor "
+        "(default: simulated here when the service's simulator built --data, else none)",
     )
     ev.add_argument(
         "--train-data", help="emulator: catalog whose train split fits the Gaussian baseline"
