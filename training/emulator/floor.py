@@ -141,6 +141,8 @@ def second_draw(
     if keep.dtype == bool and len(keep) != rows:
         raise ValueError(f"the rows to draw again must be a mask of the {rows} catalog rows")
     ids = np.flatnonzero(keep) if keep.dtype == bool else keep.astype(np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= rows):
+        raise ValueError(f"row positions must be within the {rows} catalog rows")
     cap = get_settings().job_floor_max_rows if max_rows is None else max_rows
     if simulator in CAPPED_SIMULATORS and len(ids) > cap:
         return SecondDraw(
