@@ -349,6 +349,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_retrain_detector(args: argparse.Namespace) -> int:
+    from training.emulator.redetect import retrain_detector
+
+    path = _resolve_model(args.model, args.checkpoint, "balrog")
+    overrides = _parse_overrides(args.set)
+    calibration = retrain_detector(path, args.data, args.out, overrides=overrides)
+    print_json({"checkpoint": str(args.out), "calibration": calibration})
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 def add_commands(sub: Any) -> None:
     """Add the data/train/generate/emulate/evaluate sub-commands to `sub`."""
@@ -482,3 +492,22 @@ def add_commands(sub: Any) -> None:
     ev.add_argument("--seed", type=int, default=0, help="seed of the generated samples")
     ev.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     ev.set_defaults(func=_cmd_evaluate)
+
+    rd = command(
+        sub,
+        "retrain-detector",
+        "train an emulator's detection classifier again by today's recipe (the rest is kept)",
+    )
+    rd.add_argument("model", nargs="?", help="NAME[@VERSION] (default: balrog, active)")
+    rd.add_argument("--checkpoint", help="a checkpoint file instead of a registry reference")
+    rd.add_argument("--data", required=True, help="the catalog the model was trained on")
+    rd.add_argument("--out", required=True, help="the checkpoint file to write")
+    rd.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a detector setting instead of the preset's (detector_epochs, detector_batch_size, "
+        "detector_lr, detector_platt)",
+    )
+    rd.set_defaults(func=_cmd_retrain_detector)

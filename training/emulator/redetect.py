@@ -1,0 +1,87 @@
+"""A trained emulator with its detection classifier trained again by today's recipe.
+
+The magnitude model (generator, flow or distilled student) and the scalers are kept as they
+are; only the detector is refitted on the catalog's train split and Platt-scaled on its val
+split, with the detector settings of the preset's current defaults (or the ones given: by
+default no Platt scaling, see `training.emulator.detector.train_detector`). Any
+emulator checkpoint can be brought up to date this way without training its generator again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.emulator import Detector, EmulatorScalers
+from models.emulator_sampler import build_offset_model
+from models.kinds import EMULATOR_KINDS
+from training.emulator.detector import train_detector
+from training.emulator.shared import load_splits
+from training.presets import PRESETS, config_from_dict, config_to_dict
+
+log = logging.getLogger(__name__)
+
+DETECTOR_KEYS = ("detector_epochs", "detector_batch_size", "detector_lr", "detector_platt")
+
+
+def retrain_detector(
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    overrides: dict[str, Any] | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Write `out`: `checkpoint` with a detector trained on `data` (the catalog it was
+    trained on, read with the run's seed). `overrides`: detector settings (`DETECTOR_KEYS`)
+    instead of the preset's defaults. Returns the new calibration figures."""
+    ck = load_checkpoint(checkpoint)
+    if ck.kind not in EMULATOR_KINDS:
+        raise ValueError(f"{checkpoint} is a {ck.kind!r} checkpoint, not an emulator")
+    run_config = config_from_dict(ck.extra.get("train_config") or {"preset": "balrog"})
+    defaults = PRESETS[run_config.preset]
+    settings = {k: getattr(defaults, k) for k in DETECTOR_KEYS if hasattr(defaults, k)}
+    unknown = set(overrides or {}) - set(settings)
+    if unknown:
+        raise ValueError(f"not detector settings: {', '.join(sorted(unknown))}")
+    settings.update(overrides or {})
+    config = replace(run_config, **settings, dry_run=False)
+    train, val = load_splits(config, data)
+    scalers = EmulatorScalers.from_dict(ck.preprocessing)
+    # seeded just before the detector is made: the same catalog gives a flow and its
+    # distilled student the same detector
+    detector_config = build_offset_model(ck.kind, ck.config)[1].cfg
+    torch.manual_seed(config.seed)
+    detector = Detector(detector_config)
+    log.info("training the detector of %s on %s: %s", checkpoint, data, settings)
+    calibration = train_detector(
+        detector, scalers, train, val, config, torch.device(device),
+        report=lambda *a, **k: None, step=ck.step, stopped=lambda: False,
+    )  # fmt: skip
+    assert calibration is not None  # never stopped
+    # the metrics recorded the old detector's calibration beside the run's figures
+    stale = set(ck.extra.get("calibration", {})) | {"train_bce"}
+    metrics = {k: v for k, v in ck.extra.get("metrics", {}).items() if k not in stale}
+    metrics.update({k: v for k, v in calibration.items() if k != "train_bce"})
+    known = {f.name for f in fields(config)}
+    extra = {
+        **ck.extra,
+        "detector": {k: v.detach().clone() for k, v in detector.state_dict().items()},
+        "detector_trained": True,
+        "calibration": calibration,
+        "metrics": metrics,
+        "train_config": {
+            **ck.extra.get("train_config", {}),
+            **{k: v for k, v in config_to_dict(config).items() if k in settings and k in known},
+        },
+    }
+    save_checkpoint(replace(ck, extra=extra, training_state=None), out)
+    return calibration
+
+
+__all__ = ["DETECTOR_KEYS", "retrain_detector"]
