@@ -32,7 +32,11 @@ def test_dry_run_writes_a_loadable_model_and_reports_progress(tmp_path):
     assert model.kind == "cwgan-gp" and model.training_state is None
     assert set(model.preprocessing) >= {"true_mean", "cond_std", "delta_mean", "delta_std"}
     assert all(isinstance(v, float) for v in model.preprocessing["delta_std"])
-    assert "detector" in model.extra and "platt_a" in model.extra["calibration"]
+    # the detector's own probabilities by default: no Platt scaling fitted on the val split
+    assert "detector" in model.extra and "val_ece" in model.extra["calibration"]
+    assert "platt_a" not in model.extra["calibration"]
+    assert float(model.extra["detector"]["platt_a"]) == 1.0
+    assert float(model.extra["detector"]["platt_b"]) == 0.0
     full = load_checkpoint(result["checkpoint"])
     assert set(full.training_state) >= {"generator", "critic", "opt_g", "opt_c", "rng"}
     gan_events = [e for e in events if e["event"] == "step" and "critic" in e["losses"]]
