@@ -48,11 +48,51 @@ def test_error_scale_round_trips_and_evens_out_the_target(catalog):
         assert ((ratio > lo) & (ratio < hi)).all(), ratio
 
 
+def test_a_biased_scattered_measurement_keeps_the_target_even(catalog):
+    """Offsets biased by 0.1 mag and scattered by 0.03 mag beyond their noise (as GalSim's
+    Gaussian-weighted fluxes are): the shift and the floor keep every magnitude's share of
+    the target's spread near one, where dividing by the noise alone made the bright objects'
+    offsets tens of units wide."""
+    from dataclasses import replace
+
+    from training.emulator.data import Split
+
+    train = _train_split(catalog)
+    rng = np.random.default_rng(0)
+    extra = 0.1 + 0.03 * rng.standard_normal(train.observed.shape)
+    biased = replace(train, observed=(train.observed + extra).astype(np.float32))
+    assert isinstance(biased, Split)
+    det = biased.only_detected()
+    x = torch.from_numpy(det.x).double()
+    obs = torch.from_numpy(det.observed).double()
+    err = torch.from_numpy(det.magerr).double()
+    scalers = fit_scalers(biased, error_scale=True)
+    assert len(scalers.shift_coef) == 30 and len(scalers.scale_floor) == 3
+    floor = np.asarray(scalers.scale_floor)
+    assert ((floor > 0.015) & (floor < 0.06)).all(), floor  # the 0.03 mag scatter
+    # the same catalog without the extra scatter has (almost) no floor
+    assert max(fit_scalers(train, error_scale=True).scale_floor) < 0.01
+
+    target = scalers.target(obs, x, err)
+    back = scalers.observed(target, x)
+    torch.testing.assert_close(back, torch.cat([obs, err], dim=1), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(
+        scalers.observed_numpy(target.numpy(), det.x.astype(np.float64)), back.numpy(), atol=1e-9
+    )
+    t = target.numpy()[:, :3]
+    edges = np.quantile(det.x[:, 1], [0, 0.2, 0.4, 0.6, 0.8, 1])
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        m = (det.x[:, 1] >= lo) & (det.x[:, 1] <= hi)
+        assert (np.abs(t[m].mean(axis=0)) < 0.5).all() and (t[m].std(axis=0) < 2).all()
+
+
 def test_checkpoints_without_a_scale_load_as_before(catalog):
     scaled = fit_scalers(_train_split(catalog), error_scale=True)
-    old = {k: v for k, v in scaled.to_dict().items() if k != "scale_coef"}
+    new_keys = ("scale_coef", "shift_coef", "scale_floor")
+    old = {k: v for k, v in scaled.to_dict().items() if k not in new_keys}
     loaded = EmulatorScalers.from_dict(old)
     assert loaded.scale_coef == () and loaded.ln_scale_numpy(np.ones((2, 9))) is None
+    assert loaded.shift_coef == () and loaded.shift_numpy(np.ones((2, 9))) is None
     target = np.zeros((2, 6))
     x = np.full((2, 9), 1.0)
     x[:, :3] = 22.0

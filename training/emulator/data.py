@@ -8,6 +8,7 @@ measured in it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -140,6 +141,20 @@ def fake_catalog(rows: int = 3000, seed: int = 0) -> dict[str, Split]:
     return {s: whole.take(labels == s) for s in SPLITS}
 
 
+def scatter_floor(residual: np.ndarray, noise: np.ndarray, share: float = 0.1) -> np.ndarray:
+    """Per band, the offsets' scatter that their noise does not explain, from the objects
+    with the least noise (`share` of them): sqrt(robust variance − mean noise²), at least
+    1e-6. A simulator whose errors are the whole scatter gives ~0; one whose measurements
+    scatter with galaxy shape and size (GalSim's) gives that scatter."""
+    out = []
+    for j in range(residual.shape[1]):
+        quiet = noise[:, j] <= np.quantile(noise[:, j], share)
+        r = residual[quiet, j]
+        mad = 1.4826 * np.median(np.abs(r - np.median(r)))
+        out.append(max(math.sqrt(max(mad**2 - float(np.mean(noise[quiet, j] ** 2)), 0.0)), 1e-6))
+    return np.asarray(out)
+
+
 def fit_scalers(
     train: Split,
     *,
@@ -151,10 +166,11 @@ def fit_scalers(
 
     The target gets the log magnitude errors as 3 more columns when `with_errors` and the
     catalog has them; the training ranges of the inputs are kept for the out-of-domain flag.
-    With `error_scale`, each band's target is first divided by a per-object scale fitted
-    here (see `EmulatorScalers`): a least-squares fit of ln magerr on the standardized
-    inputs, or of ln |offset| when the catalog has no errors (its constant bias does not
-    matter: the z-score after it takes it out).
+    With `error_scale`, each band's offset is first shifted by its expected value and divided
+    by a per-object scale, both fitted here (see `EmulatorScalers`): least-squares fits of the
+    offset and of ln magerr on the standardized inputs (of ln |residual| when the catalog has
+    no errors: its constant bias does not matter, the z-score after it takes it out), the
+    scale floored by the scatter the noise does not explain (`scatter_floor`).
     """
     det = train.only_detected()
     if len(det) < 2:
@@ -192,9 +208,25 @@ def fit_scalers(
         else:
             ln_err = np.log(np.abs(offset - np.median(offset, axis=0)) + 1e-6)
         coef = np.linalg.lstsq(feats, ln_err, rcond=None)[0].T  # (3, 10)
-        scalers = replace(scalers, scale_coef=tuple(coef.ravel().tolist()))
-        ln_s = feats @ coef.T
-        scaled = [offset * np.exp(-ln_s)]
+        noise = np.exp(feats @ coef.T)  # (N, 3)
+        # the expected offset (a measurement's bias), each object weighted by its precision
+        # (else the faint objects' large, selection-skewed offsets set it for the bright)
+        shift = np.stack(
+            [
+                np.linalg.lstsq(feats / noise[:, j : j + 1], offset[:, j] / noise[:, j], None)[0]
+                for j in range(3)
+            ]
+        )  # (3, 10)
+        residual = offset - feats @ shift.T
+        floor = scatter_floor(residual, noise)
+        scalers = replace(
+            scalers,
+            scale_coef=tuple(coef.ravel().tolist()),
+            shift_coef=tuple(shift.ravel().tolist()),
+            scale_floor=tuple(floor.tolist()),
+        )
+        ln_s = scalers.ln_scale_numpy(xd)
+        scaled = [residual * np.exp(-ln_s)]
         if has_errors:  # ln magerr - ln s: the errors in units of the scale
             scaled.append(target[:, 3:] - ln_s)
         target = np.concatenate(scaled, axis=1)
