@@ -3,6 +3,7 @@ and the verdict every emulator job states against the Gaussian baseline."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -81,7 +82,7 @@ def test_a_biased_scattered_measurement_keeps_the_target_even(catalog):
     )
     t = target.numpy()[:, :3]
     edges = np.quantile(det.x[:, 1], [0, 0.2, 0.4, 0.6, 0.8, 1])
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         m = (det.x[:, 1] >= lo) & (det.x[:, 1] <= hi)
         assert (np.abs(t[m].mean(axis=0)) < 0.5).all() and (t[m].std(axis=0) < 2).all()
 
