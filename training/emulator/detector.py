@@ -1,4 +1,4 @@
-"""The emulator's detection classifier: training on every row, Platt calibration, its report."""
+"""The emulator's detection classifier: training on every row, its calibration report."""
 
 from __future__ import annotations
 

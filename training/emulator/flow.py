@@ -187,7 +187,7 @@ def train_emulator_flow(
             )
         )
 
-    # ---- detection classifier (all training rows), then Platt scaling on the val split -----
+    # ---- detection classifier (all training rows), its calibration on the val split -------
     losses: dict[str, float] = {}
     eta: float | None = None
     if not detection.run(run, step, checkpoint, scalers, (train, val), config, device, metrics):

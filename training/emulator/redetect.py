@@ -1,10 +1,11 @@
 """A trained emulator with its detection classifier trained again by today's recipe.
 
 The magnitude model (generator, flow or distilled student) and the scalers are kept as they
-are; only the detector is refitted on the catalog's train split and Platt-scaled on its val
-split, with the detector settings of the preset's current defaults (or the ones given: by
-default no Platt scaling, see `training.emulator.detector.train_detector`). Any
-emulator checkpoint can be brought up to date this way without training its generator again.
+are; only the detector is fitted again on the catalog's train split (and reported on its val
+split), with the detector settings of the preset's current defaults or the ones given: by
+default its own probabilities, no Platt scaling (`training.emulator.detector.train_detector`).
+Any emulator checkpoint can be brought up to date this way without training its generator
+again.
 """
 
 from __future__ import annotations

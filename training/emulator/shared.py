@@ -94,7 +94,7 @@ class DetectorPhase:
     ) -> bool:
         """Train and calibrate the detector (unless the resumed run has); False if cancelled.
 
-        On every training row, then Platt scaling on the val split; the calibration figures
+        On every training row, its calibration reported on the val split; the figures
         go to the metrics log and to `metrics`, and a checkpoint closes the phase.
         """
         if self.trained:
