@@ -7,6 +7,7 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,22 @@ import pytest
 
 API_KEY = "unit-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@contextlib.contextmanager
+def cosmogan_home(path: Path) -> Iterator[Path]:
+    """COSMOGAN_HOME set to `path`, the settings read again, both undone after: for
+    module-scoped fixtures, which cannot take the function-scoped `monkeypatch`."""
+    from models.settings import get_settings
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("COSMOGAN_HOME", str(path))
+    get_settings.cache_clear()
+    try:
+        yield path
+    finally:
+        mp.undo()
+        get_settings.cache_clear()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import torch
 from models.checkpoint import load_checkpoint
 from models.emulator import Detector, EmulatorConfig
 from models.emulator_sampler import EmulatorSampler
+from tests.conftest import cosmogan_home
 from training.emulator import balrog
 from training.emulator.data import fit_scalers, load_emulator_catalog
 from training.emulator.detector import train_detector
@@ -24,24 +25,18 @@ ROWS = 4000
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory):
     """An analytic catalog, and a cWGAN-GP trained a few steps on it (detector: 1 epoch)."""
-    from models.settings import get_settings
     from training.emulator.gan import train_emulator_gan
     from training.presets import build_config
 
-    home = tmp_path_factory.mktemp("home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("COSMOGAN_HOME", str(home))
-    get_settings.cache_clear()
-    kw = dict(rows=ROWS, simulator="analytic", seed=3, workers=1, progress=False)
-    path = balrog.build_catalog(home / "a.parquet", **kw)["path"]
-    config = build_config(
-        "balrog",
-        {"detector_epochs": 1, "device": "cpu", "max_steps": 2, "batch_size": 1000},
-    )
-    model = train_emulator_gan(config, path, home / "run")["model"]
-    yield path, model
-    mp.undo()
-    get_settings.cache_clear()
+    with cosmogan_home(tmp_path_factory.mktemp("home")) as home:
+        kw = dict(rows=ROWS, simulator="analytic", seed=3, workers=1, progress=False)
+        path = balrog.build_catalog(home / "a.parquet", **kw)["path"]
+        config = build_config(
+            "balrog",
+            {"detector_epochs": 1, "device": "cpu", "max_steps": 2, "batch_size": 1000},
+        )
+        model = train_emulator_gan(config, path, home / "run")["model"]
+        yield path, model
 
 
 def _fit(path, **settings):

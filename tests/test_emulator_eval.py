@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import cosmogan_home
 from training.emulator import balrog
 from training.emulator.baselines import GaussianBaseline
 from training.emulator.c2st import auc, classifier_auc
@@ -30,18 +31,11 @@ ROWS = 6000
 @pytest.fixture(scope="module")
 def draws(tmp_path_factory):
     """Two analytic mini-Balrog draws of the same 6,000 objects (the second: the floor)."""
-    from models.settings import get_settings
-
-    home = tmp_path_factory.mktemp("home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("COSMOGAN_HOME", str(home))
-    get_settings.cache_clear()
-    kw = dict(rows=ROWS, simulator="analytic", seed=3, workers=1)
-    a = balrog.build_catalog(home / "a.parquet", **kw)["path"]
-    b = balrog.build_catalog(home / "b.parquet", draw_seed=4, **kw)["path"]
-    yield a, b
-    mp.undo()
-    get_settings.cache_clear()
+    with cosmogan_home(tmp_path_factory.mktemp("home")) as home:
+        kw = dict(rows=ROWS, simulator="analytic", seed=3, workers=1)
+        a = balrog.build_catalog(home / "a.parquet", **kw)["path"]
+        b = balrog.build_catalog(home / "b.parquet", draw_seed=4, **kw)["path"]
+        yield a, b
 
 
 def _sim_output(s: Split) -> Output:

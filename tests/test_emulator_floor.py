@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import cosmogan_home
 from training.emulator import balrog
 from training.emulator.data import read_rows
 from training.emulator.floor import build_metadata, floor_draw_seed, second_draw
@@ -21,17 +22,10 @@ SEED, DRAW = 5, 7
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """An analytic catalog (seed 5, draw seed 7) and the data root that holds its truth."""
-    from models.settings import get_settings
-
-    home = tmp_path_factory.mktemp("home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("COSMOGAN_HOME", str(home))
-    get_settings.cache_clear()
-    kw = dict(rows=ROWS, simulator="analytic", seed=SEED, workers=1, progress=False)
-    path = balrog.build_catalog(home / "a.parquet", draw_seed=DRAW, **kw)["path"]
-    yield home, path, kw
-    mp.undo()
-    get_settings.cache_clear()
+    with cosmogan_home(tmp_path_factory.mktemp("home")) as home:
+        kw = dict(rows=ROWS, simulator="analytic", seed=SEED, workers=1, progress=False)
+        path = balrog.build_catalog(home / "a.parquet", draw_seed=DRAW, **kw)["path"]
+        yield home, path, kw
 
 
 def _test_mask(path) -> np.ndarray:
