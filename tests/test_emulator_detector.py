@@ -102,6 +102,9 @@ def test_retrain_detector_refuses_what_it_cannot_do(catalog, tmp_path):
     with pytest.raises(ValueError, match="not detector settings: lr"):
         retrain_detector(model, path, tmp_path / "x.pt", overrides={"lr": 1.0})
     assert not (tmp_path / "x.pt").exists()
+    with pytest.raises(ValueError, match="detector_epochs"):  # a PresetError: checked values
+        retrain_detector(model, path, tmp_path / "x.pt", overrides={"detector_epochs": "many"})
+    assert not (tmp_path / "x.pt").exists()
     with pytest.raises(ValueError, match="not an emulator"):
         retrain_detector("models/weights/nebula.pt", path, tmp_path / "y.pt")
     assert not (tmp_path / "y.pt").exists()

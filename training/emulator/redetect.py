@@ -11,7 +11,7 @@ again.
 from __future__ import annotations
 
 import logging
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from models.emulator_sampler import build_offset_model
 from models.kinds import EMULATOR_KINDS
 from training.emulator.detector import train_detector
 from training.emulator.shared import load_splits
-from training.presets import PRESETS, config_from_dict, config_to_dict
+from training.presets import PRESETS, build_config, config_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,10 @@ def retrain_detector(
     unknown = set(overrides or {}) - set(settings)
     if unknown:
         raise ValueError(f"not detector settings: {', '.join(sorted(unknown))}")
-    settings.update(overrides or {})
-    config = replace(run_config, **settings, dry_run=False)
+    # the run's own config (seed, rows), today's detector settings, the overrides checked
+    config = build_config(run_config.preset, {**settings, **(overrides or {})}, base=run_config)
+    config = replace(config, dry_run=False)
+    settings = {k: getattr(config, k) for k in settings}
     train, val = load_splits(config, data)
     scalers = EmulatorScalers.from_dict(ck.preprocessing)
     # seeded just before the detector is made: the same catalog gives a flow and its
@@ -69,7 +71,6 @@ def retrain_detector(
     stale = set(ck.extra.get("calibration", {})) | {"train_bce"}
     metrics = {k: v for k, v in ck.extra.get("metrics", {}).items() if k not in stale}
     metrics.update({k: v for k, v in calibration.items() if k != "train_bce"})
-    known = {f.name for f in fields(config)}
     extra = {
         **ck.extra,
         "detector": {k: v.detach().clone() for k, v in detector.state_dict().items()},
@@ -78,7 +79,7 @@ def retrain_detector(
         "metrics": metrics,
         "train_config": {
             **ck.extra.get("train_config", {}),
-            **{k: v for k, v in config_to_dict(config).items() if k in settings and k in known},
+            **settings,
         },
     }
     save_checkpoint(replace(ck, extra=extra, training_state=None), out)
