@@ -116,11 +116,14 @@ class EmulatorScalers:
         cond = (raw_cond - _t(self.cond_mean, x)) / _t(self.cond_std, x)  # (B, 6)
         return cond, true
 
-    def _features(self, x: Tensor) -> Tensor:
+    def features(self, x: Tensor) -> Tensor:
+        """Raw inputs (B, 9) → [1, standardized inputs] (B, 10): what the scale and the
+        shift are linear in."""
         cond, true = self.split_inputs(x)
         return torch.cat([torch.ones_like(true[:, :1]), true, cond], dim=1)  # (B, 10)
 
-    def _features_numpy(self, x: np.ndarray) -> np.ndarray:
+    def features_numpy(self, x: np.ndarray) -> np.ndarray:
+        """`features` for float64 arrays."""
         true = (x[:, :3] - np.asarray(self.true_mean)) / np.asarray(self.true_std)
         raw_cond = np.log(x[:, 3:]) if self.log_conditions else x[:, 3:]
         cond = (raw_cond - np.asarray(self.cond_mean)) / np.asarray(self.cond_std)
@@ -130,7 +133,7 @@ class EmulatorScalers:
         """Raw inputs (B, 9) → ln of the per-object, per-band scale (B, 3); None without one."""
         if not self.scale_coef:
             return None
-        ln_s = self._features(x) @ _t(self.scale_coef, x).reshape(3, -1).T  # (B, 3)
+        ln_s = self.features(x) @ _t(self.scale_coef, x).reshape(3, -1).T  # (B, 3)
         if self.scale_floor:
             ln_s = 0.5 * torch.logaddexp(2 * ln_s, 2 * torch.log(_t(self.scale_floor, x)))
         return ln_s
@@ -139,7 +142,7 @@ class EmulatorScalers:
         """`ln_scale` for float64 arrays."""
         if not self.scale_coef:
             return None
-        ln_s = self._features_numpy(x) @ np.asarray(self.scale_coef).reshape(3, -1).T
+        ln_s = self.features_numpy(x) @ np.asarray(self.scale_coef).reshape(3, -1).T
         if self.scale_floor:
             ln_s = 0.5 * np.logaddexp(2 * ln_s, 2 * np.log(np.asarray(self.scale_floor)))
         return ln_s
@@ -148,13 +151,13 @@ class EmulatorScalers:
         """Raw inputs (B, 9) → the expected offset per band (B, 3); None without one."""
         if not self.shift_coef:
             return None
-        return self._features(x) @ _t(self.shift_coef, x).reshape(3, -1).T
+        return self.features(x) @ _t(self.shift_coef, x).reshape(3, -1).T
 
     def shift_numpy(self, x: np.ndarray) -> np.ndarray | None:
         """`shift` for float64 arrays."""
         if not self.shift_coef:
             return None
-        return self._features_numpy(x) @ np.asarray(self.shift_coef).reshape(3, -1).T
+        return self.features_numpy(x) @ np.asarray(self.shift_coef).reshape(3, -1).T
 
     def target(self, observed: Tensor, x: Tensor, magerr: Tensor | None = None) -> Tensor:
         """Observed magnitudes (B, 3) [and errors (B, 3)] of the raw inputs `x` (B, 9) →

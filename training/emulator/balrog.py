@@ -75,6 +75,7 @@ SKY_LN_SCATTER = 0.25
 SKY_RANGE_FACTOR = (0.4, 3.0)
 SKY_BAND_CORRELATION = 0.7
 SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
+META_KEY = b"cosmogan"  # Parquet schema metadata: the build's parameters (`build_meta`)
 
 
 def sky_sigma_median(band: str) -> float:
@@ -228,7 +229,7 @@ def build_meta(rows: int, simulator: str, seed: int, draw_seed: int) -> dict[str
 
 def with_meta(table: pa.Table, meta: dict[str, Any]) -> pa.Table:
     return table.replace_schema_metadata(
-        {**(table.schema.metadata or {}), b"cosmogan": json.dumps(meta).encode()}
+        {**(table.schema.metadata or {}), META_KEY: json.dumps(meta).encode()}
     )
 
 

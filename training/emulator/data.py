@@ -199,10 +199,7 @@ def fit_scalers(
     )
     if error_scale:
         xd = det.x.astype(np.float64)
-        true_s = (xd[:, :3] - np.asarray(scalers.true_mean)) / np.asarray(scalers.true_std)
-        raw_cond = np.log(xd[:, 3:]) if log_conditions else xd[:, 3:]
-        cond_s = (raw_cond - np.asarray(scalers.cond_mean)) / np.asarray(scalers.cond_std)
-        feats = np.concatenate([np.ones((len(xd), 1)), true_s, cond_s], axis=1)  # (N, 10)
+        feats = scalers.features_numpy(xd)  # (N, 10)
         if has_errors:
             ln_err = np.log(det.magerr.astype(np.float64))  # type: ignore[union-attr]
         else:

@@ -36,6 +36,7 @@ from training.emulator.baselines import GaussianBaseline
 from training.emulator.c2st import classifier_auc
 from training.emulator.data import Split, load_emulator_catalog, read_rows, split_labels
 from training.emulator.detector import calibration_report, detection_figures
+from training.emulator.floor import SecondDraw, second_draw
 from training.emulator.metrics import (
     KS_MEAN_FACTOR,
     Bins,
@@ -116,23 +117,20 @@ def _load(
     return rows, keep, test, Output(o.observed.astype(np.float64), o.detected, _as64(o.magerr))
 
 
-def own_floor(data: Path, rows: Split, keep: np.ndarray) -> tuple[Output | None, str, bool]:
+def own_floor(data: Path, rows: Split, keep: np.ndarray) -> SecondDraw:
     """The floor of rows `keep` of `data` without a `--floor-data` catalog: a second draw
-    simulated here when the service's simulator built `data` (`training.emulator.floor`).
-    Returns (the draw or None, the sentence that says where it came from or why there is
-    none, whether there is one); a draw that fails leaves the report without a floor."""
-    from training.emulator.floor import second_draw
-
+    simulated here when the service's simulator built `data` (`training.emulator.floor`),
+    else the reason there is none; a draw that fails leaves the report without a floor."""
     try:
         draw = second_draw(data, keep, x=rows.x)
     except (OSError, ValueError) as exc:  # e.g. no truth table on this machine
         log.warning("no floor: the second draw of %s failed: %s", data, exc)
-        return None, f"no floor: the second simulator draw failed ({exc})", False
+        return SecondDraw(missing=f"no floor: the second simulator draw failed ({exc})")
     if draw.output is None:
         log.info("%s", draw.missing)
-        return None, str(draw.missing), False
-    log.info("the floor is %s", draw.source)
-    return draw.output, str(draw.source), True
+    else:
+        log.info("the floor is %s", draw.source)
+    return draw
 
 
 def _as64(a: np.ndarray | None) -> np.ndarray | None:
@@ -248,13 +246,11 @@ def evaluate_emulator(
     floor_path = Path(floor_data) if floor_data else None
     split = split or ("all" if floor_path else "test")
     rows_all, keep, test, floor = _load(data, split, seed, floor_path)
-    floor_source: str | None = None
-    floor_missing: str | None = None
     if floor_path is not None:
-        floor_source = f"the second simulator draw of the same objects in {floor_path}"
+        draw = SecondDraw(floor, f"the second simulator draw of the same objects in {floor_path}")
     else:
-        floor, sentence, found = own_floor(data, rows_all, keep)
-        floor_source, floor_missing = (sentence, None) if found else (None, sentence)
+        draw = own_floor(data, rows_all, keep)
+    floor, floor_source, floor_missing = draw.output, draw.source, draw.missing
     del rows_all
     log.info("evaluating %s on %d rows of %s (%s split)", checkpoint, len(test.x), data, split)
     bins = Bins.from_inputs(test.x.astype(np.float64))

@@ -21,12 +21,11 @@ from typing import Any
 import numpy as np
 
 from models import columns
-from training.emulator import minibalrog
+from training.emulator import balrog, minibalrog
 from training.emulator.metrics import Output
 
 log = logging.getLogger(__name__)
 
-META_KEY = b"cosmogan"
 FLOOR_STREAM = 0xF1004  # a fixed tag: the floor's draw seed is a hash of (draw seed, tag)
 # per-object cost that makes the row cap worth having (GalSim renders every stamp)
 CAPPED_SIMULATORS = ("galsim",)
@@ -53,7 +52,7 @@ def floor_draw_seed(draw_seed: int) -> int:
 def _meta_of(path: Path) -> dict[str, Any] | None:
     import pyarrow.parquet as pq
 
-    raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
+    raw = (pq.read_schema(path).metadata or {}).get(balrog.META_KEY)
     if raw is None:
         return None
     try:
@@ -122,7 +121,6 @@ def second_draw(
     setting `job_floor_max_rows`); `data_dir`: where the truth table is (default: settings).
     """
     from models.settings import get_settings
-    from training.emulator.balrog import sample_inputs
 
     meta, why = build_metadata(path)
     if meta is None:
@@ -149,7 +147,7 @@ def second_draw(
             missing=f"no floor: a second {simulator} draw of {len(ids):,} objects is above "
             f"the limit of {cap:,} (COSMOGAN_JOB_FLOOR_MAX_ROWS; about 5 ms an object)"
         )
-    expected = sample_inputs(rows, seed, data_dir or get_settings().data_dir)
+    expected = balrog.sample_inputs(rows, seed, data_dir or get_settings().data_dir)
     # compared as float32: the evaluation reads inputs as float32, and a catalog stored in
     # float32 holds exactly the float32 rounding of the float64 inputs
     truth = expected[list(columns.INPUTS)].to_numpy(np.float64).astype(np.float32)
