@@ -38,6 +38,9 @@ class EmulatorConfig:
     slope: float = 0.2  # LeakyReLU negative slope
     det_hidden: int = 128  # width of the detection classifier's two hidden layers
     out_dim: int = 3  # generated columns: 3 offsets, or 3 offsets + 3 ln(magerr)
+    # the generator adds its first 3 noise components to the 3 offsets it outputs (False in
+    # checkpoints from before the skip)
+    noise_skip: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -251,7 +254,15 @@ class Trunk(nn.Module):
 
 
 class Generator(nn.Module):
-    """`G(z, conditions, true mags)` → standardized observed − true magnitude offsets (B, 3)."""
+    """`G(z, conditions, true mags)` → standardized observed − true magnitude offsets (B, 3).
+
+    With `noise_skip` the first three noise components are added to the offsets: a target
+    divided by its error scale is close to a unit normal per object, so the network starts
+    from the right scatter and learns the departures from it. Without the skip the scatter
+    has to pass through the whole network, and the EMA of weights that keep moving during
+    adversarial training averages maps of the noise that point in different directions:
+    the served generator came out 5–10 % too narrow in every band.
+    """
 
     def __init__(self, cfg: EmulatorConfig) -> None:
         super().__init__()
@@ -264,7 +275,11 @@ class Generator(nn.Module):
     def forward(self, z: Tensor, cond: Tensor, true: Tensor) -> Tensor:
         # z (B, 8), cond (B, 6), true (B, 3)
         h = torch.cat([self.noise(z), self.cond(cond), self.true(true)], dim=1)  # (B, 192)
-        return self.trunk(h)  # (B, out_dim)
+        out = self.trunk(h)  # (B, out_dim)
+        if self.cfg.noise_skip:
+            k = min(3, self.cfg.noise_dim)
+            out = torch.cat([out[:, :k] + z[:, :k], out[:, k:]], dim=1)
+        return out
 
 
 class Critic(nn.Module):

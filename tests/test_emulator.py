@@ -62,6 +62,21 @@ def test_network_shapes_and_no_batchnorm():
     assert gp.ndim == 0 and torch.isfinite(gp)
 
 
+def test_noise_skip_adds_the_noise_to_the_offsets_only():
+    cfg = EmulatorConfig(out_dim=6, noise_skip=True)
+    g = Generator(cfg)
+    torch.nn.init.zeros_(g.trunk.net[-1].weight)
+    torch.nn.init.zeros_(g.trunk.net[-1].bias)
+    z, cond, true = torch.randn(5, 8), torch.randn(5, 6), torch.randn(5, 3)
+    out = g(z, cond, true)
+    torch.testing.assert_close(out[:, :3], z[:, :3])  # the offsets start as unit normals
+    assert torch.equal(out[:, 3:], torch.zeros(5, 3))  # the log errors get no noise added
+    # a network config saved before the skip loads without it
+    old = {k: v for k, v in cfg.to_dict().items() if k != "noise_skip"}
+    assert EmulatorConfig.from_dict(old).noise_skip is False
+    assert build_config("balrog").noise_skip is True
+
+
 def test_rows_do_not_interact():
     g = Generator(EmulatorConfig()).eval()
     z, cond, true = torch.randn(7, 8), torch.randn(7, 6), torch.randn(7, 3)

@@ -71,6 +71,9 @@ class EmulatorTrainConfig:
     # divide each band's target by a per-object error scale (a linear fit of ln magerr on
     # the inputs): bright objects' offsets are otherwise ~1 % of the target's spread
     error_scale: bool = True
+    # add the generator's first noise components to the offsets it outputs (a residual on
+    # the unit normal that the error scale makes of them; see models.emulator.Generator)
+    noise_skip: bool = True
     detector_epochs: int = 20
     detector_batch_size: int = 1024  # the detection classifier sees every training row
     detector_lr: float = 1e-3

@@ -134,7 +134,8 @@ def train_emulator_gan(
     One epoch is one pass of the critic over the detected training objects: every critic
     step draws a fresh batch, so a generator step consumes `n_critic × batch_size` rows. The
     run lasts `epochs`, or more when that is under `min_steps` generator steps; the weights
-    served (`model.pt`) are the EMA of the epoch with the best `validation_figure`.
+    served (`model.pt`) are the EMA of the epoch with the best `validation_figure` in the
+    second half of the run.
     """
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -151,7 +152,10 @@ def train_emulator_gan(
         net_cfg = EmulatorConfig.from_dict(previous.config)
     else:
         net_cfg = EmulatorConfig(
-            noise_dim=config.noise_dim, hidden=config.hidden, out_dim=scalers.out_dim
+            noise_dim=config.noise_dim,
+            hidden=config.hidden,
+            out_dim=scalers.out_dim,
+            noise_skip=config.noise_skip,
         )
     generator = Generator(net_cfg).to(device)
     critic = Critic(net_cfg).to(device)
@@ -193,6 +197,12 @@ def train_emulator_gan(
         dry_run_steps=2 if config.dry_run else None,
     )
     steps_per_epoch = schedule.steps_per_epoch
+    # the first half is a burn-in: the figure's noise on a small validation split exceeds
+    # what separates the later epochs, and an early epoch that scored low by chance would
+    # otherwise be served (the best follows the latest EMA meanwhile)
+    burn_in = schedule.epochs // 2
+    if best_epoch <= burn_in:  # also a resumed run made longer: its best is now burn-in
+        best_score = math.inf
     run = Run.start(
         folder, config, data, schedule, previous, progress=progress, should_stop=should_stop
     )
@@ -283,10 +293,14 @@ def train_emulator_gan(
             monitor = magnitude_distances(ema, scalers, val_det, device, seed=config.seed)
             monitor.update(validation_figure(ema, scalers, val_det, device, seed=config.seed))
             score = monitor.get("val_score", -math.inf)  # none: the latest epoch is the best
-            if score <= best_score or not math.isfinite(best_score):
-                best_score, best_epoch = score, schedule.epoch(step)
+            candidate = schedule.epoch(step) > burn_in
+            if not candidate or score <= best_score or not math.isfinite(best_score):
+                best_score = score if candidate else math.inf
+                best_epoch = schedule.epoch(step)
                 best.load_state_dict(ema.state_dict())
-            monitor.update(best_val_score=best_score, best_epoch=best_epoch)
+            if math.isfinite(best_score):
+                monitor.update(best_val_score=best_score)
+            monitor.update(best_epoch=best_epoch)
         metrics.update(monitor)
         if epoch_end or step % config.log_every == 0:
             run.log.write(step, schedule.epoch(step), **losses, **stats, **monitor)
