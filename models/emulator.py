@@ -260,8 +260,10 @@ class Generator(nn.Module):
     divided by its error scale is close to a unit normal per object, so the network starts
     from the right scatter and learns the departures from it. Without the skip the scatter
     has to pass through the whole network, and the EMA of weights that keep moving during
-    adversarial training averages maps of the noise that point in different directions:
-    the served generator came out 5–10 % too narrow in every band.
+    adversarial training averages maps of the noise that point in different directions: on
+    a catalog whose bands err independently the served generator came out 5–10 % too
+    narrow in every band. The skip starts the bands independent, though, and where they err
+    alike (a galaxy's profile in every band) the network does not undo it: off by default.
     """
 
     def __init__(self, cfg: EmulatorConfig) -> None:

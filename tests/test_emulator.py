@@ -74,7 +74,6 @@ def test_noise_skip_adds_the_noise_to_the_offsets_only():
     # a network config saved before the skip loads without it
     old = {k: v for k, v in cfg.to_dict().items() if k != "noise_skip"}
     assert EmulatorConfig.from_dict(old).noise_skip is False
-    assert build_config("balrog").noise_skip is True
 
 
 def test_rows_do_not_interact():
