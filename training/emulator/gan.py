@@ -300,6 +300,8 @@ def train_emulator_gan(
                 best.load_state_dict(ema.state_dict())
             if math.isfinite(best_score):
                 monitor.update(best_val_score=best_score)
+            else:  # burn-in (or no validation figure): no score to show
+                metrics.pop("best_val_score", None)
             monitor.update(best_epoch=best_epoch)
         metrics.update(monitor)
         if epoch_end or step % config.log_every == 0:
