@@ -132,48 +132,61 @@ class EmulatorScalers:
         cond = (raw_cond - np.asarray(self.cond_mean)) / np.asarray(self.cond_std)
         return np.concatenate([np.ones((len(x), 1)), true, cond], axis=1)
 
-    def ln_scale(self, x: Tensor) -> Tensor | None:
-        """Raw inputs (B, 9) → ln of the per-object, per-band scale (B, 3); None without one."""
+    def _features_if_used(self, x: Tensor) -> Tensor | None:
+        """`features` when the shift or the scale needs them: computed once per batch."""
+        return self.features(x) if self.scale_coef or self.shift_coef else None
+
+    def _features_numpy_if_used(self, x: np.ndarray) -> np.ndarray | None:
+        return self.features_numpy(x) if self.scale_coef or self.shift_coef else None
+
+    def ln_scale(self, x: Tensor, feats: Tensor | None = None) -> Tensor | None:
+        """Raw inputs (B, 9) → ln of the per-object, per-band scale (B, 3); None without one.
+        `feats`: the inputs' `features`, when the caller has them already."""
         if not self.scale_coef:
             return None
-        ln_s = self.features(x) @ _t(self.scale_coef, x).reshape(3, -1).T  # (B, 3)
+        feats = self.features(x) if feats is None else feats
+        ln_s = feats @ _t(self.scale_coef, x).reshape(3, -1).T  # (B, 3)
         if self.scale_floor:
             ln_s = 0.5 * torch.logaddexp(2 * ln_s, 2 * torch.log(_t(self.scale_floor, x)))
         return ln_s
 
-    def ln_scale_numpy(self, x: np.ndarray) -> np.ndarray | None:
+    def ln_scale_numpy(self, x: np.ndarray, feats: np.ndarray | None = None) -> np.ndarray | None:
         """`ln_scale` for float64 arrays."""
         if not self.scale_coef:
             return None
-        ln_s = self.features_numpy(x) @ np.asarray(self.scale_coef).reshape(3, -1).T
+        feats = self.features_numpy(x) if feats is None else feats
+        ln_s = feats @ np.asarray(self.scale_coef).reshape(3, -1).T
         if self.scale_floor:
             ln_s = 0.5 * np.logaddexp(2 * ln_s, 2 * np.log(np.asarray(self.scale_floor)))
         return ln_s
 
-    def shift(self, x: Tensor) -> Tensor | None:
+    def shift(self, x: Tensor, feats: Tensor | None = None) -> Tensor | None:
         """Raw inputs (B, 9) → the expected offset per band (B, 3); None without one."""
         if not self.shift_coef:
             return None
-        return self.features(x) @ _t(self.shift_coef, x).reshape(3, -1).T
+        feats = self.features(x) if feats is None else feats
+        return feats @ _t(self.shift_coef, x).reshape(3, -1).T
 
-    def shift_numpy(self, x: np.ndarray) -> np.ndarray | None:
+    def shift_numpy(self, x: np.ndarray, feats: np.ndarray | None = None) -> np.ndarray | None:
         """`shift` for float64 arrays."""
         if not self.shift_coef:
             return None
-        return self.features_numpy(x) @ np.asarray(self.shift_coef).reshape(3, -1).T
+        feats = self.features_numpy(x) if feats is None else feats
+        return feats @ np.asarray(self.shift_coef).reshape(3, -1).T
 
     def target(self, observed: Tensor, x: Tensor, magerr: Tensor | None = None) -> Tensor:
         """Observed magnitudes (B, 3) [and errors (B, 3)] of the raw inputs `x` (B, 9) →
         standardized targets (B, out_dim)."""
         raw = observed - x[:, :3]
-        mu = self.shift(x)
+        feats = self._features_if_used(x)
+        mu = self.shift(x, feats)
         if mu is not None:
             raw = raw - mu
         if self.out_dim == 6:
             if magerr is None:
                 raise ValueError("this model emulates magnitude errors: pass magerr")
             raw = torch.cat([raw, torch.log(magerr)], dim=1)
-        ln_s = self.ln_scale(x)
+        ln_s = self.ln_scale(x, feats)
         if ln_s is not None:
             errs = [raw[:, 3:] - ln_s] if self.out_dim == 6 else []  # errors in units of s
             raw = torch.cat([raw[:, :3] * torch.exp(-ln_s), *errs], dim=1)
@@ -182,22 +195,24 @@ class EmulatorScalers:
     def observed(self, target: Tensor, x: Tensor) -> Tensor:
         """Inverse of `target`: standardized (B, out_dim) → magnitudes (B, 3) [, errors (B, 3)]."""
         raw = target * _t(self.delta_std, target) + _t(self.delta_mean, target)
-        ln_s = self.ln_scale(x)
+        feats = self._features_if_used(x)
+        ln_s = self.ln_scale(x, feats)
         if ln_s is not None:
             errs = [raw[:, 3:] + ln_s] if self.out_dim == 6 else []
             raw = torch.cat([raw[:, :3] * torch.exp(ln_s), *errs], dim=1)
-        mu = self.shift(x)
+        mu = self.shift(x, feats)
         mags = x[:, :3] + raw[:, :3] + (0 if mu is None else mu)
         return torch.cat([mags, torch.exp(raw[:, 3:])], dim=1) if self.out_dim == 6 else mags
 
     def observed_numpy(self, target: np.ndarray, x: np.ndarray) -> np.ndarray:
         """`observed` for float64 arrays (the sampler's output precision)."""
         raw = target * np.asarray(self.delta_std) + np.asarray(self.delta_mean)
-        ln_s = self.ln_scale_numpy(x)
+        feats = self._features_numpy_if_used(x)
+        ln_s = self.ln_scale_numpy(x, feats)
         if ln_s is not None:
             errs = [raw[:, 3:] + ln_s] if self.out_dim == 6 else []
             raw = np.concatenate([raw[:, :3] * np.exp(ln_s), *errs], axis=1)
-        mu = self.shift_numpy(x)
+        mu = self.shift_numpy(x, feats)
         mags = x[:, :3] + raw[:, :3] + (0 if mu is None else mu)
         return np.concatenate([mags, np.exp(raw[:, 3:])], axis=1) if self.out_dim == 6 else mags
 

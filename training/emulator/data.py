@@ -222,7 +222,7 @@ def fit_scalers(
             shift_coef=tuple(shift.ravel().tolist()),
             scale_floor=tuple(floor.tolist()),
         )
-        ln_s = scalers.ln_scale_numpy(xd)
+        ln_s = scalers.ln_scale_numpy(xd, feats)
         scaled = [residual * np.exp(-ln_s)]
         if has_errors:  # ln magerr - ln s: the errors in units of the scale
             scaled.append(target[:, 3:] - ln_s)
