@@ -41,6 +41,9 @@ class EmulatorConfig:
     # the generator adds its first 3 noise components to the 3 offsets it outputs (False in
     # checkpoints from before the skip)
     noise_skip: bool = False
+    # the skip's noise is first multiplied by a 3 × 3 matrix computed from the object's
+    # conditions and true magnitudes, started at the identity (False in older checkpoints)
+    noise_mix: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -288,15 +291,25 @@ class Generator(nn.Module):
         self.cond = Branch(cfg.cond_dim, cfg.hidden, cfg.embed, cfg.slope)
         self.true = Branch(cfg.mag_dim, cfg.hidden, cfg.embed, cfg.slope)
         self.trunk = Trunk(3 * cfg.embed, cfg.hidden, cfg.out_dim, cfg.slope)
+        self.k = min(3, cfg.noise_dim)
+        if cfg.noise_skip and cfg.noise_mix:
+            self.mix = nn.Linear(2 * cfg.embed, self.k * self.k)
+            nn.init.zeros_(self.mix.weight)
+            with torch.no_grad():
+                self.mix.bias.copy_(torch.eye(self.k).flatten())
 
     def forward(self, z: Tensor, cond: Tensor, true: Tensor) -> Tensor:
         # z (B, 8), cond (B, 6), true (B, 3)
-        h = torch.cat([self.noise(z), self.cond(cond), self.true(true)], dim=1)  # (B, 192)
-        out = self.trunk(h)  # (B, out_dim)
-        if self.cfg.noise_skip:
-            k = min(3, self.cfg.noise_dim)
-            out = torch.cat([out[:, :k] + z[:, :k], out[:, k:]], dim=1)
-        return out
+        given = torch.cat([self.cond(cond), self.true(true)], dim=1)  # (B, 128)
+        out = self.trunk(torch.cat([self.noise(z), given], dim=1))  # (B, out_dim)
+        if not self.cfg.noise_skip:
+            return out
+        k = self.k
+        skip = z[:, :k]  # (B, k)
+        if self.cfg.noise_mix:
+            mix = self.mix(given).view(-1, k, k)  # (B, k, k)
+            skip = torch.bmm(mix, skip.unsqueeze(2)).squeeze(2)  # (B, k)
+        return torch.cat([out[:, :k] + skip, out[:, k:]], dim=1)
 
 
 class Critic(nn.Module):

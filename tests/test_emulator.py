@@ -76,6 +76,25 @@ def test_noise_skip_adds_the_noise_to_the_offsets_only():
     assert EmulatorConfig.from_dict(old).noise_skip is False
 
 
+def test_noise_mix_starts_at_the_identity_and_can_make_the_bands_err_alike():
+    cfg = EmulatorConfig(out_dim=6, noise_skip=True, noise_mix=True)
+    g = Generator(cfg)
+    z, cond, true = torch.randn(5, 8), torch.randn(5, 6), torch.randn(5, 3)
+    plain = Generator(EmulatorConfig(out_dim=6, noise_skip=True))
+    plain.load_state_dict({k: v for k, v in g.state_dict().items() if not k.startswith("mix.")})
+    torch.testing.assert_close(g(z, cond, true), plain(z, cond, true))  # the skip, unmixed
+    # a matrix whose every row is (1, 1, 1) gives every band the same noise
+    with torch.no_grad():
+        g.mix.bias.fill_(1.0)
+        torch.nn.init.zeros_(g.trunk.net[-1].weight)
+        torch.nn.init.zeros_(g.trunk.net[-1].bias)
+    out = g(z, cond, true)[:, :3]
+    torch.testing.assert_close(out, z[:, :3].sum(1, keepdim=True).expand(5, 3))
+    # a config saved before the mix loads without it, and its generator has no mix layer
+    old = {k: v for k, v in cfg.to_dict().items() if k != "noise_mix"}
+    assert not hasattr(Generator(EmulatorConfig.from_dict(old)), "mix")
+
+
 def test_rows_do_not_interact():
     g = Generator(EmulatorConfig()).eval()
     z, cond, true = torch.randn(7, 8), torch.randn(7, 6), torch.randn(7, 3)

@@ -7,6 +7,7 @@ import itertools
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from models.checkpoint import load_checkpoint
@@ -16,7 +17,7 @@ from training.emulator.detector import detection_figures
 from training.emulator.evaluate import verdict
 from training.emulator.gan import train_emulator_gan
 from training.emulator.metrics import Bins
-from training.presets import build_config
+from training.presets import PresetError, build_config
 
 torch.set_num_threads(1)
 
@@ -85,6 +86,34 @@ def test_a_biased_scattered_measurement_keeps_the_target_even(catalog):
     for lo, hi in itertools.pairwise(edges):
         m = (det.x[:, 1] >= lo) & (det.x[:, 1] <= hi)
         assert (np.abs(t[m].mean(axis=0)) < 0.5).all() and (t[m].std(axis=0) < 2).all()
+
+
+def test_the_noise_skip_is_on_where_the_noise_is_the_whole_scatter(catalog):
+    """`noise_skip="auto"`: on for the analytic catalog, whose offsets are their noise; off
+    once the offsets scatter by 0.03 mag more (a galaxy's shape and size, as in GalSim)."""
+    from dataclasses import replace
+
+    from training.emulator.data import noise_share
+    from training.emulator.gan import NOISE_SKIP_SHARE, use_noise_skip
+
+    train = _train_split(catalog)
+    rng = np.random.default_rng(0)
+    extra = 0.03 * rng.standard_normal(train.observed.shape)
+    scattered = replace(train, observed=(train.observed + extra).astype(np.float32))
+    config = build_config("balrog")
+    assert config.noise_skip == "auto"
+    for split, on in ((train, True), (scattered, False)):
+        scalers = fit_scalers(split, error_scale=True)
+        share = noise_share(scalers, split)
+        assert (share >= NOISE_SKIP_SHARE).all() == on, share
+        assert use_noise_skip(config, scalers, split) is on
+        # an explicit setting is kept whatever the catalog
+        for forced in (True, False):
+            assert use_noise_skip(replace(config, noise_skip=forced), scalers, split) is forced
+    assert (noise_share(fit_scalers(train, error_scale=False), train) == 0).all()
+    for bad in ("sometimes", 1):
+        with pytest.raises(PresetError, match=r"noise_skip.*true, false or auto"):
+            build_config("balrog", {"noise_skip": bad})
 
 
 def test_checkpoints_without_a_scale_load_as_before(catalog):

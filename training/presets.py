@@ -71,11 +71,14 @@ class EmulatorTrainConfig:
     # divide each band's target by a per-object error scale (a linear fit of ln magerr on
     # the inputs): bright objects' offsets are otherwise ~1 % of the target's spread
     error_scale: bool = True
-    # add the generator's first noise components to the offsets it outputs (a residual on
-    # the unit normal that the error scale makes of them; see models.emulator.Generator):
-    # off, since it starts the bands' errors independent, and where a measurement errs alike
-    # in every band (GalSim: a galaxy's profile) the network fails to undo that (AUC 0.84)
-    noise_skip: bool = False
+    # add the generator's first noise components to the offsets it outputs, through a 3 × 3
+    # matrix learned per object (a residual on the unit normal that the error scale makes of
+    # them; see models.emulator.Generator). "auto": on when the catalog's measurement noise
+    # is its whole scatter (`training.emulator.data.noise_share`), where the generator
+    # without it comes out 5–10 % too narrow; off where measurements also scatter with a
+    # galaxy's shape and size (GalSim's), where with it the generator fails (AUC 0.83)
+    noise_skip: bool | str = "auto"
+    noise_mix: bool = True  # the learned matrix; false: the noise is added as it is
     detector_epochs: int = 20
     detector_batch_size: int = 1024  # the detection classifier sees every training row
     detector_lr: float = 1e-3
@@ -273,6 +276,10 @@ def config_from_dict(data: dict[str, Any]) -> Any:
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
+    if key == "noise_skip":
+        if not (isinstance(value, bool) or value == "auto"):
+            raise PresetError(f"override 'noise_skip' must be true, false or auto, got {value!r}")
+        return value
     if isinstance(default, bool) or key in {
         "augment",
         "diffaugment",
