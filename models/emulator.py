@@ -279,9 +279,13 @@ class Generator(nn.Module):
     from the right scatter and learns the departures from it. Without the skip the scatter
     has to pass through the whole network, and the EMA of weights that keep moving during
     adversarial training averages maps of the noise that point in different directions: on
-    a catalog whose bands err independently the served generator came out 5–10 % too
-    narrow in every band. The skip starts the bands independent, though, and where they err
-    alike (a galaxy's profile in every band) the network does not undo it: off by default.
+    a catalog whose scatter is its noise the served generator came out 5–10 % too narrow in
+    every band. With `noise_mix` the skip's noise is first multiplied by a 3 × 3 matrix
+    computed from the object's conditions and true magnitudes (started at the identity), so
+    that bands can err alike and by more or less than the scale says. Where measurements
+    scatter beyond their noise (GalSim's galaxies) the unit normal is the wrong start and
+    the generator is worse with the skip, mixed or not; the training preset decides per
+    catalog (`training.emulator.gan.use_noise_skip`).
     """
 
     def __init__(self, cfg: EmulatorConfig) -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint
-from models.emulator import EmulatorScalers
+from models.emulator import EmulatorConfig, EmulatorScalers, Generator
 from training.emulator.data import fit_scalers, load_emulator_catalog
 from training.emulator.detector import detection_figures
 from training.emulator.evaluate import verdict
@@ -114,6 +114,41 @@ def test_the_noise_skip_is_on_where_the_noise_is_the_whole_scatter(catalog):
     for bad in ("sometimes", 1):
         with pytest.raises(PresetError, match=r"noise_skip.*true, false or auto"):
             build_config("balrog", {"noise_skip": bad})
+
+
+def test_match_spread_gives_the_served_generator_the_targets_median_and_width(catalog):
+    from training.emulator.data import target_tensors
+    from training.emulator.gan import match_spread
+
+    train = _train_split(catalog)
+    scalers = fit_scalers(train, error_scale=True)
+    cpu = torch.device("cpu")
+    cond, true, target = target_tensors(scalers, train.only_detected(), cpu)
+    q = torch.tensor([0.16, 0.5, 0.84], dtype=target.dtype)
+
+    def quantiles(g):
+        z = torch.randn(len(target), 8, generator=torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            return torch.quantile(g(z, cond, true), q, dim=0)
+
+    torch.manual_seed(0)
+    g = Generator(EmulatorConfig(out_dim=6, noise_skip=True, noise_mix=True))
+    with torch.no_grad():  # a generator 10 % too narrow and 0.2 off in its offsets
+        g.mix.bias.mul_(0.9)
+        g.trunk.net[-1].bias[:3] += 0.2
+    matched = match_spread(g, scalers, train, cpu, seed=0)
+    assert matched is not None
+    assert all(1.0 < f < 1.25 for f in matched["spread_factor"][:3]), matched  # widened
+    want, have = torch.quantile(target, q, dim=0), quantiles(g)  # other noise than the fit's
+    torch.testing.assert_close(have[1, :3], want[1, :3], rtol=0, atol=0.05)
+    width = (have[2] - have[0]) / (want[2] - want[0])
+    assert ((width[:3] > 0.95) & (width[:3] < 1.05)).all(), width
+    # matched once, the second match changes (almost) nothing
+    again = match_spread(g, scalers, train, cpu, seed=0)
+    assert again is not None and all(abs(f - 1) < 1e-3 for f in again["spread_factor"][:3])
+    # the unmixed skip's noise bypasses every layer: nothing to fold the map into
+    plain = Generator(EmulatorConfig(out_dim=6, noise_skip=True))
+    assert match_spread(plain, scalers, train, cpu, seed=0) is None
 
 
 def test_checkpoints_without_a_scale_load_as_before(catalog):

@@ -116,6 +116,43 @@ def validation_figure(
     return out_figs
 
 
+SPREAD_ROWS = 100_000  # detected training objects that the served generator's spread is matched on
+
+
+@torch.no_grad()
+def match_spread(
+    generator: Generator, scalers: EmulatorScalers, rows: Split, device: torch.device, *, seed: int
+) -> dict[str, list[float]] | None:
+    """Give the generator's samples the median and the central-68 % width of `rows`' targets,
+    column by column, by folding an affine map into its output layer (and the skip's matrix).
+
+    The EMA of a generator that keeps moving is narrower than each of its states (2–5 % in
+    every column on the analytic catalogs, with or without the skip), and a per-band KS
+    counts that. Matched on the training split, the largest. Returns the factors and shifts,
+    or None where the skip adds its noise unmixed (nothing to fold it into).
+    """
+    cfg = generator.cfg
+    det = rows.only_detected().head(SPREAD_ROWS)
+    if len(det) < 100 or (cfg.noise_skip and not cfg.noise_mix):
+        return None
+    cond, true, target = target_tensors(scalers, det, device)
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(len(det), cfg.noise_dim, generator=g).to(device)
+    fake = generator(z, cond, true)  # (N, D)
+    q = torch.tensor([0.16, 0.5, 0.84], device=device, dtype=target.dtype)
+    want, have = torch.quantile(target, q, dim=0), torch.quantile(fake, q, dim=0)  # (3, D)
+    factor = ((want[2] - want[0]) / (have[2] - have[0]).clamp_min(1e-6)).clamp(0.8, 1.25)
+    # out' = factor · (out − have median) + want median
+    last = generator.trunk.net[-1]
+    last.weight.mul_(factor[:, None])
+    last.bias.copy_(factor * (last.bias - have[1]) + want[1])
+    if cfg.noise_skip:  # row i of the skip's matrix makes output i
+        k = generator.k
+        generator.mix.weight.view(k, k, -1).mul_(factor[:k, None, None])
+        generator.mix.bias.view(k, k).mul_(factor[:k, None])
+    return {"spread_factor": factor.tolist(), "median_shift": (want[1] - have[1]).tolist()}
+
+
 # --------------------------------------------------------------------------------------------
 # the training loop
 
@@ -334,8 +371,12 @@ def train_emulator_gan(
             run.report("epoch", step, losses=losses, eta_s=eta, metrics=metrics)
 
     # ---- end: a full checkpoint always; model.pt and its figures when the run completed ------
+    if schedule.done(step) and config.match_spread:
+        matched = match_spread(best, scalers, train, device, seed=config.seed)
+        if matched is not None:
+            log.info("served generator matched to the training split: %s", matched)
     model = finish(run, checkpoint(), config, data, metrics)
     return run.result(step, losses=losses, eta_s=eta, metrics=metrics, model=model)
 
 
-__all__ = ["magnitude_distances", "train_emulator_gan", "validation_figure"]
+__all__ = ["magnitude_distances", "match_spread", "train_emulator_gan", "validation_figure"]
