@@ -146,9 +146,9 @@ def test_match_spread_gives_the_served_generator_the_targets_median_and_width(ca
     # matched once, the second match changes (almost) nothing
     again = match_spread(g, scalers, train, cpu, seed=0)
     assert again is not None and all(abs(f - 1) < 1e-3 for f in again["spread_factor"][:3])
-    # the unmixed skip's noise bypasses every layer: nothing to fold the map into
-    plain = Generator(EmulatorConfig(out_dim=6, noise_skip=True))
-    assert match_spread(plain, scalers, train, cpu, seed=0) is None
+    # only with the mixed skip (the unmixed skip's noise bypasses every layer)
+    for cfg in (EmulatorConfig(out_dim=6, noise_skip=True), EmulatorConfig(out_dim=6)):
+        assert match_spread(Generator(cfg), scalers, train, cpu, seed=0) is None
 
 
 def test_checkpoints_without_a_scale_load_as_before(catalog):

@@ -79,9 +79,9 @@ class EmulatorTrainConfig:
     # galaxy's shape and size (GalSim's), where with it the generator fails (AUC 0.83)
     noise_skip: bool | str = "auto"
     noise_mix: bool = True  # the learned matrix; false: the noise is added as it is
-    # at the end, fold into the served generator's output layer the per-column affine map
-    # that gives its samples the training targets' median and central-68 % width (the EMA
-    # comes out 2–5 % narrow; see training.emulator.gan.match_spread)
+    # at the end, with the mixed skip, fold into the served generator's output layer the
+    # per-column affine map that gives its samples the training targets' median and
+    # central-68 % width (see training.emulator.gan.match_spread)
     match_spread: bool = True
     detector_epochs: int = 20
     detector_batch_size: int = 1024  # the detection classifier sees every training row
