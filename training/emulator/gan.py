@@ -193,7 +193,8 @@ def train_emulator_gan(
     step draws a fresh batch, so a generator step consumes `n_critic × batch_size` rows. The
     run lasts `epochs`, or more when that is under `min_steps` generator steps; the weights
     served (`model.pt`) are the EMA of the epoch with the best `validation_figure` in the
-    second half of the run.
+    second half of the run, with the mixed noise skip then matched to the training targets'
+    spread (`match_spread`).
     """
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
