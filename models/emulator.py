@@ -283,9 +283,9 @@ class Generator(nn.Module):
     every band. With `noise_mix` the skip's noise is first multiplied by a 3 × 3 matrix
     computed from the object's conditions and true magnitudes (started at the identity), so
     that bands can err alike and by more or less than the scale says. Where measurements
-    scatter beyond their noise (GalSim's galaxies) the unit normal is the wrong start and
-    the generator is worse with the skip, mixed or not; the training preset decides per
-    catalog (`training.emulator.gan.use_noise_skip`).
+    scatter beyond their noise (GalSim's galaxies) the unit normal is not the target's shape
+    and the skip has not been shown to help; the training preset decides per catalog
+    (`training.emulator.gan.use_noise_skip`).
     """
 
     def __init__(self, cfg: EmulatorConfig) -> None:

@@ -76,7 +76,8 @@ class EmulatorTrainConfig:
     # them; see models.emulator.Generator). "auto": on when the catalog's measurement noise
     # is its whole scatter (`training.emulator.data.noise_share`), where the generator
     # without it comes out 5–10 % too narrow; off where measurements also scatter with a
-    # galaxy's shape and size (GalSim's), where with it the generator fails (AUC 0.83)
+    # galaxy's shape and size (GalSim's), where it has not been shown to help (two-sample
+    # AUC 0.83–0.84 in runs with it, 0.64 and 0.89 in two without)
     noise_skip: bool | str = "auto"
     noise_mix: bool = True  # the learned matrix; false: the noise is added as it is
     # at the end, with the mixed skip, fold into the served generator's output layer the
