@@ -282,9 +282,10 @@ def worker_command(
     ]
 
 
-def worker_env(queue: str, base: dict[str, str]) -> dict[str, str]:
+def worker_env(queue: str, base: dict[str, str], processes: int = 1) -> dict[str, str]:
+    """`base` with the torch threads of each of the worker's `processes` (`torch_threads`)."""
     env = dict(base)
-    threads = str(torch_threads(queue))
+    threads = str(torch_threads(queue, processes))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = threads
     return env
@@ -318,7 +319,7 @@ def start_workers(
         stop = signal.SIGQUIT if queue == "training" else signal.SIGTERM
         name = f"worker[{queue}]"
         cmd = worker_command(queue, concurrency, batch_max_size, data_processes)
-        sup.start(name, cmd, worker_env(queue, env), stop, output(name))
+        sup.start(name, cmd, worker_env(queue, env, concurrency), stop, output(name))
 
 
 def warn_if_exposed(host: str) -> None:

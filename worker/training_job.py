@@ -440,8 +440,13 @@ def report_devices(store: JobStore) -> None:
 
 
 def _limit_torch_threads() -> None:
+    """The threads the launcher gave this process (`OMP_NUM_THREADS`, its share of the cores
+    among the worker's training processes), else the training policy's for one process."""
     import torch
 
     from worker.policy import TRAINING_QUEUE, torch_threads
 
-    torch.set_num_threads(torch_threads(TRAINING_QUEUE))
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    torch.set_num_threads(
+        int(given) if given.isdigit() and int(given) > 0 else torch_threads(TRAINING_QUEUE)
+    )
