@@ -25,6 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+# ln F falls by 0.4 ln 10 = 0.921 per magnitude: magerr = 2.5 / ln 10 · σ_F / F
+LN_FLUX_PER_MAG = 0.4 * float(np.log(10.0))
+
 
 @dataclass(frozen=True)
 class EmulatorConfig:
@@ -80,6 +83,21 @@ class EmulatorScalers:
     and scattered (by shape and size) more than its noise says, and a bright object's
     offset of 0.1 ± 0.03 mag against a noise of 0.004 would otherwise be 25 ± 8 units of it.
     Empty in older checkpoints: no shift, no floor.
+
+    With `flux_errors` the error columns are ln(σ_F / F_true) rather than ln magerr: a
+    survey reports ``magerr = 2.5 / ln 10 · σ_F / F`` with the measured flux F, so ``ln
+    magerr = ln(σ_F / F_true) + 0.4 ln 10 · (observed − true)``. The generator then draws the
+    flux error, and each magnitude error follows from its own offset exactly, as it does in
+    the catalog; drawn as a column of its own, the error is off that relation by what the
+    network misses, which a classifier given both finds at once. False in older checkpoints.
+
+    With `error_basis` (a 3 × 3 matrix M, row-major) the generated error columns are the
+    principal components of the z-scored error columns, each of unit variance: errors =
+    components @ M. A galaxy's three flux errors share its size, so they lie close to one
+    line (correlations 0.96–0.99; the two thin directions hold 1–2 % of the variance), and a
+    network drawing each column on its own misses that line by as much as it misses a
+    column; drawn as components, what it misses in a thin direction is scaled down by that
+    direction's width. Empty in older checkpoints: the columns are drawn as they are.
     """
 
     true_mean: tuple[float, ...]
@@ -94,6 +112,8 @@ class EmulatorScalers:
     scale_coef: tuple[float, ...] = ()
     shift_coef: tuple[float, ...] = ()
     scale_floor: tuple[float, ...] = ()
+    flux_errors: bool = False
+    error_basis: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -108,7 +128,8 @@ class EmulatorScalers:
         for k, f in cls.__dataclass_fields__.items():
             if k not in data and f.default is not MISSING:
                 continue  # an older checkpoint: the field's default
-            out[k] = bool(data[k]) if k == "log_conditions" else tuple(float(v) for v in data[k])
+            flag = k in ("log_conditions", "flux_errors")
+            out[k] = bool(data[k]) if flag else tuple(float(v) for v in data[k])
         return cls(**out)
 
     @property
@@ -188,15 +209,26 @@ class EmulatorScalers:
         if self.out_dim == 6:
             if magerr is None:
                 raise ValueError("this model emulates magnitude errors: pass magerr")
-            raw = torch.cat([raw, torch.log(magerr)], dim=1)
+            ln_err = torch.log(magerr)
+            if self.flux_errors:
+                ln_err = ln_err - LN_FLUX_PER_MAG * (observed - x[:, :3])
+            raw = torch.cat([raw, ln_err], dim=1)
         ln_s = self.ln_scale(x, feats)
         if ln_s is not None:
             errs = [raw[:, 3:] - ln_s] if self.out_dim == 6 else []  # errors in units of s
             raw = torch.cat([raw[:, :3] * torch.exp(-ln_s), *errs], dim=1)
-        return (raw - _t(self.delta_mean, raw)) / _t(self.delta_std, raw)
+        z = (raw - _t(self.delta_mean, raw)) / _t(self.delta_std, raw)
+        if self.error_basis:  # components = errors @ M⁻¹
+            basis = _t(self.error_basis, z).reshape(3, 3)
+            comps = torch.linalg.solve(basis.T, z[:, 3:].T).T
+            z = torch.cat([z[:, :3], comps], dim=1)
+        return z
 
     def observed(self, target: Tensor, x: Tensor) -> Tensor:
         """Inverse of `target`: standardized (B, out_dim) → magnitudes (B, 3) [, errors (B, 3)]."""
+        if self.error_basis:
+            errs = target[:, 3:] @ _t(self.error_basis, target).reshape(3, 3)
+            target = torch.cat([target[:, :3], errs], dim=1)
         raw = target * _t(self.delta_std, target) + _t(self.delta_mean, target)
         feats = self._features_if_used(x)
         ln_s = self.ln_scale(x, feats)
@@ -204,11 +236,17 @@ class EmulatorScalers:
             errs = [raw[:, 3:] + ln_s] if self.out_dim == 6 else []
             raw = torch.cat([raw[:, :3] * torch.exp(ln_s), *errs], dim=1)
         mu = self.shift(x, feats)
-        mags = x[:, :3] + raw[:, :3] + (0 if mu is None else mu)
-        return torch.cat([mags, torch.exp(raw[:, 3:])], dim=1) if self.out_dim == 6 else mags
+        offset = raw[:, :3] + (0 if mu is None else mu)
+        if self.out_dim != 6:
+            return x[:, :3] + offset
+        ln_err = raw[:, 3:] + LN_FLUX_PER_MAG * offset if self.flux_errors else raw[:, 3:]
+        return torch.cat([x[:, :3] + offset, torch.exp(ln_err)], dim=1)
 
     def observed_numpy(self, target: np.ndarray, x: np.ndarray) -> np.ndarray:
         """`observed` for float64 arrays (the sampler's output precision)."""
+        if self.error_basis:
+            errs = target[:, 3:] @ np.asarray(self.error_basis).reshape(3, 3)
+            target = np.concatenate([target[:, :3], errs], axis=1)
         raw = target * np.asarray(self.delta_std) + np.asarray(self.delta_mean)
         feats = self._features_numpy_if_used(x)
         ln_s = self.ln_scale_numpy(x, feats)
@@ -216,8 +254,11 @@ class EmulatorScalers:
             errs = [raw[:, 3:] + ln_s] if self.out_dim == 6 else []
             raw = np.concatenate([raw[:, :3] * np.exp(ln_s), *errs], axis=1)
         mu = self.shift_numpy(x, feats)
-        mags = x[:, :3] + raw[:, :3] + (0 if mu is None else mu)
-        return np.concatenate([mags, np.exp(raw[:, 3:])], axis=1) if self.out_dim == 6 else mags
+        offset = raw[:, :3] + (0 if mu is None else mu)
+        if self.out_dim != 6:
+            return x[:, :3] + offset
+        ln_err = raw[:, 3:] + LN_FLUX_PER_MAG * offset if self.flux_errors else raw[:, 3:]
+        return np.concatenate([x[:, :3] + offset, np.exp(ln_err)], axis=1)
 
     def out_of_domain(self, x: np.ndarray) -> np.ndarray:
         """(N,) bool: rows with an input outside the training range (all False if unknown)."""

@@ -50,6 +50,82 @@ def test_error_scale_round_trips_and_evens_out_the_target(catalog):
         assert ((ratio > lo) & (ratio < hi)).all(), ratio
 
 
+def test_flux_errors_tie_each_magnitude_error_to_its_own_offset(catalog):
+    """With `flux_errors` the generated error columns are ln(σ_F / F_true): a draw's magnitude
+    error is its flux error over its own measured flux, so moving only the offset column
+    scales the error by 10^(0.4 Δoffset), and the catalog's rows round-trip exactly."""
+    train = _train_split(catalog)
+    det = train.only_detected()
+    x64 = det.x.astype(np.float64)
+    x = torch.from_numpy(x64)
+    obs = torch.from_numpy(det.observed).double()
+    err = torch.from_numpy(det.magerr).double()
+    for error_scale in (False, True):
+        scalers = fit_scalers(train, error_scale=error_scale, flux_errors=True)
+        assert scalers.flux_errors
+        target = scalers.target(obs, x, err)
+        back = scalers.observed(target, x)
+        torch.testing.assert_close(back, torch.cat([obs, err], dim=1), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(scalers.observed_numpy(target.numpy(), x64), back.numpy())
+
+        draws = torch.randn(len(det), 6, generator=torch.Generator().manual_seed(1))
+        moved = draws.clone()
+        moved[:, :3] += 0.5
+        a, b = (scalers.observed_numpy(t.numpy(), x64) for t in (draws, moved))
+        delta = b[:, :3] - a[:, :3]
+        assert (delta > 0).all()
+        np.testing.assert_allclose(b[:, 3:] / a[:, 3:], 10 ** (0.4 * delta), rtol=1e-9)
+        # the flux error a draw carries: σ_F / F_true = magerr · 10^(-0.4 · offset) / 1.086
+        flux_err = a[:, 3:] * 10 ** (-0.4 * (a[:, :3] - x64[:, :3]))
+        flux_err_b = b[:, 3:] * 10 ** (-0.4 * (b[:, :3] - x64[:, :3]))
+        np.testing.assert_allclose(flux_err, flux_err_b, rtol=1e-9)
+
+    # without the flag the error column stays where it was drawn whatever the offset
+    plain = fit_scalers(train, error_scale=True)
+    assert not plain.flux_errors
+    a, b = (plain.observed_numpy(t.numpy(), x64) for t in (draws, moved))
+    np.testing.assert_allclose(a[:, 3:], b[:, 3:])
+    # a catalog without errors has no error columns to tie
+    no_err = fit_scalers(train, with_errors=False, error_scale=True, flux_errors=True)
+    assert not no_err.flux_errors and no_err.out_dim == 3
+
+
+def test_error_components_hold_the_bands_errors_to_their_common_line(catalog):
+    """With `error_basis` the error columns are drawn as their principal components, each of
+    unit variance: the catalog round-trips, and a generator's miss of the same size in every
+    generated column moves the bands' errors apart far less than drawn column by column."""
+    train = _train_split(catalog)
+    det = train.only_detected()
+    x64 = det.x.astype(np.float64)
+    x = torch.from_numpy(x64)
+    obs = torch.from_numpy(det.observed).double()
+    err = torch.from_numpy(det.magerr).double()
+    columns = fit_scalers(train, error_scale=True, flux_errors=True)
+    comps = fit_scalers(train, error_scale=True, flux_errors=True, error_basis=True)
+    assert columns.error_basis == () and len(comps.error_basis) == 9
+
+    target = comps.target(obs, x, err)
+    torch.testing.assert_close(
+        comps.observed(target, x), torch.cat([obs, err], dim=1), rtol=0, atol=1e-9
+    )
+    cov = np.cov(target[:, 3:].numpy(), rowvar=False)
+    np.testing.assert_allclose(cov, np.eye(3), atol=1e-9)  # uncorrelated, unit variance
+    # the analytic catalog's errors lie close to one line: most variance in one component
+    lengths = np.linalg.norm(np.asarray(comps.error_basis).reshape(3, 3), axis=1)
+    assert lengths[0] > 5 * lengths[1] >= 5 * lengths[2], lengths
+
+    def band_miss(scalers) -> float:
+        """How far ln(err_r / err_i) moves, sd over the objects, when every generated error
+        column misses by 0.1 of its unit spread."""
+        t = scalers.target(obs, x, err).numpy()
+        moved = t.copy()
+        moved[:, 3:] += 0.1 * np.random.default_rng(3).standard_normal((len(t), 3))
+        e, f = (scalers.observed_numpy(a, x64)[:, 3:] for a in (t, moved))
+        return float(np.std(np.log(f[:, 0] / f[:, 1]) - np.log(e[:, 0] / e[:, 1])))
+
+    assert band_miss(comps) < 0.2 * band_miss(columns), (band_miss(comps), band_miss(columns))
+
+
 def test_a_biased_scattered_measurement_keeps_the_target_even(catalog):
     """Offsets biased by 0.1 mag and scattered by 0.03 mag beyond their noise (as GalSim's
     Gaussian-weighted fluxes are): the shift and the floor keep every magnitude's share of
@@ -153,9 +229,10 @@ def test_match_spread_gives_the_served_generator_the_targets_median_and_width(ca
 
 def test_checkpoints_without_a_scale_load_as_before(catalog):
     scaled = fit_scalers(_train_split(catalog), error_scale=True)
-    new_keys = ("scale_coef", "shift_coef", "scale_floor")
+    new_keys = ("scale_coef", "shift_coef", "scale_floor", "flux_errors", "error_basis")
     old = {k: v for k, v in scaled.to_dict().items() if k not in new_keys}
     loaded = EmulatorScalers.from_dict(old)
+    assert not loaded.flux_errors and loaded.error_basis == ()
     assert loaded.scale_coef == () and loaded.ln_scale_numpy(np.ones((2, 9))) is None
     assert loaded.shift_coef == () and loaded.shift_numpy(np.ones((2, 9))) is None
     target = np.zeros((2, 6))

@@ -71,6 +71,13 @@ class EmulatorTrainConfig:
     # divide each band's target by a per-object error scale (a linear fit of ln magerr on
     # the inputs): bright objects' offsets are otherwise ~1 % of the target's spread
     error_scale: bool = True
+    # draw each band's flux error, ln(σ_F / F_true), and derive its magnitude error from the
+    # drawn offset as a survey does (magerr = 1.086 σ_F / F): drawn on its own, ln magerr is
+    # off the exact relation to the offset by what the network misses (models.emulator)
+    flux_errors: bool = True
+    # draw the three error columns as their principal components: they lie close to one line
+    # (a galaxy's size sets all three), which columns drawn one by one miss
+    error_basis: bool = True
     # add the generator's first noise components to the offsets it outputs, through a 3 × 3
     # matrix learned per object (a residual on the unit normal that the error scale makes of
     # them; see models.emulator.Generator). "auto": on when the catalog's measurement noise
@@ -293,6 +300,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         "emulate_errors",
         "log_conditions",
         "error_scale",
+        "flux_errors",
+        "error_basis",
     }:
         if not isinstance(value, bool):
             raise PresetError(f"override {key!r} must be true or false, got {value!r}")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from models.columns import DETECTED, MAGERR, OBSERVED, SPLIT
-from models.emulator import EmulatorScalers
+from models.emulator import LN_FLUX_PER_MAG, EmulatorScalers
 
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
@@ -175,6 +175,8 @@ def fit_scalers(
     log_conditions: bool = True,
     with_errors: bool = True,
     error_scale: bool = False,
+    flux_errors: bool = False,
+    error_basis: bool = False,
 ) -> EmulatorScalers:
     """Train-split standardization of inputs (all rows) and targets (detected rows).
 
@@ -184,7 +186,9 @@ def fit_scalers(
     by a per-object scale, both fitted here (see `EmulatorScalers`): least-squares fits of the
     offset and of ln magerr on the standardized inputs (of ln |residual| when the catalog has
     no errors: its constant bias does not matter, the z-score after it takes it out), the
-    scale floored by the scatter the noise does not explain (`scatter_floor`).
+    scale floored by the scatter the noise does not explain (`scatter_floor`). With
+    `flux_errors` the error columns are ln(σ_F / F_true), and with `error_basis` they are
+    drawn as their principal components (see `EmulatorScalers`).
     """
     det = train.only_detected()
     if len(det) < 2:
@@ -193,7 +197,10 @@ def fit_scalers(
     target = offset
     has_errors = with_errors and train.has_errors and det.magerr is not None
     if has_errors:
-        target = np.concatenate([target, np.log(det.magerr.astype(np.float64))], axis=1)
+        ln_err = np.log(det.magerr.astype(np.float64))  # type: ignore[union-attr]
+        if flux_errors:
+            ln_err = ln_err - LN_FLUX_PER_MAG * offset
+        target = np.concatenate([target, ln_err], axis=1)
 
     def std(a: np.ndarray) -> list[float]:
         return np.maximum(a.std(axis=0), 1e-6).tolist()  # a constant column must not give 0
@@ -210,6 +217,7 @@ def fit_scalers(
         log_conditions=log_conditions,
         input_min=tuple(x.min(axis=0)),
         input_max=tuple(x.max(axis=0)),
+        flux_errors=has_errors and flux_errors,
     )
     if error_scale:
         xd = det.x.astype(np.float64)
@@ -238,10 +246,26 @@ def fit_scalers(
         )
         ln_s = scalers.ln_scale_numpy(xd, feats)
         scaled = [residual * np.exp(-ln_s)]
-        if has_errors:  # ln magerr - ln s: the errors in units of the scale
+        if has_errors:  # ln magerr (or ln σ_F / F_true) - ln s: the errors in units of s
             scaled.append(target[:, 3:] - ln_s)
         target = np.concatenate(scaled, axis=1)
-    return replace(scalers, delta_mean=tuple(target.mean(axis=0)), delta_std=tuple(std(target)))
+    mean, sd = target.mean(axis=0), std(target)
+    scalers = replace(scalers, delta_mean=tuple(mean), delta_std=tuple(sd))
+    if error_basis and has_errors:
+        basis = principal_basis(((target - mean) / sd)[:, 3:])
+        scalers = replace(scalers, error_basis=tuple(basis.ravel().tolist()))
+    return scalers
+
+
+def principal_basis(columns: np.ndarray) -> np.ndarray:
+    """M (k, k) with columns = components @ M (up to the mean), the components uncorrelated,
+    of unit variance and in order of decreasing variance: row i of M is the i-th principal
+    axis times its standard deviation, its largest entry made positive (a fixed sign)."""
+    var, axes = np.linalg.eigh(np.cov(columns, rowvar=False))  # ascending
+    var, axes = var[::-1], axes[:, ::-1]
+    var = np.maximum(var, 1e-6 * var[0])  # a direction without spread stays invertible
+    axes = axes * np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(axes.shape[1])])
+    return np.sqrt(var)[:, None] * axes.T
 
 
 __all__ = [

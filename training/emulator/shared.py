@@ -44,6 +44,8 @@ def run_scalers(
         log_conditions=config.log_conditions,
         with_errors=config.emulate_errors,
         error_scale=getattr(config, "error_scale", False),
+        flux_errors=getattr(config, "flux_errors", False),
+        error_basis=getattr(config, "error_basis", False),
     )
 
 
