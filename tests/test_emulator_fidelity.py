@@ -26,6 +26,16 @@ def _train_split(catalog):
     return load_emulator_catalog(catalog)["train"]
 
 
+def _detected_rows(catalog):
+    """The train split, and its detected rows' inputs (float64 array and tensor), observed
+    magnitudes and errors (tensors)."""
+    train = _train_split(catalog)
+    det = train.only_detected()
+    x64 = det.x.astype(np.float64)
+    obs, err = (torch.from_numpy(a).double() for a in (det.observed, det.magerr))
+    return train, x64, torch.from_numpy(x64), obs, err
+
+
 def test_error_scale_round_trips_and_evens_out_the_target(catalog):
     train = _train_split(catalog)
     det = train.only_detected()
@@ -54,12 +64,7 @@ def test_flux_errors_tie_each_magnitude_error_to_its_own_offset(catalog):
     """With `flux_errors` the generated error columns are ln(σ_F / F_true): a draw's magnitude
     error is its flux error over its own measured flux, so moving only the offset column
     scales the error by 10^(0.4 Δoffset), and the catalog's rows round-trip exactly."""
-    train = _train_split(catalog)
-    det = train.only_detected()
-    x64 = det.x.astype(np.float64)
-    x = torch.from_numpy(x64)
-    obs = torch.from_numpy(det.observed).double()
-    err = torch.from_numpy(det.magerr).double()
+    train, x64, x, obs, err = _detected_rows(catalog)
     for error_scale in (False, True):
         scalers = fit_scalers(train, error_scale=error_scale, flux_errors=True)
         assert scalers.flux_errors
@@ -68,7 +73,7 @@ def test_flux_errors_tie_each_magnitude_error_to_its_own_offset(catalog):
         torch.testing.assert_close(back, torch.cat([obs, err], dim=1), rtol=0, atol=1e-9)
         np.testing.assert_allclose(scalers.observed_numpy(target.numpy(), x64), back.numpy())
 
-        draws = torch.randn(len(det), 6, generator=torch.Generator().manual_seed(1))
+        draws = torch.randn(len(x64), 6, generator=torch.Generator().manual_seed(1))
         moved = draws.clone()
         moved[:, :3] += 0.5
         a, b = (scalers.observed_numpy(t.numpy(), x64) for t in (draws, moved))
@@ -94,12 +99,7 @@ def test_error_components_hold_the_bands_errors_to_their_common_line(catalog):
     """With `error_basis` the error columns are drawn as their principal components, each of
     unit variance: the catalog round-trips, and a generator's miss of the same size in every
     generated column moves the bands' errors apart far less than drawn column by column."""
-    train = _train_split(catalog)
-    det = train.only_detected()
-    x64 = det.x.astype(np.float64)
-    x = torch.from_numpy(x64)
-    obs = torch.from_numpy(det.observed).double()
-    err = torch.from_numpy(det.magerr).double()
+    train, x64, x, obs, err = _detected_rows(catalog)
     columns = fit_scalers(train, error_scale=True, flux_errors=True)
     comps = fit_scalers(train, error_scale=True, flux_errors=True, error_basis=True)
     assert columns.error_basis == () and len(comps.error_basis) == 9
