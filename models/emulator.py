@@ -92,12 +92,15 @@ class EmulatorScalers:
     network misses, which a classifier given both finds at once. False in older checkpoints.
 
     With `error_basis` (a 3 × 3 matrix M, row-major) the generated error columns are the
-    principal components of the z-scored error columns, each of unit variance: errors =
-    components @ M. A galaxy's three flux errors share its size, so they lie close to one
-    line (correlations 0.96–0.99; the two thin directions hold 1–2 % of the variance), and a
-    network drawing each column on its own misses that line by as much as it misses a
-    column; drawn as components, what it misses in a thin direction is scaled down by that
-    direction's width. Empty in older checkpoints: the columns are drawn as they are.
+    principal components of the z-scored error columns: errors = components @ M, the
+    components uncorrelated, each of standard deviation λ^¼ for its direction's variance λ.
+    A galaxy's three flux errors share its size, so they lie close to one line (correlations
+    0.96–0.99; the two thin directions hold 0.2–1.4 % of the variance), and a network drawing
+    each column on its own misses that line by as much as it misses a column. Drawn as
+    components, a miss in a thin direction is scaled down by λ^¼ (3–5× there). Whitened
+    components (unit variance, scaled down by √λ) held the line better still but drew the
+    critic from the offsets (see MODEL_CARD.md). Empty in older checkpoints: the columns
+    are drawn as they are.
     """
 
     true_mean: tuple[float, ...]

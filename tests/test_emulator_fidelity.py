@@ -96,8 +96,8 @@ def test_flux_errors_tie_each_magnitude_error_to_its_own_offset(catalog):
 
 
 def test_error_components_hold_the_bands_errors_to_their_common_line(catalog):
-    """With `error_basis` the error columns are drawn as their principal components, each of
-    unit variance: the catalog round-trips, and a generator's miss of the same size in every
+    """With `error_basis` the error columns are drawn as their principal components, the thin
+    ones widened: the catalog round-trips, and a generator's miss of the same size in every
     generated column moves the bands' errors apart far less than drawn column by column."""
     train, x64, x, obs, err = _detected_rows(catalog)
     columns = fit_scalers(train, error_scale=True, flux_errors=True)
@@ -108,11 +108,12 @@ def test_error_components_hold_the_bands_errors_to_their_common_line(catalog):
     torch.testing.assert_close(
         comps.observed(target, x), torch.cat([obs, err], dim=1), rtol=0, atol=1e-9
     )
+    # uncorrelated, of standard deviation λ^¼ for their directions' variances λ
     cov = np.cov(target[:, 3:].numpy(), rowvar=False)
-    np.testing.assert_allclose(cov, np.eye(3), atol=1e-9)  # uncorrelated, unit variance
-    # the analytic catalog's errors lie close to one line: most variance in one component
-    lengths = np.linalg.norm(np.asarray(comps.error_basis).reshape(3, 3), axis=1)
-    assert lengths[0] > 5 * lengths[1] >= 5 * lengths[2], lengths
+    var = np.linalg.eigvalsh(np.cov(columns.target(obs, x, err)[:, 3:].numpy(), rowvar=False))
+    np.testing.assert_allclose(cov, np.diag(np.sqrt(var[::-1])), atol=1e-9)
+    # the analytic catalog's errors lie close to one line: all but 3 % of the variance in one
+    assert var[:2].sum() < 0.03 * var.sum(), var
 
     def band_miss(scalers) -> float:
         """How far ln(err_r / err_i) moves, sd over the objects, when every generated error
@@ -123,7 +124,7 @@ def test_error_components_hold_the_bands_errors_to_their_common_line(catalog):
         e, f = (scalers.observed_numpy(a, x64)[:, 3:] for a in (t, moved))
         return float(np.std(np.log(f[:, 0] / f[:, 1]) - np.log(e[:, 0] / e[:, 1])))
 
-    assert band_miss(comps) < 0.2 * band_miss(columns), (band_miss(comps), band_miss(columns))
+    assert band_miss(comps) < 0.5 * band_miss(columns), (band_miss(comps), band_miss(columns))
 
 
 def test_a_biased_scattered_measurement_keeps_the_target_even(catalog):

@@ -75,8 +75,8 @@ class EmulatorTrainConfig:
     # drawn offset as a survey does (magerr = 1.086 σ_F / F): drawn on its own, ln magerr is
     # off the exact relation to the offset by what the network misses (models.emulator)
     flux_errors: bool = True
-    # draw the three error columns as their principal components: they lie close to one line
-    # (a galaxy's size sets all three), which columns drawn one by one miss
+    # draw the three error columns as their principal components, the thin ones widened: they
+    # lie close to one line (a galaxy's size sets all three), which columns drawn one by one miss
     error_basis: bool = True
     # add the generator's first noise components to the offsets it outputs, through a 3 × 3
     # matrix learned per object (a residual on the unit normal that the error scale makes of

@@ -259,13 +259,15 @@ def fit_scalers(
 
 def principal_basis(columns: np.ndarray) -> np.ndarray:
     """M (k, k) with columns = components @ M (up to the mean), the components uncorrelated,
-    of unit variance and in order of decreasing variance: row i of M is the i-th principal
-    axis times its standard deviation, its largest entry made positive (a fixed sign)."""
+    in order of decreasing variance, each of standard deviation λ^¼ for its direction's
+    variance λ: row i of M is the i-th principal axis times λ_i^¼, its largest entry made
+    positive (a fixed sign). Thin directions are widened by λ^-¼, halfway (in logarithm)
+    between the columns as they are and whitened components (`EmulatorScalers`)."""
     var, axes = np.linalg.eigh(np.cov(columns, rowvar=False))  # ascending
     var, axes = var[::-1], axes[:, ::-1]
     var = np.maximum(var, 1e-6 * var[0])  # a direction without spread stays invertible
     axes = axes * np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(axes.shape[1])])
-    return np.sqrt(var)[:, None] * axes.T
+    return var[:, None] ** 0.25 * axes.T
 
 
 __all__ = [
