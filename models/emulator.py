@@ -97,7 +97,7 @@ class EmulatorScalers:
     A galaxy's three flux errors share its size, so they lie close to one line (correlations
     0.96–0.99; the two thin directions hold 0.2–1.4 % of the variance), and a network drawing
     each column on its own misses that line by as much as it misses a column. Drawn as
-    components, a miss in a thin direction is scaled down by λ^¼ (3–5× there). Whitened
+    components, a miss in a thin direction is scaled down by λ^¼ (2–3.5× there). Whitened
     components (unit variance, scaled down by √λ) held the line better still but drew the
     critic from the offsets (see MODEL_CARD.md). Empty in older checkpoints: the columns
     are drawn as they are.
