@@ -197,9 +197,8 @@ def fit_scalers(
     target = offset
     has_errors = with_errors and train.has_errors and det.magerr is not None
     if has_errors:
-        ln_err = np.log(det.magerr.astype(np.float64))  # type: ignore[union-attr]
-        if flux_errors:
-            ln_err = ln_err - LN_FLUX_PER_MAG * offset
+        ln_magerr = np.log(det.magerr.astype(np.float64))  # type: ignore[union-attr]
+        ln_err = ln_magerr - LN_FLUX_PER_MAG * offset if flux_errors else ln_magerr
         target = np.concatenate([target, ln_err], axis=1)
 
     def std(a: np.ndarray) -> list[float]:
@@ -222,11 +221,11 @@ def fit_scalers(
     if error_scale:
         xd = det.x.astype(np.float64)
         feats = scalers.features_numpy(xd)  # (N, 10)
-        if has_errors:
-            ln_err = np.log(det.magerr.astype(np.float64))  # type: ignore[union-attr]
+        if has_errors:  # the scale is a fit of ln magerr, also with `flux_errors`
+            ln_noise = ln_magerr
         else:
-            ln_err = np.log(np.abs(offset - np.median(offset, axis=0)) + 1e-6)
-        coef = np.linalg.lstsq(feats, ln_err, rcond=None)[0].T  # (3, 10)
+            ln_noise = np.log(np.abs(offset - np.median(offset, axis=0)) + 1e-6)
+        coef = np.linalg.lstsq(feats, ln_noise, rcond=None)[0].T  # (3, 10)
         noise = np.exp(feats @ coef.T)  # (N, 3)
         # the expected offset (a measurement's bias), each object weighted by its precision
         # (else the faint objects' large, selection-skewed offsets set it for the bright)
