@@ -9,9 +9,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from models.checkpoint import load_checkpoint
-from models.emulator import EmulatorConfig, EmulatorScalers, Generator
+from models.emulator import MIN_FLUX_RATIO, EmulatorConfig, EmulatorScalers, Generator
 from training.emulator.data import fit_scalers, load_emulator_catalog
 from training.emulator.detector import detection_figures
 from training.emulator.evaluate import verdict
@@ -125,6 +126,37 @@ def test_error_components_hold_the_bands_errors_to_their_common_line(catalog):
         return float(np.std(np.log(f[:, 0] / f[:, 1]) - np.log(e[:, 0] / e[:, 1])))
 
     assert band_miss(comps) < 0.5 * band_miss(columns), (band_miss(comps), band_miss(columns))
+
+
+def test_flux_offsets_are_unit_normal_where_the_noise_is_the_whole_scatter(catalog):
+    """With `flux_offsets` each offset is the flux's deviation in units of the object's own
+    flux error: on the analytic catalog (Gaussian flux noise, sizes that differ) it has no
+    excess kurtosis, where offset / s, a scale mixture over the sizes, has ~1. The catalog
+    round-trips, and a draw whose flux would fall to nothing is kept at 1 % of the truth."""
+    train, x64, x, obs, err = _detected_rows(catalog)
+    scale = fit_scalers(train, error_scale=True, flux_errors=True)
+    flux = fit_scalers(train, error_scale=True, flux_errors=True, flux_offsets=True)
+    assert flux.flux_offsets and not scale.flux_offsets
+
+    target = flux.target(obs, x, err)
+    back = flux.observed(target, x)
+    torch.testing.assert_close(back, torch.cat([obs, err], dim=1), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(flux.observed_numpy(target.numpy(), x64), back.numpy(), atol=1e-9)
+
+    k_scale = stats.kurtosis(scale.target(obs, x, err)[:, :3].numpy())
+    k_flux = stats.kurtosis(target[:, :3].numpy())
+    assert (k_scale > 0.6).all() and (np.abs(k_flux) < 0.3).all(), (k_scale, k_flux)
+
+    far = target.clone()
+    far[:, :3] = 1e3  # far beyond the flux's own error: the flux would be negative
+    kept = x64[:, :3] + flux.shift_numpy(x64) - 2.5 * np.log10(MIN_FLUX_RATIO)  # 5 mag faint
+    for out in (flux.observed(far, x).numpy(), flux.observed_numpy(far.numpy(), x64)):
+        np.testing.assert_allclose(out[:, :3], kept)
+        assert np.isfinite(out).all()
+
+    # it needs the flux errors and the scale; without them the flag is not set
+    assert not fit_scalers(train, error_scale=True, flux_offsets=True).flux_offsets
+    assert not fit_scalers(train, flux_errors=True, flux_offsets=True).flux_offsets
 
 
 def test_a_biased_scattered_measurement_keeps_the_target_even(catalog):

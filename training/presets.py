@@ -78,6 +78,10 @@ class EmulatorTrainConfig:
     # draw the three error columns as their principal components, the thin ones widened: they
     # lie close to one line (a galaxy's size sets all three), which columns drawn one by one miss
     error_basis: bool = True
+    # draw each offset as the flux's deviation in units of the object's own (drawn) flux
+    # error: a unit normal before selection where the noise is the whole scatter, instead of
+    # a scale mixture skewed by the magnitude's logarithm (models.emulator.EmulatorScalers)
+    flux_offsets: bool = False
     # add the generator's first noise components to the offsets it outputs, through a 3 × 3
     # matrix learned per object (a residual on the unit normal that the error scale makes of
     # them; see models.emulator.Generator). "auto": on when the catalog's measurement noise
@@ -302,6 +306,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         "error_scale",
         "flux_errors",
         "error_basis",
+        "flux_offsets",
     }:
         if not isinstance(value, bool):
             raise PresetError(f"override {key!r} must be true or false, got {value!r}")

@@ -177,6 +177,7 @@ def fit_scalers(
     error_scale: bool = False,
     flux_errors: bool = False,
     error_basis: bool = False,
+    flux_offsets: bool = False,
 ) -> EmulatorScalers:
     """Train-split standardization of inputs (all rows) and targets (detected rows).
 
@@ -187,8 +188,10 @@ def fit_scalers(
     offset and of ln magerr on the standardized inputs (of ln |residual| when the catalog has
     no errors: its constant bias does not matter, the z-score after it takes it out), the
     scale floored by the scatter the noise does not explain (`scatter_floor`). With
-    `flux_errors` the error columns are ln(σ_F / F_true), and with `error_basis` they are
-    drawn as their principal components (see `EmulatorScalers`).
+    `flux_errors` the error columns are ln(σ_F / F_true), with `error_basis` they are drawn
+    as their principal components, and with `flux_offsets` (and both `error_scale` and
+    `flux_errors`) the offsets are flux deviations in units of their own error (see
+    `EmulatorScalers`).
     """
     det = train.only_detected()
     if len(det) < 2:
@@ -247,6 +250,10 @@ def fit_scalers(
         scaled = [residual * np.exp(-ln_s)]
         if has_errors:  # ln magerr (or ln σ_F / F_true) - ln s: the errors in units of s
             scaled.append(target[:, 3:] - ln_s)
+        if flux_offsets and scalers.flux_errors:
+            scalers = replace(scalers, flux_offsets=True)
+            own = LN_FLUX_PER_MAG * np.exp(scalers.ln_own_error(target[:, 3:]))
+            scaled[0] = -np.expm1(-LN_FLUX_PER_MAG * residual) / own
         target = np.concatenate(scaled, axis=1)
     mean, sd = target.mean(axis=0), std(target)
     scalers = replace(scalers, delta_mean=tuple(mean), delta_std=tuple(sd))

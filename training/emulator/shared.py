@@ -46,6 +46,7 @@ def run_scalers(
         error_scale=getattr(config, "error_scale", False),
         flux_errors=getattr(config, "flux_errors", False),
         error_basis=getattr(config, "error_basis", False),
+        flux_offsets=getattr(config, "flux_offsets", False),
     )
 
 
