@@ -225,6 +225,23 @@ def test_the_noise_skip_is_on_where_the_noise_is_the_whole_scatter(catalog):
             build_config("balrog", {"noise_skip": bad})
 
 
+def test_flux_offsets_follow_the_noise_skip_unless_set():
+    from dataclasses import replace
+
+    from training.emulator.gan import use_flux_offsets
+
+    config = build_config("balrog")
+    assert config.flux_offsets == "auto"
+    for skip in (True, False):
+        assert use_flux_offsets(config, skip) is skip
+        for forced in (True, False):
+            assert use_flux_offsets(replace(config, flux_offsets=forced), skip) is forced
+    assert build_config("balrog", {"flux_offsets": True}).flux_offsets is True
+    for bad in ("sometimes", 1):
+        with pytest.raises(PresetError, match=r"flux_offsets.*true, false or auto"):
+            build_config("balrog", {"flux_offsets": bad})
+
+
 def test_match_spread_gives_the_served_generator_the_targets_median_and_width(catalog):
     from training.emulator.data import target_tensors
     from training.emulator.gan import match_spread

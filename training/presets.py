@@ -80,8 +80,9 @@ class EmulatorTrainConfig:
     error_basis: bool = True
     # draw each offset as the flux's deviation in units of the object's own (drawn) flux
     # error: a unit normal before selection where the noise is the whole scatter, instead of
-    # a scale mixture skewed by the magnitude's logarithm (models.emulator.EmulatorScalers)
-    flux_offsets: bool = False
+    # a scale mixture skewed by the magnitude's logarithm (models.emulator.EmulatorScalers).
+    # "auto": with the noise skip (training.emulator.gan.use_flux_offsets)
+    flux_offsets: bool | str = "auto"
     # add the generator's first noise components to the offsets it outputs, through a 3 × 3
     # matrix learned per object (a residual on the unit normal that the error scale makes of
     # them; see models.emulator.Generator). "auto": on when the catalog's measurement noise
@@ -292,9 +293,9 @@ def config_from_dict(data: dict[str, Any]) -> Any:
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
-    if key == "noise_skip":
+    if key in ("noise_skip", "flux_offsets"):
         if not (isinstance(value, bool) or value == "auto"):
-            raise PresetError(f"override 'noise_skip' must be true, false or auto, got {value!r}")
+            raise PresetError(f"override {key!r} must be true, false or auto, got {value!r}")
         return value
     if isinstance(default, bool) or key in {
         "augment",
@@ -306,7 +307,6 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         "error_scale",
         "flux_errors",
         "error_basis",
-        "flux_offsets",
     }:
         if not isinstance(value, bool):
             raise PresetError(f"override {key!r} must be true or false, got {value!r}")

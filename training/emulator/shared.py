@@ -34,9 +34,14 @@ def load_splits(config: EmulatorConfig, data: Path | str | None) -> tuple[Split,
 
 
 def run_scalers(
-    config: EmulatorConfig, train: Split, previous: Checkpoint | None
+    config: EmulatorConfig,
+    train: Split,
+    previous: Checkpoint | None,
+    *,
+    flux_offsets: bool = False,
 ) -> EmulatorScalers:
-    """The input and target scalers: the checkpoint's when resuming, else fitted on `train`."""
+    """The input and target scalers: the checkpoint's when resuming, else fitted on `train`
+    (`flux_offsets` is decided by the caller: the cWGAN-GP's is "auto")."""
     if previous is not None:
         return EmulatorScalers.from_dict(previous.preprocessing)
     return fit_scalers(
@@ -46,7 +51,7 @@ def run_scalers(
         error_scale=getattr(config, "error_scale", False),
         flux_errors=getattr(config, "flux_errors", False),
         error_basis=getattr(config, "error_basis", False),
-        flux_offsets=getattr(config, "flux_offsets", False),
+        flux_offsets=flux_offsets,
     )
 
 
