@@ -182,8 +182,8 @@ def use_flux_offsets(config: EmulatorTrainConfig, noise_skip: bool) -> bool:
     """`config.flux_offsets`, "auto" being on with the noise skip: where the noise is the
     whole scatter, an offset in units of its own flux error is a unit normal before
     selection. On the GalSim catalog (skip off) it gave the generator's z band twice the
-    catalog's tail beyond +1.5 mag, 0.4 % of draws at a non-positive flux (kept at +5 mag),
-    and three 1-Wasserstein figures worse than the Gaussian's (MODEL_CARD.md)."""
+    catalog's tail beyond +1.5 mag, 0.4 % of its draws below 1 % of the true flux (kept at
+    +5 mag), and three 1-Wasserstein figures worse than the Gaussian's (MODEL_CARD.md)."""
     on = noise_skip if config.flux_offsets == "auto" else bool(config.flux_offsets)
     log.info("offsets drawn as %s", "flux deviations" if on else "magnitude offsets")
     return on
