@@ -240,6 +240,10 @@ def test_flux_offsets_follow_the_noise_skip_unless_set():
     for bad in ("sometimes", 1):
         with pytest.raises(PresetError, match=r"flux_offsets.*true, false or auto"):
             build_config("balrog", {"flux_offsets": bad})
+    # forced on, it needs the flux error it divides by; "auto" just stays off without it
+    with pytest.raises(PresetError, match=r"flux_offsets.* needs error_scale, flux_errors true"):
+        build_config("balrog", {"flux_offsets": True, "flux_errors": False, "error_scale": False})
+    assert build_config("balrog", {"flux_errors": False}).flux_offsets == "auto"
 
 
 def test_match_spread_gives_the_served_generator_the_targets_median_and_width(catalog):

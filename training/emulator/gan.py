@@ -184,9 +184,7 @@ def use_flux_offsets(config: EmulatorTrainConfig, noise_skip: bool) -> bool:
     selection. On the GalSim catalog (skip off) it gave the generator's z band twice the
     catalog's tail beyond +1.5 mag, 0.4 % of its draws below 1 % of the true flux (kept at
     +5 mag), and three 1-Wasserstein figures worse than the Gaussian's (MODEL_CARD.md)."""
-    on = noise_skip if config.flux_offsets == "auto" else bool(config.flux_offsets)
-    log.info("offsets drawn as %s", "flux deviations" if on else "magnitude offsets")
-    return on
+    return noise_skip if config.flux_offsets == "auto" else bool(config.flux_offsets)
 
 
 def train_emulator_gan(
@@ -224,6 +222,8 @@ def train_emulator_gan(
         skip = use_noise_skip(config, scalers, train)
         if use_flux_offsets(config, skip):  # the same fit, the offsets as flux deviations
             scalers = run_scalers(config, train, None, flux_offsets=True)
+        kind = "flux deviations" if scalers.flux_offsets else "magnitude offsets"
+        log.info("offsets drawn as %s", kind)  # a catalog without errors has no flux errors
         net_cfg = EmulatorConfig(
             noise_dim=config.noise_dim,
             hidden=config.hidden,
