@@ -185,31 +185,25 @@ class EmulatorScalers:
         if not self.scale_coef:
             return None
         feats = self.features(x) if feats is None else feats
-        ln_s = feats @ _t(self.scale_coef, x).reshape(3, -1).T  # (B, 3)
-        if self.scale_floor:
-            ln_s = 0.5 * torch.logaddexp(2 * ln_s, 2 * torch.log(_t(self.scale_floor, x)))
-        return ln_s
+        return self.floored(feats @ _t(self.scale_coef, x).reshape(3, -1).T)  # (B, 3)
 
     def ln_scale_numpy(self, x: np.ndarray, feats: np.ndarray | None = None) -> np.ndarray | None:
         """`ln_scale` for float64 arrays."""
         if not self.scale_coef:
             return None
         feats = self.features_numpy(x) if feats is None else feats
-        ln_s = feats @ np.asarray(self.scale_coef).reshape(3, -1).T
-        if self.scale_floor:
-            ln_s = 0.5 * np.logaddexp(2 * ln_s, 2 * np.log(np.asarray(self.scale_floor)))
-        return ln_s
+        return self.floored(feats @ np.asarray(self.scale_coef).reshape(3, -1).T)
 
-    def ln_own_error(self, ln_err: Any) -> Any:
-        """ln of each object's own magnitude error at its true flux, 1.086 σ_F / F_true (the
-        `flux_errors` column), widened by the scale floor: what `flux_offsets` divides by.
-        Tensors or float64 arrays."""
+    def floored(self, ln_noise: Any) -> Any:
+        """ln sqrt(noise² + floor²) per band, for ln noise (B, 3) as a tensor or a float64
+        array: the fitted scale's noise, or with `flux_offsets` each object's own magnitude
+        error at its true flux, 1.086 σ_F / F_true (the `flux_errors` column)."""
         if not self.scale_floor:
-            return ln_err
-        if isinstance(ln_err, Tensor):
-            ln_floor = torch.log(_t(self.scale_floor, ln_err))
-            return 0.5 * torch.logaddexp(2 * ln_err, 2 * ln_floor)
-        return 0.5 * np.logaddexp(2 * ln_err, 2 * np.log(np.asarray(self.scale_floor)))
+            return ln_noise
+        if isinstance(ln_noise, Tensor):
+            ln_floor = torch.log(_t(self.scale_floor, ln_noise))
+            return 0.5 * torch.logaddexp(2 * ln_noise, 2 * ln_floor)
+        return 0.5 * np.logaddexp(2 * ln_noise, 2 * np.log(np.asarray(self.scale_floor)))
 
     def shift(self, x: Tensor, feats: Tensor | None = None) -> Tensor | None:
         """Raw inputs (B, 9) → the expected offset per band (B, 3); None without one."""
@@ -244,7 +238,7 @@ class EmulatorScalers:
         if ln_s is not None:
             errs = [raw[:, 3:] - ln_s] if self.out_dim == 6 else []  # errors in units of s
             if self.flux_offsets:  # the flux's deviation in units of its own error
-                own = torch.exp(self.ln_own_error(raw[:, 3:]))
+                own = torch.exp(self.floored(raw[:, 3:]))
                 offsets = -torch.expm1(-LN_FLUX_PER_MAG * raw[:, :3]) / (LN_FLUX_PER_MAG * own)
             else:
                 offsets = raw[:, :3] * torch.exp(-ln_s)
@@ -267,7 +261,7 @@ class EmulatorScalers:
         if ln_s is not None:
             errs = [raw[:, 3:] + ln_s] if self.out_dim == 6 else []
             if self.flux_offsets:
-                own = torch.exp(self.ln_own_error(errs[0]))
+                own = torch.exp(self.floored(errs[0]))
                 lost = (LN_FLUX_PER_MAG * own * raw[:, :3]).clamp(max=1 - MIN_FLUX_RATIO)
                 offsets = -torch.log1p(-lost) / LN_FLUX_PER_MAG
             else:
@@ -291,7 +285,7 @@ class EmulatorScalers:
         if ln_s is not None:
             errs = [raw[:, 3:] + ln_s] if self.out_dim == 6 else []
             if self.flux_offsets:
-                own = np.exp(self.ln_own_error(errs[0]))
+                own = np.exp(self.floored(errs[0]))
                 lost = np.minimum(LN_FLUX_PER_MAG * own * raw[:, :3], 1 - MIN_FLUX_RATIO)
                 offsets = -np.log1p(-lost) / LN_FLUX_PER_MAG
             else:

@@ -247,13 +247,14 @@ def fit_scalers(
             scale_floor=tuple(floor.tolist()),
         )
         ln_s = scalers.ln_scale_numpy(xd, feats)
-        scaled = [residual * np.exp(-ln_s)]
+        if flux_offsets and scalers.flux_errors:  # the flux's deviation in its own error
+            scalers = replace(scalers, flux_offsets=True)
+            own = LN_FLUX_PER_MAG * np.exp(scalers.floored(target[:, 3:]))
+            scaled = [-np.expm1(-LN_FLUX_PER_MAG * residual) / own]
+        else:
+            scaled = [residual * np.exp(-ln_s)]
         if has_errors:  # ln magerr (or ln σ_F / F_true) - ln s: the errors in units of s
             scaled.append(target[:, 3:] - ln_s)
-        if flux_offsets and scalers.flux_errors:
-            scalers = replace(scalers, flux_offsets=True)
-            own = LN_FLUX_PER_MAG * np.exp(scalers.ln_own_error(target[:, 3:]))
-            scaled[0] = -np.expm1(-LN_FLUX_PER_MAG * residual) / own
         target = np.concatenate(scaled, axis=1)
     mean, sd = target.mean(axis=0), std(target)
     scalers = replace(scalers, delta_mean=tuple(mean), delta_std=tuple(sd))
