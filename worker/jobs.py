@@ -64,6 +64,8 @@ CHUNK_HEARTBEAT_S = 2.0
 
 # hash: dataset name → the job that makes it (a build, or an emulation job whose result it is)
 DATASET_JOBS_KEY = "cosmogan:datasets"
+# key per dataset name: held by the one request that checks the name is free and claims it
+NAME_HOLD_PREFIX = "cosmogan:dataset-hold:"
 
 # Fields stored JSON-encoded in the record; anything else is ignored on write.
 FIELDS = (
@@ -395,6 +397,19 @@ class JobStore:
             live = " with a live run" if if_no_lease and res[1:] == RUNNING else ""
             raise JobStateError(f"job {job_id} is {res[1:]}{live}, not {' or '.join(allowed_from)}")
         return res
+
+    # -- dataset names ------------------------------------------------------------------------
+    def hold_name(self, name: str, ttl_s: float) -> str | None:
+        """Hold dataset name `name` for one request's check and claim: a token to release
+        it with, or None while another request holds it. A request that dies holding it
+        frees it after `ttl_s`."""
+        token = uuid.uuid4().hex
+        held = self.r.set(NAME_HOLD_PREFIX + name, token, nx=True, px=int(ttl_s * 1000))
+        return token if held else None
+
+    def release_name(self, name: str, token: str) -> None:
+        """Let go of `name` (only if `token` still holds it)."""
+        self._release(keys=[NAME_HOLD_PREFIX + name], args=[token])
 
     # -- the lease ---------------------------------------------------------------------------
     def acquire_lease(self, job_id: str, token: str) -> bool:

@@ -8,6 +8,8 @@ import hashlib
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -55,6 +57,7 @@ ARCHIVE_TYPES = {
     "application/x-gtar": "tar",
 }
 RESERVED = {"jobs"}
+CLAIM_HOLD_S = 30.0  # how long a name stays held by a request that died while claiming it
 Name = Annotated[str, PathParam(pattern=datasets.NAME_PATTERN, description="A dataset name.")]
 Entry = Annotated[
     str, PathParam(pattern=datasets.ENTRY_RE.pattern, description="A dataset (or file) name.")
@@ -233,6 +236,19 @@ def claim(jobs: JobStore, name: str, job_id: str) -> None:
     jobs.r.hset(DATASET_JOBS_KEY, name, job_id)
 
 
+@contextmanager
+def holding(jobs: JobStore, name: str, ttl_s: float = CLAIM_HOLD_S) -> Iterator[None]:
+    """Run the body while this request alone holds dataset name `name`, so that two requests
+    for one name cannot both find it free and both claim it: the other gets a 409."""
+    token = jobs.hold_name(name, ttl_s)
+    if token is None:
+        raise ApiError(409, f"dataset {name!r} is being made by another request")
+    try:
+        yield
+    finally:
+        jobs.release_name(name, token)
+
+
 def describe(jobs: JobStore, settings: Settings, name: str) -> dict[str, Any] | None:
     """A dataset's view: ready on disk, else its build's progress; None if neither."""
     desc = datasets.describe(settings.data_dir, name)
@@ -337,6 +353,22 @@ def get_part(name: Entry, file: str, settings: SettingsDep) -> FileResponse:
 def build_dataset(
     body: BuildRequest, response: Response, jobs: JobsDep, celery: CeleryDep, settings: SettingsDep
 ) -> BuildAccepted:
+    name = body.name
+    with holding(jobs, name):  # the checks below and the claim, one request at a time
+        job_id = _start_build(body, jobs, celery, settings)
+    response.headers["Location"] = f"/datasets/{name}"
+    state = jobs.field(job_id, "state")
+    return BuildAccepted(
+        job_id=job_id,
+        name=name,
+        state=state,
+        url=f"/datasets/{name}",
+        job=f"/datasets/jobs/{job_id}",
+    )
+
+
+def _start_build(body: BuildRequest, jobs: JobStore, celery: Any, settings: Settings) -> str:
+    """The job that builds `body.name`: a new one, or the one under way or resumed."""
     name, root = body.name, settings.data_dir
     _check_not_ready(root, name)  # a build of `name` under way is resumed or refused below
     draw_seed = body.seed if body.draw_seed is None else body.draw_seed
@@ -376,15 +408,7 @@ def build_dataset(
         )
         claim(jobs, name, job_id)
         _send(celery, job_id, chunks)
-    response.headers["Location"] = f"/datasets/{name}"
-    state = jobs.field(job_id, "state")
-    return BuildAccepted(
-        job_id=job_id,
-        name=name,
-        state=state,
-        url=f"/datasets/{name}",
-        job=f"/datasets/jobs/{job_id}",
-    )
+    return job_id
 
 
 def _send(celery: Any, job_id: str, chunks: int) -> None:
@@ -454,20 +478,9 @@ async def upload_dataset(
     folder = datasets.incoming_dir(root, token)
     try:
         sha, size = await _save(request, folder / f"upload.{fmt}")
-        task = await asyncio.to_thread(
-            celery.send_task,
-            DATASET_INGEST_TASK,
-            args=[name, token, fmt, sha, size],
-            queue=DATA_QUEUE,
+        res = await asyncio.to_thread(
+            _ingest, jobs, settings, celery, name, [name, token, fmt, sha, size]
         )
-        try:
-            res = await asyncio.to_thread(task.get, timeout=INGEST_TIMEOUT_S, interval=0.2)
-        except CeleryTimeout:
-            raise ApiError(
-                503, "no data worker checked the upload in time (is a `data` worker running?)"
-            ) from None
-        finally:
-            task.forget()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     if not res.get("ok"):
@@ -475,6 +488,25 @@ async def upload_dataset(
     desc = dict(res["dataset"])
     desc.pop("parts", None)
     return DatasetOut(**desc)
+
+
+def _ingest(
+    jobs: JobStore, settings: Settings, celery: Any, name: str, args: list[Any]
+) -> dict[str, Any]:
+    """A data worker's check and publication of a saved upload, the name held meanwhile (an
+    emulation job or a build cannot claim it between the check and the publication)."""
+    with holding(jobs, name, INGEST_TIMEOUT_S + CLAIM_HOLD_S):
+        if describe(jobs, settings, name) is not None:
+            raise ApiError(409, f"dataset {name!r} already exists; delete it first")
+        task = celery.send_task(DATASET_INGEST_TASK, args=args, queue=DATA_QUEUE)
+        try:
+            return task.get(timeout=INGEST_TIMEOUT_S, interval=0.2)
+        except CeleryTimeout:
+            raise ApiError(
+                503, "no data worker checked the upload in time (is a `data` worker running?)"
+            ) from None
+        finally:
+            task.forget()
 
 
 async def _save(request: Request, path: Path) -> tuple[str, int]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -24,8 +25,10 @@ from app.schemas import DEFAULT_EMULATOR_MODEL, JOB_ID_PATTERN, MAX_SEED, NAME_P
 from models import datasets
 from models.atomic import atomic_write
 from models.kinds import EMULATOR
+from models.settings import Settings
 from worker import emulate_jobs
 from worker.jobs import EMULATE as EMULATE_KIND
+from worker.jobs import JobStore
 from worker.policy import EMULATE_FILE_TASK, INFERENCE_QUEUE
 
 router = APIRouter(tags=["inference"])
@@ -140,6 +143,7 @@ async def create_job(
                 422, f"a dataset result is Parquet: drop output={output} or ask output=parquet"
             )
         output = "parquet"
+        # refused before the upload; checked again, with the name held, before it is claimed
         await asyncio.to_thread(dataset_routes.check_free, jobs, settings, dataset)
     mv = await asyncio.to_thread(resolve, registry, model, version, EMULATOR)
     job_id = uuid.uuid4().hex
@@ -159,9 +163,11 @@ async def create_job(
     }
     if dataset is not None:
         fields["result_dataset"] = dataset
-    await asyncio.to_thread(emulate_jobs.create, jobs, job_id, fields)
-    if dataset is not None:  # listed, and refused to other jobs, while it is made
-        await asyncio.to_thread(dataset_routes.claim, jobs, dataset, job_id)
+    try:
+        await asyncio.to_thread(_create, jobs, settings, job_id, fields)
+    except ApiError:  # the name was taken meanwhile: the saved upload goes
+        shutil.rmtree(emulate_jobs.job_dir(home, job_id), ignore_errors=True)
+        raise
     await asyncio.to_thread(
         celery.send_task,
         EMULATE_FILE_TASK,
@@ -171,6 +177,19 @@ async def create_job(
     )
     response.headers["Location"] = f"/emulate/jobs/{job_id}"
     return _out(await asyncio.to_thread(emulate_jobs.read, jobs, job_id))
+
+
+def _create(jobs: JobStore, settings: Settings, job_id: str, fields: dict[str, Any]) -> None:
+    """The job's record; with a dataset result, the name checked and claimed (listed, and
+    refused to other requests, while it is made) by this request alone."""
+    name = fields.get("result_dataset")
+    if name is None:
+        emulate_jobs.create(jobs, job_id, fields)
+        return
+    with dataset_routes.holding(jobs, name):
+        dataset_routes.check_free(jobs, settings, name)
+        emulate_jobs.create(jobs, job_id, fields)
+        dataset_routes.claim(jobs, name, job_id)
 
 
 async def _save_body(request: Request, path: os.PathLike) -> None:

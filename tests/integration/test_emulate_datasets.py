@@ -147,6 +147,42 @@ def test_a_named_dataset_result_is_the_one_file_result_in_parts(
     assert not folder.exists()
 
 
+def test_requests_racing_for_one_name_make_it_once(
+    client: httpx.Client, small_limit: Service
+) -> None:
+    body = parquet(catalog(2_000))
+    jobs_dir = small_limit.home / "emulate"
+    before = set(p.name for p in jobs_dir.iterdir()) if jobs_dir.is_dir() else set()
+
+    async def race() -> list[httpx.Response]:
+        async with httpx.AsyncClient(
+            base_url=small_limit.base_url, headers=small_limit.auth, timeout=60
+        ) as c:
+            return await asyncio.gather(
+                *(
+                    c.post(
+                        "/emulate/jobs",
+                        content=body,
+                        params={"seed": k, "dataset": "emu-race"},
+                        headers={"content-type": PARQUET},
+                    )
+                    for k in range(8)
+                )
+            )
+
+    answers = asyncio.run(race())
+    assert sorted(r.status_code for r in answers) == [202] + [409] * 7, [r.text for r in answers]
+    assert all("emu-race" in r.json()["detail"] for r in answers if r.status_code == 409)
+    (won,) = [r for r in answers if r.status_code == 202]
+    # the refused requests leave neither a job nor their upload behind
+    assert set(p.name for p in jobs_dir.iterdir()) - before == {won.json()["job_id"]}
+    rec = finished(client, won.headers["location"])
+    assert rec["state"] == "succeeded" and rec["result"] == "/datasets/emu-race", rec
+    desc = client.get("/datasets/emu-race").json()
+    assert desc["job_id"] == rec["job_id"] and desc["rows"] == 2_000
+    assert client.delete("/datasets/emu-race").status_code == 204
+
+
 def test_a_parquet_result_over_the_limit_becomes_a_dataset_by_itself(
     client: httpx.Client,
 ) -> None:
