@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -204,6 +205,19 @@ def test_a_build_is_cancelled_and_resumed_where_it_stopped(
     assert done["state"] == "succeeded" and done["rows_done"] == 240  # nothing counted twice
     with service.client() as anonymous:  # no server paths for anonymous callers
         assert anonymous.get("/datasets").json()["data_root"] is None
+
+
+def test_builds_racing_for_one_name_start_one_job(client: httpx.Client, service: Service) -> None:
+    specs = [
+        {"name": "raced", "simulator": "analytic", "rows": 1000 + k, "seed": k} for k in range(6)
+    ]
+    with ThreadPoolExecutor(len(specs)) as pool, service.client(headers=service.auth) as c:
+        answers = list(pool.map(lambda spec: c.post("/datasets", json=spec), specs))
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [202] + [409] * 5, [r.text for r in answers]
+    (won,) = [r for r in answers if r.status_code == 202]
+    assert ready(client, "raced")["rows"] == specs[answers.index(won)]["rows"]
+    assert client.delete("/datasets/raced").status_code == 204
 
 
 def test_the_readmes_first_training_call_works_after_its_build_step(
