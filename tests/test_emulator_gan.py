@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint
-from training.emulator.gan import train_emulator_gan
+from training.emulator.gan import decayed_lr, train_emulator_gan
 from training.presets import build_config
 
 torch.set_num_threads(1)
@@ -64,8 +64,16 @@ def test_resume_continues_exactly(tmp_path, catalog, device):
         return _config(max_steps=steps, device=device)
 
     straight = train_emulator_gan(config(6), catalog, tmp_path / "a", resume=False)
-    first = train_emulator_gan(config(3), catalog, tmp_path / "b", resume=False)
-    assert first["step"] == 3
+    seen: list[int] = []  # stopped after step 3 of the same 6-step schedule (learning rates)
+    first = train_emulator_gan(
+        config(6),
+        catalog,
+        tmp_path / "b",
+        resume=False,
+        progress=lambda event: seen.append(event["step"]),
+        should_stop=lambda: bool(seen) and seen[-1] >= 3,
+    )
+    assert first["status"] == "cancelled" and first["step"] == 3
     second = train_emulator_gan(config(6), catalog, tmp_path / "b", resume=True)
     assert second["step"] == 6
     a, b = load_checkpoint(straight["model"]), load_checkpoint(second["model"])
@@ -73,6 +81,21 @@ def test_resume_continues_exactly(tmp_path, catalog, device):
         torch.testing.assert_close(tensor, b.ema[name], rtol=0, atol=1e-6)
     steps = [json.loads(s)["step"] for s in (tmp_path / "b" / "metrics.jsonl").open()]
     assert steps == [0, 1, 2, 3, 4, 5, 6]  # the detector's line, then each generator step
+
+
+def test_learning_rates_fall_to_zero_over_the_second_half():
+    assert [decayed_lr(1.0, s, 4, 8) for s in range(9)] == [1, 1, 1, 1, 1, 0.75, 0.5, 0.25, 0]
+    assert decayed_lr(1.0, 5, 4, 4) == 1.0  # nothing left to decay over
+
+
+@pytest.mark.parametrize("decay", [True, False])
+def test_the_run_decays_both_learning_rates_unless_told_not_to(tmp_path, catalog, decay):
+    config = _config(max_steps=8, batch_size=1000, lr_decay=decay)
+    result = train_emulator_gan(config, catalog, tmp_path / "run")
+    state = load_checkpoint(result["checkpoint"]).training_state
+    (rate,) = {state[k]["param_groups"][0]["lr"] for k in ("opt_g", "opt_c")}
+    # the last step (0-based 7) of 8 ran at 1/(8 − start) of the rate, start ≤ 4 (half)
+    assert rate <= config.lr / 4 if decay else rate == config.lr
 
 
 def test_cancel_checkpoints_and_resume_finishes(tmp_path, catalog):

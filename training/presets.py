@@ -60,6 +60,10 @@ class EmulatorTrainConfig:
     gp_lambda: float = 10.0
     n_critic: int = 5
     epochs: int = 200
+    # from the end of the burn-in (the run's first half) both learning rates fall linearly to
+    # zero at the last step, as in the WGAN-GP paper: at a constant rate the generator keeps
+    # jittering around the target by more than the EMA averages out (training.emulator.gan)
+    lr_decay: bool = True
     # at least this many generator steps: on a small catalog an epoch is a few steps, and
     # 200 of them stop the GAN long before it converges (more epochs are run to get there);
     # an `epochs` override without one sets it to 0: the epochs asked for are what runs

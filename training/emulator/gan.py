@@ -76,6 +76,14 @@ def magnitude_distances(
 
 
 @torch.no_grad()
+def decayed_lr(lr: float, step: int, start: int, total: int) -> float:
+    """The learning rate of generator step `step` (0-based): `lr` until step `start`, then
+    falling linearly to zero at step `total`."""
+    if step < start or total <= start:
+        return lr
+    return lr * max(0.0, (total - step) / (total - start))
+
+
 def validation_figure(
     generator: Generator,
     scalers: EmulatorScalers,
@@ -202,8 +210,8 @@ def train_emulator_gan(
     step draws a fresh batch, so a generator step consumes `n_critic × batch_size` rows. The
     run lasts `epochs`, or more when that is under `min_steps` generator steps; the weights
     served (`model.pt`) are the EMA of the epoch with the best `validation_figure` in the
-    second half of the run, with the mixed noise skip then matched to the training targets'
-    spread (`match_spread`).
+    second half of the run, over which the learning rates decay to zero (`lr_decay`), with
+    the mixed noise skip then matched to the training targets' spread (`match_spread`).
     """
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -320,6 +328,10 @@ def train_emulator_gan(
     critic.train()
     while run.more(step):
         e, k = divmod(step, steps_per_epoch)
+        if config.lr_decay:
+            rate = decayed_lr(config.lr, step, burn_in * steps_per_epoch, schedule.total_steps)
+            for group in (*opt_g.param_groups, *opt_c.param_groups):
+                group["lr"] = rate
         if perm is None or k == 0:
             perm = epoch_order(config.seed, e, n_det, steps_per_epoch * rows_per_step, device)
         # critic steps, each on a fresh real batch
@@ -397,4 +409,10 @@ def train_emulator_gan(
     return run.result(step, losses=losses, eta_s=eta, metrics=metrics, model=model)
 
 
-__all__ = ["magnitude_distances", "match_spread", "train_emulator_gan", "validation_figure"]
+__all__ = [
+    "decayed_lr",
+    "magnitude_distances",
+    "match_spread",
+    "train_emulator_gan",
+    "validation_figure",
+]
