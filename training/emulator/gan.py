@@ -75,7 +75,6 @@ def magnitude_distances(
     return out
 
 
-@torch.no_grad()
 def decayed_lr(lr: float, step: int, start: int, total: int) -> float:
     """The learning rate of generator step `step` (0-based): `lr` until step `start`, then
     falling linearly to zero at step `total`."""
@@ -84,6 +83,7 @@ def decayed_lr(lr: float, step: int, start: int, total: int) -> float:
     return lr * max(0.0, (total - step) / (total - start))
 
 
+@torch.no_grad()
 def validation_figure(
     generator: Generator,
     scalers: EmulatorScalers,
