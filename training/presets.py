@@ -280,10 +280,10 @@ def build_config(preset: str, overrides: dict[str, Any] | None = None, *, base: 
     if "epochs" in overrides and "min_steps" in known and "min_steps" not in overrides:
         overrides["min_steps"] = 0  # a number of epochs asked for is the number that runs
     config = replace(base, **overrides)
-    needs = ("emulate_errors", "error_scale", "flux_errors")  # the own error it divides by
-    if getattr(config, "flux_offsets", None) is True and not all(getattr(config, k) for k in needs):
-        off = [k for k in needs if not getattr(config, k)]
-        raise PresetError(f"override 'flux_offsets' true needs {', '.join(off)} true as well")
+    if getattr(config, "flux_offsets", None) is True:
+        needs = ("emulate_errors", "error_scale", "flux_errors")  # the own error it divides by
+        if off := [k for k in needs if not getattr(config, k)]:
+            raise PresetError(f"override 'flux_offsets' true needs {', '.join(off)} true as well")
     return config
 
 
