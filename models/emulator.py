@@ -10,6 +10,8 @@ the inference service coalesces many requests into one forward pass).
 
 The detection model is a separate MLP classifier `P(detected | true mags, conditions)`, whose
 logit is recalibrated with Platt scaling (`a · logit + b`, fitted on the validation split).
+With `detection_input` the generator and the critic also take that logit as a seventh
+condition column (`generator_conditions`): the detector is trained first and then frozen.
 
 The generated target has `out_dim` columns: the observed − true magnitude offsets in r, i, z,
 then (when `out_dim` is 6) the natural log of the magnitude errors `magerr_{r,i,z}`, so that
@@ -50,6 +52,15 @@ class EmulatorConfig:
     # the skip's noise is first multiplied by a 3 × 3 matrix computed from the object's
     # conditions and true magnitudes, started at the identity (False in older checkpoints)
     noise_mix: bool = False
+    # the generator and the critic take the detector's calibrated logit as one more condition
+    # column (`generator_conditions`): how far an object sits above the detection threshold
+    # is what selection does to its detected offsets (False in older checkpoints)
+    detection_input: bool = False
+
+    @property
+    def given_dim(self) -> int:
+        """Condition columns of the generator and the critic (the detector sees `cond_dim`)."""
+        return self.cond_dim + int(self.detection_input)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -371,7 +382,7 @@ class Generator(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.noise = Branch(cfg.noise_dim, cfg.hidden, cfg.embed, cfg.slope)
-        self.cond = Branch(cfg.cond_dim, cfg.hidden, cfg.embed, cfg.slope)
+        self.cond = Branch(cfg.given_dim, cfg.hidden, cfg.embed, cfg.slope)
         self.true = Branch(cfg.mag_dim, cfg.hidden, cfg.embed, cfg.slope)
         self.trunk = Trunk(3 * cfg.embed, cfg.hidden, cfg.out_dim, cfg.slope)
         self.k = min(3, cfg.noise_dim)
@@ -382,7 +393,7 @@ class Generator(nn.Module):
                 self.mix.bias.copy_(torch.eye(self.k).flatten())
 
     def forward(self, z: Tensor, cond: Tensor, true: Tensor) -> Tensor:
-        # z (B, 8), cond (B, 6), true (B, 3)
+        # z (B, 8), cond (B, given_dim), true (B, 3)
         given = torch.cat([self.cond(cond), self.true(true)], dim=1)  # (B, 128)
         out = self.trunk(torch.cat([self.noise(z), given], dim=1))  # (B, out_dim)
         if not self.cfg.noise_skip:
@@ -402,12 +413,12 @@ class Critic(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.obs = Branch(cfg.out_dim, cfg.hidden, cfg.embed, cfg.slope)
-        self.cond = Branch(cfg.cond_dim, cfg.hidden, cfg.embed, cfg.slope)
+        self.cond = Branch(cfg.given_dim, cfg.hidden, cfg.embed, cfg.slope)
         self.true = Branch(cfg.mag_dim, cfg.hidden, cfg.embed, cfg.slope)
         self.trunk = Trunk(3 * cfg.embed, cfg.hidden, 1, cfg.slope)
 
     def forward(self, obs: Tensor, cond: Tensor, true: Tensor) -> Tensor:
-        # obs (B, out_dim), cond (B, 6), true (B, 3)
+        # obs (B, out_dim), cond (B, given_dim), true (B, 3)
         h = torch.cat([self.obs(obs), self.cond(cond), self.true(true)], dim=1)  # (B, 192)
         return self.trunk(h).squeeze(1)  # (B,)
 
@@ -438,8 +449,41 @@ class Detector(nn.Module):
         # cond (B, 6), true (B, 3)
         return self.net(torch.cat([true, cond], dim=1)).squeeze(1)  # (B,) raw logit
 
+    def calibrated_logit(self, cond: Tensor, true: Tensor) -> Tensor:
+        return self.platt_a * self(cond, true) + self.platt_b  # (B,)
+
     def calibrated_prob(self, cond: Tensor, true: Tensor) -> Tensor:
-        return torch.sigmoid(self.platt_a * self(cond, true) + self.platt_b)  # (B,)
+        return torch.sigmoid(self.calibrated_logit(cond, true))  # (B,)
+
+
+DETECTION_CLAMP = 10.0  # the logit column is clamped to ±10 (P within 5e-5 of 0 or 1) …
+DETECTION_SCALE = 5.0  # … and divided by 5, so that it spans the others' unit range
+
+
+def generator_conditions(
+    cfg: Any,
+    detector: Detector | None,
+    cond: Tensor,
+    true: Tensor,
+    logit: Tensor | None = None,
+) -> Tensor:
+    """The condition columns of the generator and the critic, (B, `cfg.given_dim`).
+
+    `cond` (B, 6) as it is, or with `detection_input` followed by the detector's calibrated
+    logit, clamped to ±10 and divided by 5. The logit measures how close the object is to
+    the detection threshold, where selection keeps the draws that scattered bright: the
+    detected offsets' mean shift and narrowing there are a function of it, which the
+    conditions and magnitudes give the generator only through a steep nonlinearity.
+    `logit` (B,): the detector's calibrated logit when the caller has computed it already.
+    """
+    if not getattr(cfg, "detection_input", False):
+        return cond
+    if logit is None:
+        if detector is None:
+            raise ValueError("this generator takes the detector's logit: pass the detector")
+        logit = detector.calibrated_logit(cond, true)
+    column = logit.clamp(-DETECTION_CLAMP, DETECTION_CLAMP) / DETECTION_SCALE
+    return torch.cat([cond, column.unsqueeze(1).to(cond.dtype)], dim=1)
 
 
 __all__ = [
@@ -450,4 +494,5 @@ __all__ = [
     "EmulatorScalers",
     "Generator",
     "Trunk",
+    "generator_conditions",
 ]

@@ -26,7 +26,13 @@ from torch import Tensor, nn
 from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from models.columns import INPUTS
 from models.device import resolve_device
-from models.emulator import Detector, EmulatorConfig, EmulatorScalers, Generator
+from models.emulator import (
+    Detector,
+    EmulatorConfig,
+    EmulatorScalers,
+    Generator,
+    generator_conditions,
+)
 from models.flow import FlowConfig, FlowStudent, OffsetFlow
 from models.kinds import EMULATOR_KINDS
 
@@ -184,14 +190,17 @@ class EmulatorSampler:
             sl = slice(i, i + FORWARD_ROWS)
             xt = torch.tensor(x[sl], dtype=torch.float32, device=self.device)  # (m, 9)
             cond, true = self.scalers.split_inputs(xt)  # (m, 6), (m, 3)
-            prob = self.detector.calibrated_prob(cond, true).double().cpu()  # (m,)
+            logit = self.detector.calibrated_logit(cond, true)  # (m,)
+            prob = torch.sigmoid(logit).double().cpu()
             det = (uniforms[sl].double() < prob).numpy()
             detected[sl] = det
             if not det.any():
                 continue
             keep = torch.from_numpy(det).to(self.device)
             z = noise[sl][torch.from_numpy(det)].to(self.device)  # (d, noise_dim)
-            target = self.generator(z, cond[keep], true[keep]).double().cpu().numpy()  # (d, D)
+            cond_d, true_d = cond[keep], true[keep]  # the logit is the generator's too
+            given = generator_conditions(self.generator.cfg, None, cond_d, true_d, logit[keep])
+            target = self.generator(z, given, true_d).double().cpu().numpy()  # (d, D)
             x_raw = x[sl][det].astype(np.float64)
             out[np.flatnonzero(det) + i] = self.scalers.observed_numpy(target, x_raw)
         return EmulatedRows(

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from models.columns import DETECTED, INPUTS, MAGERR, OBSERVED, CatalogError
-from models.emulator import Critic, Detector, EmulatorConfig, Generator
+from models.emulator import Critic, Detector, EmulatorConfig, Generator, generator_conditions
 from models.emulator_sampler import BLOCK_ROWS, EmulatorSampler
 from tests.catalogs import make_analytic_catalog
 from training.emulator.files import emulate_file
@@ -93,6 +93,28 @@ def test_noise_mix_starts_at_the_identity_and_can_make_the_bands_err_alike():
     # a config saved before the mix loads without it, and its generator has no mix layer
     old = {k: v for k, v in cfg.to_dict().items() if k != "noise_mix"}
     assert not hasattr(Generator(EmulatorConfig.from_dict(old)), "mix")
+
+
+def test_detection_input_gives_the_generator_and_the_critic_the_detectors_logit():
+    cfg = EmulatorConfig(out_dim=6, noise_skip=True, noise_mix=True, detection_input=True)
+    g, c, d = Generator(cfg), Critic(cfg), Detector(cfg)
+    z, cond, true = torch.randn(5, 8), torch.randn(5, 6), torch.randn(5, 3)
+    with torch.no_grad():
+        d.platt_a.fill_(2.0)  # the calibrated logit, as the sampler draws detection with
+        given = generator_conditions(cfg, d, cond, true)
+        assert given.shape == (5, 7) and torch.equal(given[:, :6], cond)
+        torch.testing.assert_close(given[:, 6], (2 * d(cond, true)).clamp(-10, 10) / 5)
+        assert g(z, given, true).shape == (5, 6) and c(torch.randn(5, 6), given, true).shape == (5,)
+        d.net[-1].bias.fill_(1e3)  # certain detections: the column is clamped at 10 / 5
+        assert torch.equal(generator_conditions(cfg, d, cond, true)[:, 6], torch.full((5,), 2.0))
+    with pytest.raises(ValueError, match="pass the detector"):
+        generator_conditions(cfg, None, cond, true)
+    # without it (and in configs saved before it) the generator sees the six conditions
+    old = EmulatorConfig.from_dict(
+        {k: v for k, v in cfg.to_dict().items() if k != "detection_input"}
+    )
+    assert not old.detection_input and generator_conditions(old, None, cond, true) is cond
+    assert Generator(old).cond.net[0].in_features == 6 and d.net[0].in_features == 9
 
 
 def test_rows_do_not_interact():

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import load_checkpoint
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.emulator import Detector, EmulatorConfig
 from models.emulator_sampler import EmulatorSampler
 from tests.conftest import cosmogan_home
@@ -35,6 +36,8 @@ def catalog(tmp_path_factory):
             "balrog",
             {"detector_epochs": 1, "device": "cpu", "max_steps": 2, "batch_size": 1000},
         )
+        # a generator that does not take the detector's logit (which could not be refitted)
+        config = replace(config, detection_input=False)
         model = train_emulator_gan(config, path, home / "run")["model"]
         yield path, model
 
@@ -108,6 +111,13 @@ def test_retrain_detector_refuses_what_it_cannot_do(catalog, tmp_path):
     with pytest.raises(ValueError, match="not an emulator"):
         retrain_detector("models/weights/nebula.pt", path, tmp_path / "y.pt")
     assert not (tmp_path / "y.pt").exists()
+    # a generator trained on its detector's logit needs that detector
+    given = load_checkpoint(model)
+    given.config["detection_input"] = True
+    save_checkpoint(given, tmp_path / "given.pt")
+    with pytest.raises(ValueError, match="takes its detector's logit as an input"):
+        retrain_detector(tmp_path / "given.pt", path, tmp_path / "z.pt")
+    assert not (tmp_path / "z.pt").exists()
 
 
 def test_the_command(catalog, tmp_path, capsys):

@@ -246,6 +246,23 @@ def test_flux_offsets_follow_the_noise_skip_unless_set():
     assert build_config("balrog", {"flux_errors": False}).flux_offsets == "auto"
 
 
+def test_detection_input_follows_the_noise_skip_unless_set():
+    from dataclasses import replace
+
+    from training.emulator.gan import use_detection_input
+
+    config = build_config("balrog")
+    assert config.detection_input == "auto"
+    for skip in (True, False):
+        assert use_detection_input(config, skip) is skip
+        for forced in (True, False):
+            assert use_detection_input(replace(config, detection_input=forced), skip) is forced
+    assert build_config("balrog", {"detection_input": False}).detection_input is False
+    for bad in ("sometimes", 1):
+        with pytest.raises(PresetError, match=r"detection_input.*true, false or auto"):
+            build_config("balrog", {"detection_input": bad})
+
+
 def test_match_spread_gives_the_served_generator_the_targets_median_and_width(catalog):
     from training.emulator.data import target_tensors
     from training.emulator.gan import match_spread
@@ -310,10 +327,9 @@ def test_min_steps_runs_more_epochs_on_a_small_catalog(tmp_path, catalog):
 
 
 def test_the_best_validation_epoch_of_the_second_half_is_served(tmp_path, catalog):
-    config = build_config(
-        "balrog",
-        {"detector_epochs": 1, "device": "cpu", "max_steps": 5, "batch_size": 1000},
-    )
+    base = {"detector_epochs": 1, "device": "cpu", "max_steps": 5, "batch_size": 1000}
+    # unmatched: the spread match changes the served weights of the last epoch too
+    config = build_config("balrog", {**base, "match_spread": False})
     result = train_emulator_gan(config, catalog, tmp_path / "run")
     lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").open()]
     scores = {line["epoch"]: line["val_score"] for line in lines if "val_score" in line}

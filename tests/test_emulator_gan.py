@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from models.checkpoint import load_checkpoint
+from models.emulator_sampler import EmulatorSampler
+from training.emulator.data import load_emulator_catalog
 from training.emulator.gan import decayed_lr, train_emulator_gan
 from training.presets import build_config
 
@@ -96,6 +99,26 @@ def test_the_run_decays_both_learning_rates_unless_told_not_to(tmp_path, catalog
     (rate,) = {state[k]["param_groups"][0]["lr"] for k in ("opt_g", "opt_c")}
     # the last step (0-based 7) of 8 ran at 1/(8 − start) of the rate, start ≤ 4 (half)
     assert rate <= config.lr / 4 if decay else rate == config.lr
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_a_generator_given_the_detectors_logit_trains_and_serves_with_it(tmp_path, catalog, given):
+    config = _config(max_steps=4, batch_size=1000, detection_input=given)
+    result = train_emulator_gan(config, catalog, tmp_path / "run")
+    assert result["status"] == "succeeded"
+    assert load_checkpoint(result["model"]).config["detection_input"] is given
+    sampler = EmulatorSampler.load(result["model"], device="cpu")
+    assert sampler.generator.cond.net[0].in_features == (7 if given else 6)
+    x = load_emulator_catalog(catalog)["test"].x
+    noise, uniforms = sampler.draws(len(x), 1, seed=3)
+    every = torch.zeros_like(uniforms)  # every row detected, whatever its probability
+    before = sampler.sample_outputs(x, noise, every)
+    with torch.no_grad():
+        sampler.detector.platt_b.fill_(2.0)  # the same objects, judged easier to detect
+    after = sampler.sample_outputs(x, noise, every)
+    assert before.detected.all() and after.detected.all()
+    # the generator's draws move with the logit it is given, and only then
+    assert np.allclose(before.mags, after.mags) is not given
 
 
 def test_cancel_checkpoints_and_resume_finishes(tmp_path, catalog):

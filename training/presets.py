@@ -96,6 +96,11 @@ class EmulatorTrainConfig:
     # AUC 0.83–0.84 in runs with it, 0.64 and 0.89 in two without)
     noise_skip: bool | str = "auto"
     noise_mix: bool = True  # the learned matrix; false: the noise is added as it is
+    # give the generator and the critic the detector's logit as one more condition: near the
+    # threshold, selection shifts and narrows the detected offsets as a function of it
+    # (models.emulator.generator_conditions). "auto": with the noise skip
+    # (training.emulator.gan.use_detection_input)
+    detection_input: bool | str = "auto"
     # at the end, with the mixed skip, fold into the served generator's output layer the
     # per-column affine map that gives its samples the training targets' median and
     # central-68 % width (see training.emulator.gan.match_spread)
@@ -302,7 +307,7 @@ def config_from_dict(data: dict[str, Any]) -> Any:
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
-    if key in ("noise_skip", "flux_offsets"):
+    if key in ("noise_skip", "flux_offsets", "detection_input"):
         if not (isinstance(value, bool) or value == "auto"):
             raise PresetError(f"override {key!r} must be true, false or auto, got {value!r}")
         return value

@@ -21,7 +21,14 @@ from scipy import stats
 
 from models.checkpoint import Checkpoint
 from models.device import resolve_device
-from models.emulator import Critic, Detector, EmulatorConfig, EmulatorScalers, Generator
+from models.emulator import (
+    Critic,
+    Detector,
+    EmulatorConfig,
+    EmulatorScalers,
+    Generator,
+    generator_conditions,
+)
 from training.emulator.data import Split, noise_share, target_tensors
 from training.emulator.metrics import Bins, Output, figures
 from training.emulator.shared import DetectorPhase, finish, load_splits, preprocessing, run_scalers
@@ -57,12 +64,16 @@ def magnitude_distances(
     split: Split,
     device: torch.device,
     seed: int = 0,
+    *,
+    detector: Detector | None = None,
 ) -> dict[str, float]:
-    """Per-band KS and W1 between generated and true observed magnitudes of detected rows."""
+    """Per-band KS and W1 between generated and true observed magnitudes of detected rows.
+    `detector`: the run's, for a generator that takes its logit (`detection_input`)."""
     if len(split) == 0:
         return {}
     x = torch.from_numpy(split.x).to(device)
     cond, true = scalers.split_inputs(x)
+    cond = generator_conditions(generator.cfg, detector, cond, true)
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(len(split), generator.cfg.noise_dim, generator=g).to(device)
     fake = scalers.observed(generator(z, cond, true), x).cpu().numpy()
@@ -91,6 +102,8 @@ def validation_figure(
     device: torch.device,
     seed: int = 0,
     draws: int = VAL_DRAWS,
+    *,
+    detector: Detector | None = None,
 ) -> dict[str, float]:
     """The epoch's figure of merit on the validation split's detected objects (lower is better).
 
@@ -99,12 +112,14 @@ def validation_figure(
     when the model draws them. The per-band marginals alone miss what magnitude and
     conditions do to the scatter, which is where a GAN that looks converged still drifts.
     Each object gets `draws` realizations, so that the generated side adds little noise.
+    `detector`: the run's, for a generator that takes its logit (`detection_input`).
     """
     if len(split) == 0:
         return {}
     rows = split.take(np.tile(np.arange(len(split)), draws))
     x = torch.from_numpy(rows.x).to(device)
     cond, true = scalers.split_inputs(x)
+    cond = generator_conditions(generator.cfg, detector, cond, true)
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(len(rows), generator.cfg.noise_dim, generator=g).to(device)
     fake = scalers.observed(generator(z, cond, true), x).cpu().numpy().astype(np.float64)
@@ -129,7 +144,13 @@ SPREAD_ROWS = 100_000  # detected training objects that the served generator's s
 
 @torch.no_grad()
 def match_spread(
-    generator: Generator, scalers: EmulatorScalers, rows: Split, device: torch.device, *, seed: int
+    generator: Generator,
+    scalers: EmulatorScalers,
+    rows: Split,
+    device: torch.device,
+    *,
+    seed: int,
+    detector: Detector | None = None,
 ) -> dict[str, list[float]] | None:
     """Give the generator's samples the median and the central-68 % width of `rows`' targets,
     column by column, by folding an affine map into its output layer and the skip's matrix.
@@ -142,12 +163,14 @@ def match_spread(
     0.43×. On the GalSim catalog, without the skip, it made 13 figures worse (AUC 0.639 →
     0.664): a per-column map over all objects is the wrong correction where the target is
     not one shape. Returns the factors and shifts, or None where it does not apply.
+    `detector`: the run's, for a generator that takes its logit (`detection_input`).
     """
     cfg = generator.cfg
     det = rows.only_detected().head(SPREAD_ROWS)
     if len(det) < 100 or not (cfg.noise_skip and cfg.noise_mix):
         return None
     cond, true, target = target_tensors(scalers, det, device)
+    cond = generator_conditions(cfg, detector, cond, true)
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(len(det), cfg.noise_dim, generator=g).to(device)
     fake = generator(z, cond, true)  # (N, D)
@@ -195,6 +218,15 @@ def use_flux_offsets(config: EmulatorTrainConfig, noise_skip: bool) -> bool:
     return noise_skip if config.flux_offsets == "auto" else bool(config.flux_offsets)
 
 
+def use_detection_input(config: EmulatorTrainConfig, noise_skip: bool) -> bool:
+    """`config.detection_input`, "auto" being on with the noise skip. On the analytic
+    catalogs the generator then catches the mean shift and narrowing that selection gives
+    the detected offsets near the threshold (MODEL_CARD.md); on GalSim's (skip off) one run
+    with it was better on 16 figures and worse on two, `ks_i` among them, so it stays off
+    there until more runs say otherwise."""
+    return noise_skip if config.detection_input == "auto" else bool(config.detection_input)
+
+
 def train_emulator_gan(
     config: EmulatorTrainConfig,
     data: Path | str | None,
@@ -238,6 +270,7 @@ def train_emulator_gan(
             out_dim=scalers.out_dim,
             noise_skip=skip,
             noise_mix=config.noise_mix,
+            detection_input=use_detection_input(config, skip),
         )
     generator = Generator(net_cfg).to(device)
     critic = Critic(net_cfg).to(device)
@@ -319,6 +352,9 @@ def train_emulator_gan(
         return run.result(step, losses=losses, eta_s=eta, metrics=metrics, model=None)
 
     # ---- the cWGAN-GP ------------------------------------------------------------------------
+    detector = detection.detector.requires_grad_(False)  # trained: an input from here on
+    with torch.no_grad():  # (N, given_dim): with `detection_input`, the detector's logit too
+        cond_all = generator_conditions(net_cfg, detector, cond_all, true_all)
     val_det = val.only_detected().head(MONITOR_ROWS)
     if len(val_det) == 0:  # no validation objects to choose by: the last epoch is served
         log.warning("no detected validation objects: the last epoch's weights are served")
@@ -337,7 +373,7 @@ def train_emulator_gan(
         # critic steps, each on a fresh real batch
         for j in range(config.n_critic):
             idx = perm[(k * config.n_critic + j) * batch : (k * config.n_critic + j + 1) * batch]
-            real, cond, true = target_all[idx], cond_all[idx], true_all[idx]  # (B,D) (B,6) (B,3)
+            real, cond, true = target_all[idx], cond_all[idx], true_all[idx]  # (B,D) (B,C) (B,3)
             z = torch.randn(batch, net_cfg.noise_dim, device=device)
             with torch.no_grad():
                 fake = generator(z, cond, true)  # (B, D)
@@ -376,8 +412,11 @@ def train_emulator_gan(
         epoch_end = schedule.epoch_end(step)
         monitor: dict[str, float] = {}
         if epoch_end:
-            monitor = magnitude_distances(ema, scalers, val_det, device, seed=config.seed)
-            monitor.update(validation_figure(ema, scalers, val_det, device, seed=config.seed))
+            seed = config.seed
+            monitor = magnitude_distances(ema, scalers, val_det, device, seed, detector=detector)
+            monitor.update(
+                validation_figure(ema, scalers, val_det, device, seed, detector=detector)
+            )
             score = monitor.get("val_score", -math.inf)  # none: the latest epoch is the best
             candidate = schedule.epoch(step) > burn_in
             if not candidate or score <= best_score or not math.isfinite(best_score):
@@ -402,7 +441,7 @@ def train_emulator_gan(
 
     # ---- end: a full checkpoint always; model.pt and its figures when the run completed ------
     if schedule.done(step) and config.match_spread:
-        matched = match_spread(best, scalers, train, device, seed=config.seed)
+        matched = match_spread(best, scalers, train, device, seed=config.seed, detector=detector)
         if matched is not None:
             log.info("served generator matched to the training split: %s", matched)
     model = finish(run, checkpoint(), config, data, metrics)
@@ -414,5 +453,6 @@ __all__ = [
     "magnitude_distances",
     "match_spread",
     "train_emulator_gan",
+    "use_detection_input",
     "validation_figure",
 ]

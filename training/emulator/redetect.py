@@ -5,7 +5,7 @@ are; only the detector is fitted again on the catalog's train split (and reporte
 split), with the detector settings of the preset's current defaults or the ones given: by
 default its own probabilities, no Platt scaling (`training.emulator.detector.train_detector`).
 Any emulator checkpoint can be brought up to date this way without training its generator
-again.
+again, except a cWGAN-GP whose generator takes the detector's logit (`detection_input`).
 """
 
 from __future__ import annotations
@@ -44,6 +44,11 @@ def retrain_detector(
     ck = load_checkpoint(checkpoint)
     if ck.kind not in EMULATOR_KINDS:
         raise ValueError(f"{checkpoint} is a {ck.kind!r} checkpoint, not an emulator")
+    if ck.config.get("detection_input"):
+        raise ValueError(
+            f"{checkpoint}'s generator takes its detector's logit as an input, so a new "
+            "detector would change what the generator was trained on: train it again instead"
+        )
     run_config = config_from_dict(ck.extra.get("train_config") or {"preset": "balrog"})
     defaults = PRESETS[run_config.preset]
     settings = {k: getattr(defaults, k) for k in DETECTOR_KEYS if hasattr(defaults, k)}
