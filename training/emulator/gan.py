@@ -272,6 +272,8 @@ def train_emulator_gan(
             noise_mix=config.noise_mix,
             detection_input=use_detection_input(config, skip),
         )
+        given = "given" if net_cfg.detection_input else "not given"
+        log.info("the generator and the critic are %s the detector's logit", given)
     generator = Generator(net_cfg).to(device)
     critic = Critic(net_cfg).to(device)
     detection = DetectorPhase(Detector(net_cfg).to(device), previous)
