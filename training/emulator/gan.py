@@ -219,11 +219,10 @@ def use_flux_offsets(config: EmulatorTrainConfig, noise_skip: bool) -> bool:
 
 
 def use_detection_input(config: EmulatorTrainConfig, noise_skip: bool) -> bool:
-    """`config.detection_input`, "auto" being on with the noise skip. On the analytic
-    catalogs the generator then catches the mean shift and narrowing that selection gives
-    the detected offsets near the threshold (MODEL_CARD.md); on GalSim's (skip off) one run
-    with it was better on 16 figures and worse on two, `ks_i` among them, so it stays off
-    there until more runs say otherwise."""
+    """`config.detection_input`, "auto" being on with the noise skip. Over nine analytic
+    runs it lowered the mean per-band, magnitude-bin and condition-binned KS and the AUC,
+    though not the number of runs beating the Gaussian in every band; on GalSim's catalog
+    (skip off) one run with it was mixed and a second worse (MODEL_CARD.md)."""
     return noise_skip if config.detection_input == "auto" else bool(config.detection_input)
 
 
