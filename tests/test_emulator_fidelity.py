@@ -225,42 +225,30 @@ def test_the_noise_skip_is_on_where_the_noise_is_the_whole_scatter(catalog):
             build_config("balrog", {"noise_skip": bad})
 
 
-def test_flux_offsets_follow_the_noise_skip_unless_set():
+@pytest.mark.parametrize("key", ["flux_offsets", "detection_input"])
+def test_auto_settings_follow_the_noise_skip_unless_set(key):
     from dataclasses import replace
 
-    from training.emulator.gan import use_flux_offsets
+    from training.emulator import gan
 
+    decide = {"flux_offsets": gan.use_flux_offsets, "detection_input": gan.use_detection_input}
     config = build_config("balrog")
-    assert config.flux_offsets == "auto"
+    assert getattr(config, key) == "auto"
     for skip in (True, False):
-        assert use_flux_offsets(config, skip) is skip
+        assert decide[key](config, skip) is skip
         for forced in (True, False):
-            assert use_flux_offsets(replace(config, flux_offsets=forced), skip) is forced
-    assert build_config("balrog", {"flux_offsets": True}).flux_offsets is True
+            assert decide[key](replace(config, **{key: forced}), skip) is forced
+    assert getattr(build_config("balrog", {key: True}), key) is True
     for bad in ("sometimes", 1):
-        with pytest.raises(PresetError, match=r"flux_offsets.*true, false or auto"):
-            build_config("balrog", {"flux_offsets": bad})
+        with pytest.raises(PresetError, match=rf"{key}.*true, false or auto"):
+            build_config("balrog", {key: bad})
+
+
+def test_flux_offsets_forced_on_need_the_flux_error():
     # forced on, it needs the flux error it divides by; "auto" just stays off without it
     with pytest.raises(PresetError, match=r"flux_offsets.* needs error_scale, flux_errors true"):
         build_config("balrog", {"flux_offsets": True, "flux_errors": False, "error_scale": False})
     assert build_config("balrog", {"flux_errors": False}).flux_offsets == "auto"
-
-
-def test_detection_input_follows_the_noise_skip_unless_set():
-    from dataclasses import replace
-
-    from training.emulator.gan import use_detection_input
-
-    config = build_config("balrog")
-    assert config.detection_input == "auto"
-    for skip in (True, False):
-        assert use_detection_input(config, skip) is skip
-        for forced in (True, False):
-            assert use_detection_input(replace(config, detection_input=forced), skip) is forced
-    assert build_config("balrog", {"detection_input": False}).detection_input is False
-    for bad in ("sometimes", 1):
-        with pytest.raises(PresetError, match=r"detection_input.*true, false or auto"):
-            build_config("balrog", {"detection_input": bad})
 
 
 def test_match_spread_gives_the_served_generator_the_targets_median_and_width(catalog):
