@@ -118,8 +118,10 @@ def validation_figure(
         return {}
     rows = split.take(np.tile(np.arange(len(split)), draws))
     x = torch.from_numpy(rows.x).to(device)
-    cond, true = scalers.split_inputs(x)
-    cond = generator_conditions(generator.cfg, detector, cond, true)
+    # each object's conditions (and detector logit) once, then repeated as its rows are
+    cond, true = scalers.split_inputs(torch.from_numpy(split.x).to(device))
+    cond = generator_conditions(generator.cfg, detector, cond, true).repeat(draws, 1)
+    true = true.repeat(draws, 1)
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(len(rows), generator.cfg.noise_dim, generator=g).to(device)
     fake = scalers.observed(generator(z, cond, true), x).cpu().numpy().astype(np.float64)
