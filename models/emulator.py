@@ -20,7 +20,7 @@ errors and magnitudes are drawn jointly. Checkpoints from before the errors have
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,15 @@ class EmulatorConfig:
     # column (`generator_conditions`): how far an object sits above the detection threshold
     # is what selection does to its detected offsets (False in older checkpoints)
     detection_input: bool = False
+    # generators served as one mixture, each row drawn by one of them (`GeneratorMixture`);
+    # 1 in older checkpoints: a single generator
+    members: int = 1
+
+    @property
+    def draw_dim(self) -> int:
+        """Noise columns drawn per row: the generator's, and one more that picks the member
+        of a mixture."""
+        return self.noise_dim + int(self.members > 1)
 
     @property
     def given_dim(self) -> int:
@@ -406,6 +415,55 @@ class Generator(nn.Module):
         return torch.cat([out[:, :k] + skip, out[:, k:]], dim=1)
 
 
+class GeneratorMixture(nn.Module):
+    """`members` generators of one run served as one: each row is drawn by one of them.
+
+    The member is picked by the row's last noise column, ``floor(K · Φ(z))`` for K members,
+    so that it is drawn with the rest of the row's noise and is independent of it and of the
+    detection draw. Generators trained from different initializations and noise miss the
+    target in different places; a uniform mixture of them averages those misses, at the cost
+    per object of one generator (MODEL_CARD.md). Each member is a plain `Generator` trained
+    against its own critic on the same detector.
+    """
+
+    def __init__(self, cfg: EmulatorConfig) -> None:
+        super().__init__()
+        if cfg.members < 2:
+            raise ValueError(f"a mixture needs at least 2 members, got {cfg.members}")
+        self.cfg = cfg
+        one = replace(cfg, members=1)
+        self.members = nn.ModuleList(Generator(one) for _ in range(cfg.members))
+
+    @classmethod
+    def of(cls, generators: list[Generator]) -> GeneratorMixture:
+        """A mixture holding `generators` themselves (not copies)."""
+        mixture = cls.__new__(cls)
+        nn.Module.__init__(mixture)
+        mixture.cfg = replace(generators[0].cfg, members=len(generators))
+        mixture.members = nn.ModuleList(generators)
+        return mixture
+
+    def member_of(self, pick: Tensor) -> Tensor:
+        """The member (B,) int64 of each row, from its last noise column `pick` (B,)."""
+        k = len(self.members)
+        return (torch.special.ndtr(pick) * k).long().clamp(0, k - 1)
+
+    def forward(self, z: Tensor, cond: Tensor, true: Tensor) -> Tensor:
+        # z (B, noise_dim + 1), cond (B, given_dim), true (B, 3)
+        which = self.member_of(z[:, -1])  # (B,)
+        out = z.new_empty(len(z), self.cfg.out_dim)
+        for j, member in enumerate(self.members):
+            rows = (which == j).nonzero().squeeze(1)
+            if len(rows):
+                out[rows] = member(z[rows, :-1], cond[rows], true[rows])
+        return out  # (B, out_dim)
+
+
+def build_generator(cfg: EmulatorConfig) -> Generator | GeneratorMixture:
+    """The (untrained) generator of `cfg`: one, or a mixture of `cfg.members`."""
+    return GeneratorMixture(cfg) if cfg.members > 1 else Generator(cfg)
+
+
 class Critic(nn.Module):
     """`D(observed, conditions, true mags)` → one Wasserstein score per object, shape (B,)."""
 
@@ -493,6 +551,8 @@ __all__ = [
     "EmulatorConfig",
     "EmulatorScalers",
     "Generator",
+    "GeneratorMixture",
     "Trunk",
+    "build_generator",
     "generator_conditions",
 ]

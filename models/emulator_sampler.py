@@ -30,7 +30,7 @@ from models.emulator import (
     Detector,
     EmulatorConfig,
     EmulatorScalers,
-    Generator,
+    build_generator,
     generator_conditions,
 )
 from models.flow import FlowConfig, FlowStudent, OffsetFlow
@@ -77,7 +77,7 @@ def build_offset_model(kind: str, config: dict[str, Any]) -> tuple[nn.Module, De
         net = OffsetFlow(flow_cfg) if kind == "cflow" else FlowStudent(flow_cfg)
         return net, Detector(flow_cfg)
     gan_cfg = EmulatorConfig.from_dict(config)
-    return Generator(gan_cfg), Detector(gan_cfg)
+    return build_generator(gan_cfg), Detector(gan_cfg)
 
 
 class EmulatorSampler:
@@ -124,7 +124,9 @@ class EmulatorSampler:
 
     @property
     def noise_dim(self) -> int:
-        return self.generator.cfg.noise_dim
+        """Noise columns drawn per row (a generator mixture's pick of member included)."""
+        cfg = self.generator.cfg
+        return cfg.draw_dim if isinstance(cfg, EmulatorConfig) else cfg.noise_dim
 
     @property
     def emulates_errors(self) -> bool:

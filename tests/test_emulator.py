@@ -12,7 +12,15 @@ import pytest
 import torch
 
 from models.columns import DETECTED, INPUTS, MAGERR, OBSERVED, CatalogError
-from models.emulator import Critic, Detector, EmulatorConfig, Generator, generator_conditions
+from models.emulator import (
+    Critic,
+    Detector,
+    EmulatorConfig,
+    Generator,
+    GeneratorMixture,
+    build_generator,
+    generator_conditions,
+)
 from models.emulator_sampler import BLOCK_ROWS, EmulatorSampler
 from tests.catalogs import make_analytic_catalog
 from training.emulator.files import emulate_file
@@ -141,9 +149,11 @@ def test_sample_shapes_and_reproducibility(dry_model, inputs):
     other, _ = emu.sample(x, samples=3, seed=12)
     assert not np.array_equal(np.nan_to_num(mags), np.nan_to_num(other))
     # realization k of row i sits at i·samples + k and depends only on (seed, i): the first
-    # five rows alone give exactly the first fifteen outputs of the fifty-row request
+    # five rows alone give the first fifteen outputs of the fifty-row request (to float32
+    # rounding: the product of a few rows' matrix can round apart from that of many, and the
+    # preset's mixture hands each of its generators a third of the rows)
     first, first_det = emu.sample(x[:5], samples=3, seed=11)
-    np.testing.assert_array_equal(first, mags[:15])
+    np.testing.assert_allclose(first, mags[:15], rtol=0, atol=1e-5)
     np.testing.assert_array_equal(first_det, det[:15])
 
 
@@ -300,3 +310,28 @@ def test_more_sky_noise_gives_more_scatter(trained):
 
     ratio = scatter(_scaled(bright, sky=2.0)) / scatter(bright)  # the simulator's ratio is 2
     assert (ratio > 1.2).all(), ratio
+
+
+def test_a_mixture_draws_each_row_with_the_member_its_last_noise_column_picks():
+    cfg = EmulatorConfig(out_dim=6, noise_skip=True, noise_mix=True, members=3)
+    mixture = build_generator(cfg).eval()
+    assert isinstance(mixture, GeneratorMixture) and cfg.draw_dim == cfg.noise_dim + 1
+    assert all(m.cfg.members == 1 and m.cfg.draw_dim == 8 for m in mixture.members)
+    z, cond, true = torch.randn(3000, 9), torch.randn(3000, 6), torch.randn(3000, 3)
+    with torch.no_grad():
+        out = mixture(z, cond, true)
+        which = mixture.member_of(z[:, -1])
+        for j, member in enumerate(mixture.members):
+            rows = which == j  # floor(3 Φ(z)): a third of the rows each
+            assert abs(rows.float().mean().item() - 1 / 3) < 0.04
+            torch.testing.assert_close(out[rows], member(z[rows, :8], cond[rows], true[rows]))
+    # the members differ, so the pick matters; the extremes of the normal stay in range
+    assert not torch.allclose(mixture.members[0](z[:, :8], cond, true), out)
+    assert mixture.member_of(torch.tensor([-40.0, 0.0, 40.0])).tolist() == [0, 1, 2]
+    # a mixture holding given generators, and configs saved before mixtures: one generator
+    again = GeneratorMixture.of(list(mixture.members))
+    assert again.cfg == cfg and set(again.state_dict()) == set(mixture.state_dict())
+    old = EmulatorConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "members"})
+    assert type(build_generator(old)) is Generator and old.draw_dim == old.noise_dim
+    with pytest.raises(ValueError, match="at least 2"):
+        GeneratorMixture(old)

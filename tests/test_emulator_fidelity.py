@@ -244,6 +244,22 @@ def test_auto_settings_follow_the_noise_skip_unless_set(key):
             build_config("balrog", {key: bad})
 
 
+def test_auto_members_are_three_with_the_noise_skip_and_one_without():
+    from training.emulator.gan import AUTO_MEMBERS, use_members
+
+    config = build_config("balrog")
+    assert config.members == "auto" and AUTO_MEMBERS == 3
+    assert use_members(config, True) == 3 and use_members(config, False) == 1
+    for asked in (1, 2, 8):  # an explicit count is kept whatever the catalog
+        assert use_members(build_config("balrog", {"members": asked}), False) == asked
+    assert build_config("balrog", {"members": 2.0}).members == 2
+    for bad, why in ((0, "between 1 and 8"), (9, "between 1 and 8"), (2.5, "whole number")):
+        with pytest.raises(PresetError, match=rf"members.*{why}"):
+            build_config("balrog", {"members": bad})
+    with pytest.raises(PresetError, match=r"members.*a number"):
+        build_config("balrog", {"members": "many"})
+
+
 def test_flux_offsets_forced_on_need_the_flux_error():
     # forced on, it needs the flux error it divides by; "auto" just stays off without it
     with pytest.raises(PresetError, match=r"flux_offsets.* needs error_scale, flux_errors true"):
@@ -329,7 +345,9 @@ def test_the_best_validation_epoch_of_the_second_half_is_served(tmp_path, catalo
     assert full.training_state["best_epoch"] == best
     assert result["metrics"]["best_epoch"] == best
     served = load_checkpoint(result["model"]).ema
-    last = full.training_state["ema"]
+    members = full.training_state["members"]  # each generator's last EMA, as served
+    last = {f"members.{j}.{k}": v for j, m in enumerate(members) for k, v in m["ema"].items()}
+    assert set(served) == set(last)
     same = all(torch.equal(served[k], last[k]) for k in served)
     assert same == (best == max(scores))
     # the job's result says what the served model achieved, against the Gaussian

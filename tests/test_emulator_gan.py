@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint
+from models.emulator import Generator
 from models.emulator_sampler import EmulatorSampler
 from training.emulator.data import load_emulator_catalog
-from training.emulator.gan import decayed_lr, train_emulator_gan
+from training.emulator.gan import decayed_lr, generators_of, train_emulator_gan
 from training.presets import build_config
 
 torch.set_num_threads(1)
@@ -41,7 +42,11 @@ def test_dry_run_writes_a_loadable_model_and_reports_progress(tmp_path):
     assert float(model.extra["detector"]["platt_a"]) == 1.0
     assert float(model.extra["detector"]["platt_b"]) == 0.0
     full = load_checkpoint(result["checkpoint"])
-    assert set(full.training_state) >= {"generator", "critic", "opt_g", "opt_c", "rng"}
+    assert set(full.training_state) >= {"members", "best_score", "rng"}
+    members = full.training_state["members"]  # the preset's three generators, each its own
+    assert len(members) == 3 and model.config["members"] == 3
+    for state in members:
+        assert set(state) >= {"generator", "critic", "opt_g", "opt_c", "ema"}
     gan_events = [e for e in events if e["event"] == "step" and "critic" in e["losses"]]
     assert [e["step"] for e in gan_events] == [1, 2]
     assert events[-1]["event"] == "done"
@@ -95,8 +100,8 @@ def test_learning_rates_fall_to_zero_over_the_second_half():
 def test_the_run_decays_both_learning_rates_unless_told_not_to(tmp_path, catalog, decay):
     config = _config(max_steps=8, batch_size=1000, lr_decay=decay)
     result = train_emulator_gan(config, catalog, tmp_path / "run")
-    state = load_checkpoint(result["checkpoint"]).training_state
-    (rate,) = {state[k]["param_groups"][0]["lr"] for k in ("opt_g", "opt_c")}
+    states = load_checkpoint(result["checkpoint"]).training_state["members"]
+    (rate,) = {s[k]["param_groups"][0]["lr"] for s in states for k in ("opt_g", "opt_c")}
     # the last step (0-based 7) of 8 ran at 1/(8 − start) of the rate, start ≤ 4 (half)
     assert rate <= config.lr / 4 if decay else rate == config.lr
 
@@ -108,7 +113,8 @@ def test_a_generator_given_the_detectors_logit_trains_and_serves_with_it(tmp_pat
     assert result["status"] == "succeeded"
     assert load_checkpoint(result["model"]).config["detection_input"] is given
     sampler = EmulatorSampler.load(result["model"], device="cpu")
-    assert sampler.generator.cond.net[0].in_features == (7 if given else 6)
+    for generator in generators_of(sampler.generator):
+        assert generator.cond.net[0].in_features == (7 if given else 6)
     x = load_emulator_catalog(catalog)["test"].x
     noise, uniforms = sampler.draws(len(x), 1, seed=3)
     every = torch.zeros_like(uniforms)  # every row detected, whatever its probability
@@ -148,3 +154,20 @@ def test_unreadable_catalog_is_a_clear_error(tmp_path):
         train_emulator_gan(_config(), bad, tmp_path / "run")
     with pytest.raises(FileNotFoundError):
         train_emulator_gan(_config(), tmp_path / "nope.parquet", tmp_path / "run2")
+
+
+def test_one_member_trains_and_serves_a_single_generator(tmp_path, catalog):
+    result = train_emulator_gan(_config(max_steps=3, members=1), catalog, tmp_path / "run")
+    full = load_checkpoint(result["checkpoint"])
+    # the training state of one generator sits where it did before mixtures, so old runs resume
+    assert "members" not in full.training_state and full.config["members"] == 1
+    assert set(full.training_state) >= {"generator", "critic", "opt_g", "opt_c", "ema", "rng"}
+    sampler = EmulatorSampler.load(result["model"], device="cpu")
+    assert type(sampler.generator) is Generator and sampler.noise_dim == 8
+    mixture = EmulatorSampler.load(
+        train_emulator_gan(_config(max_steps=3), catalog, tmp_path / "mix")["model"], device="cpu"
+    )
+    assert len(generators_of(mixture.generator)) == 3 and mixture.noise_dim == 9
+    x = load_emulator_catalog(catalog)["test"].x
+    rows = mixture.emulate(x, seed=4)
+    assert rows.detected.any() and np.isfinite(rows.mags[rows.detected]).all()

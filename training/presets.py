@@ -105,6 +105,12 @@ class EmulatorTrainConfig:
     # per-column affine map that gives its samples the training targets' median and
     # central-68 % width (see training.emulator.gan.match_spread)
     match_spread: bool = True
+    # generators trained side by side (each with its own critic, on one detector) and served
+    # as one mixture, each object drawn by one of them: their misses average out, at the
+    # cost per object of one generator and the training time of `members`
+    # (models.emulator.GeneratorMixture). "auto": 3 with the noise skip, else 1
+    # (training.emulator.gan.use_members)
+    members: int | str = "auto"
     detector_epochs: int = 20
     detector_batch_size: int = 1024  # the detection classifier sees every training row
     detector_lr: float = 1e-3
@@ -223,6 +229,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "ema_decay": (0.0, 1.0),
     "latent_dim": (1, 1024),
     "noise_dim": (1, 256),
+    "members": (1, 8),
     "hidden": (8, 2048),
     "checkpoint_every": (1, 10**9),
     "sample_count": (1, 256),
@@ -311,6 +318,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         if not (isinstance(value, bool) or value == "auto"):
             raise PresetError(f"override {key!r} must be true, false or auto, got {value!r}")
         return value
+    if key == "members" and value == "auto":
+        return value
     if isinstance(default, bool) or key in {
         "augment",
         "diffaugment",
@@ -341,7 +350,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         return value
     if value is None and key in {"max_steps", "max_rows"}:
         return None
-    is_int = isinstance(default, int) or key in {"max_steps", "max_rows"}
+    is_int = isinstance(default, int) or key in {"max_steps", "max_rows", "members"}
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PresetError(f"override {key!r} must be a number, got {value!r}")
     if is_int and not float(value).is_integer():

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +29,7 @@ from models.emulator import (
     EmulatorConfig,
     EmulatorScalers,
     Generator,
+    GeneratorMixture,
     generator_conditions,
 )
 from training.emulator.data import Split, noise_share, target_tensors
@@ -59,7 +62,7 @@ VAL_DRAWS = 4  # generated realizations per validation object in the epoch's fig
 
 @torch.no_grad()
 def magnitude_distances(
-    generator: Generator,
+    generator: Generator | GeneratorMixture,
     scalers: EmulatorScalers,
     split: Split,
     device: torch.device,
@@ -75,7 +78,7 @@ def magnitude_distances(
     cond, true = scalers.split_inputs(x)
     cond = generator_conditions(generator.cfg, detector, cond, true)
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn(len(split), generator.cfg.noise_dim, generator=g).to(device)
+    z = torch.randn(len(split), generator.cfg.draw_dim, generator=g).to(device)
     fake = scalers.observed(generator(z, cond, true), x).cpu().numpy()
     out: dict[str, float] = {}
     for j, band in enumerate("riz"):
@@ -96,7 +99,7 @@ def decayed_lr(lr: float, step: int, start: int, total: int) -> float:
 
 @torch.no_grad()
 def validation_figure(
-    generator: Generator,
+    generator: Generator | GeneratorMixture,
     scalers: EmulatorScalers,
     split: Split,
     device: torch.device,
@@ -123,7 +126,7 @@ def validation_figure(
     cond = generator_conditions(generator.cfg, detector, cond, true).repeat(draws, 1)
     true = true.repeat(draws, 1)
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn(len(rows), generator.cfg.noise_dim, generator=g).to(device)
+    z = torch.randn(len(rows), generator.cfg.draw_dim, generator=g).to(device)
     fake = scalers.observed(generator(z, cond, true), x).cpu().numpy().astype(np.float64)
     err = fake[:, 3:] if fake.shape[1] == 6 else None
     out = Output(fake[:, :3], np.ones(len(rows), dtype=bool), err)
@@ -192,6 +195,108 @@ def match_spread(
 # --------------------------------------------------------------------------------------------
 # the training loop
 
+
+@dataclass
+class Member:
+    """One generator of a run, with its own critic, optimizers and EMA; a run trains
+    `members` of them side by side on the same detector (`models.emulator.GeneratorMixture`)."""
+
+    generator: Generator
+    critic: Critic
+    opt_g: torch.optim.Adam
+    opt_c: torch.optim.Adam
+    ema: Generator
+
+    @classmethod
+    def new(cls, cfg: EmulatorConfig, config: EmulatorTrainConfig, device: torch.device) -> Member:
+        generator, critic = Generator(cfg).to(device), Critic(cfg).to(device)
+        betas = (config.beta1, config.beta2)
+        return cls(
+            generator,
+            critic,
+            torch.optim.Adam(generator.parameters(), lr=config.lr, betas=betas),
+            torch.optim.Adam(critic.parameters(), lr=config.lr, betas=betas),
+            ema_copy(generator),
+        )
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "generator": self.generator.state_dict(),
+            "critic": self.critic.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_c": self.opt_c.state_dict(),
+            "ema": self.ema.state_dict(),
+        }
+
+    def restore(self, state: dict[str, Any], served: dict[str, Any] | None) -> None:
+        """Load `state`; `served`: the checkpoint's weights, the EMA of a run saved before it
+        was kept (a single generator's only)."""
+        self.generator.load_state_dict(state["generator"])
+        self.critic.load_state_dict(state["critic"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_c.load_state_dict(state["opt_c"])
+        self.ema.load_state_dict(state.get("ema", served))
+
+    def step(
+        self,
+        config: EmulatorTrainConfig,
+        order: torch.Tensor,
+        k: int,
+        batch: int,
+        tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> dict[str, float]:
+        """Generator step `k` of the epoch whose row `order` is given: `n_critic` critic
+        steps, each on a fresh real batch, then one generator step. Returns its losses."""
+        target_all, cond_all, true_all = tensors  # (N, D) (N, given_dim) (N, 3)
+        generator, critic, noise_dim = self.generator, self.critic, self.generator.cfg.noise_dim
+        for j in range(config.n_critic):
+            idx = order[(k * config.n_critic + j) * batch : (k * config.n_critic + j + 1) * batch]
+            real, cond, true = target_all[idx], cond_all[idx], true_all[idx]  # (B,D) (B,C) (B,3)
+            z = torch.randn(batch, noise_dim, device=real.device)
+            with torch.no_grad():
+                fake = generator(z, cond, true)  # (B, D)
+            w_loss = wgan_critic_loss(critic(real, cond, true), critic(fake, cond, true))
+            gp = gradient_penalty(critic, real, fake, cond, true)
+            loss_c = w_loss + config.gp_lambda * gp
+            self.opt_c.zero_grad(set_to_none=True)
+            loss_c.backward()
+            self.opt_c.step()
+
+        # generator step on the last critic batch's conditions, fresh noise
+        z = torch.randn(batch, noise_dim, device=real.device)
+        fake = generator(z, cond, true)
+        loss_g = wgan_generator_loss(critic(fake, cond, true))
+        mse = F.mse_loss(fake, real)  # logged always; in the loss only for the seed variant
+        if config.mse_weight > 0:
+            loss_g = loss_g + config.mse_weight * mse
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        return {
+            "critic": loss_c.item(),
+            "wasserstein": -w_loss.item(),
+            "gp": gp.item(),
+            "generator": loss_g.item(),
+            "mse": mse.item(),
+        }
+
+
+def served_generator(generators: list[Generator]) -> Generator | GeneratorMixture:
+    """`generators` as the served model sees them: one, or a mixture holding them."""
+    return generators[0] if len(generators) == 1 else GeneratorMixture.of(generators)
+
+
+def generators_of(served: Generator | GeneratorMixture) -> list[Generator]:
+    """The generators of a served model (`served_generator`'s inverse)."""
+    return list(served.members) if isinstance(served, GeneratorMixture) else [served]
+
+
+def member_states(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each member's part of a checkpoint's training state (a single generator's sits at its
+    top level, as in checkpoints from before mixtures)."""
+    return state.get("members", [state])
+
+
 # `noise_skip="auto"` adds the noise to the offsets when at least this share of their scaled
 # variance is measurement noise in every band: 1.00 on the analytic catalogs, 0.86 on GalSim's
 NOISE_SKIP_SHARE = 0.98
@@ -226,6 +331,20 @@ def use_detection_input(config: EmulatorTrainConfig, noise_skip: bool) -> bool:
     though not the number of runs beating the Gaussian in every band; on GalSim's catalog
     (skip off) one run with it was mixed and a second worse (MODEL_CARD.md)."""
     return noise_skip if config.detection_input == "auto" else bool(config.detection_input)
+
+
+# `members="auto"`: this many generators with the noise skip
+AUTO_MEMBERS = 3
+
+
+def use_members(config: EmulatorTrainConfig, noise_skip: bool) -> int:
+    """`config.members`, "auto" being `AUTO_MEMBERS` with the noise skip and 1 without. On
+    the analytic catalogs three seeds' generators drawn as one mixture beat the Gaussian in
+    every band where single runs tied in one band in three or four of nine; on GalSim's
+    catalog (skip off) a two-seed mixture was no better than its members (MODEL_CARD.md)."""
+    if config.members == "auto":
+        return AUTO_MEMBERS if noise_skip else 1
+    return int(config.members)
 
 
 def train_emulator_gan(
@@ -272,27 +391,23 @@ def train_emulator_gan(
             noise_skip=skip,
             noise_mix=config.noise_mix,
             detection_input=use_detection_input(config, skip),
+            members=use_members(config, skip),
         )
         given = "given" if net_cfg.detection_input else "not given"
         log.info("the generator and the critic are %s the detector's logit", given)
-    generator = Generator(net_cfg).to(device)
-    critic = Critic(net_cfg).to(device)
+    one = replace(net_cfg, members=1)  # each member's own shapes
+    members = [Member.new(one, config, device)]
     detection = DetectorPhase(Detector(net_cfg).to(device), previous)
-    ema = ema_copy(generator)
-    best = ema_copy(generator)  # the served weights: the EMA of the best validation epoch
-    opt_g = torch.optim.Adam(
-        generator.parameters(), lr=config.lr, betas=(config.beta1, config.beta2)
-    )
-    opt_c = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
+    members += [Member.new(one, config, device) for _ in range(net_cfg.members - 1)]
+    # the EMAs as the served model sees them, and its weights: those of the best epoch
+    ema = served_generator([m.ema for m in members])
+    best = ema_copy(ema)
     step, metrics = 0, {}
     best_score, best_epoch = math.inf, 0
     if previous is not None:
         state = previous.training_state
-        generator.load_state_dict(state["generator"])
-        critic.load_state_dict(state["critic"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_c.load_state_dict(state["opt_c"])
-        ema.load_state_dict(state.get("ema", previous.ema))
+        for member, member_state in zip(members, member_states(state), strict=True):
+            member.restore(member_state, previous.ema if len(members) == 1 else None)
         # a checkpoint from before the best-epoch rule serves its last EMA
         best.load_state_dict(previous.ema)
         best_score = state.get("best_score", math.inf)
@@ -301,6 +416,8 @@ def train_emulator_gan(
         step = previous.step
         restore_rng(state, device)
         log.info("resuming %s at step %d", folder.root, step)
+    if len(members) > 1:
+        log.info("%d generators, each with its own critic, served as one mixture", len(members))
 
     # ---- schedule ------------------------------------------------------------------------
     cond_all, true_all, target_all = target_tensors(scalers, train, device)  # (N,6) (N,3) (N,D)
@@ -326,6 +443,7 @@ def train_emulator_gan(
     )
 
     def checkpoint() -> Checkpoint:
+        states = [m.state() for m in members]
         return run.save(
             Checkpoint(
                 kind="cwgan-gp",
@@ -336,11 +454,7 @@ def train_emulator_gan(
                 epoch=schedule.epoch(step),
                 extra=detection.checkpoint_extra(config, metrics),
                 training_state={
-                    "generator": generator.state_dict(),
-                    "critic": critic.state_dict(),
-                    "opt_g": opt_g.state_dict(),
-                    "opt_c": opt_c.state_dict(),
-                    "ema": ema.state_dict(),
+                    **(states[0] if len(states) == 1 else {"members": states}),
                     "best_score": best_score,
                     "best_epoch": best_epoch,
                     "rng": rng_state(device),
@@ -361,55 +475,33 @@ def train_emulator_gan(
     val_det = val.only_detected().head(MONITOR_ROWS)
     if len(val_det) == 0:  # no validation objects to choose by: the last epoch is served
         log.warning("no detected validation objects: the last epoch's weights are served")
-    perm: torch.Tensor | None = None
+    orders: list[torch.Tensor] = []
     pace = Pace(step)
-    generator.train()
-    critic.train()
+    for member in members:
+        member.generator.train()
+        member.critic.train()
     while run.more(step):
         e, k = divmod(step, steps_per_epoch)
         if config.lr_decay:
             rate = decayed_lr(config.lr, step, burn_in * steps_per_epoch, schedule.total_steps)
-            for group in (*opt_g.param_groups, *opt_c.param_groups):
-                group["lr"] = rate
-        if perm is None or k == 0:
-            perm = epoch_order(config.seed, e, n_det, steps_per_epoch * rows_per_step, device)
-        # critic steps, each on a fresh real batch
-        for j in range(config.n_critic):
-            idx = perm[(k * config.n_critic + j) * batch : (k * config.n_critic + j + 1) * batch]
-            real, cond, true = target_all[idx], cond_all[idx], true_all[idx]  # (B,D) (B,C) (B,3)
-            z = torch.randn(batch, net_cfg.noise_dim, device=device)
-            with torch.no_grad():
-                fake = generator(z, cond, true)  # (B, D)
-            w_loss = wgan_critic_loss(critic(real, cond, true), critic(fake, cond, true))
-            gp = gradient_penalty(critic, real, fake, cond, true)
-            loss_c = w_loss + config.gp_lambda * gp
-            opt_c.zero_grad(set_to_none=True)
-            loss_c.backward()
-            opt_c.step()
-
-        # generator step on the last critic batch's conditions, fresh noise
-        z = torch.randn(batch, net_cfg.noise_dim, device=device)
-        fake = generator(z, cond, true)
-        loss_g = wgan_generator_loss(critic(fake, cond, true))
-        mse = F.mse_loss(fake, real)  # logged always; in the loss only for the seed variant
-        if config.mse_weight > 0:
-            loss_g = loss_g + config.mse_weight * mse
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
+            for member in members:
+                for group in (*member.opt_g.param_groups, *member.opt_c.param_groups):
+                    group["lr"] = rate
+        if not orders or k == 0:  # each member its own row order (member 0: the run's seed)
+            rows = steps_per_epoch * rows_per_step
+            seeds = range(config.seed, config.seed + len(members))
+            orders = [epoch_order(seed, e, n_det, rows, device) for seed in seeds]
+        tensors = (target_all, cond_all, true_all)
+        parts = [
+            m.step(config, order, k, batch, tensors)
+            for m, order in zip(members, orders, strict=True)
+        ]
         step += 1
-
-        # EMA of the generator
-        update_ema(ema, generator, step, config.ema_decay)
+        for member in members:  # the EMA of each generator
+            update_ema(member.ema, member.generator, step, config.ema_decay)
 
         # log: every `log_every` steps and at each epoch end, with the validation monitor
-        losses = {
-            "critic": loss_c.item(),
-            "wasserstein": -w_loss.item(),
-            "gp": gp.item(),
-            "generator": loss_g.item(),
-            "mse": mse.item(),
-        }
+        losses = {key: float(np.mean([p[key] for p in parts])) for key in parts[0]}
         stats = pace.stats(step, schedule.total_steps)
         eta = stats["eta_s"]
         epoch_end = schedule.epoch_end(step)
@@ -444,18 +536,25 @@ def train_emulator_gan(
 
     # ---- end: a full checkpoint always; model.pt and its figures when the run completed ------
     if schedule.done(step) and config.match_spread:
-        matched = match_spread(best, scalers, train, device, seed=config.seed, detector=detector)
-        if matched is not None:
-            log.info("served generator matched to the training split: %s", matched)
+        for j, generator in enumerate(generators_of(best)):
+            seed = config.seed + j
+            matched = match_spread(generator, scalers, train, device, seed=seed, detector=detector)
+            if matched is not None:
+                log.info("served generator %d matched to the training split: %s", j, matched)
     model = finish(run, checkpoint(), config, data, metrics)
     return run.result(step, losses=losses, eta_s=eta, metrics=metrics, model=model)
 
 
 __all__ = [
+    "Member",
     "decayed_lr",
+    "generators_of",
     "magnitude_distances",
     "match_spread",
+    "member_states",
+    "served_generator",
     "train_emulator_gan",
     "use_detection_input",
+    "use_members",
     "validation_figure",
 ]
