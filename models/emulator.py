@@ -426,22 +426,20 @@ class GeneratorMixture(nn.Module):
     against its own critic on the same detector.
     """
 
-    def __init__(self, cfg: EmulatorConfig) -> None:
+    def __init__(self, cfg: EmulatorConfig, generators: list[Generator] | None = None) -> None:
+        # generators: the members themselves (not copies); new ones when not given
         super().__init__()
         if cfg.members < 2:
             raise ValueError(f"a mixture needs at least 2 members, got {cfg.members}")
         self.cfg = cfg
-        one = replace(cfg, members=1)
-        self.members = nn.ModuleList(Generator(one) for _ in range(cfg.members))
+        if generators is None:
+            generators = [Generator(replace(cfg, members=1)) for _ in range(cfg.members)]
+        self.members = nn.ModuleList(generators)
 
     @classmethod
     def of(cls, generators: list[Generator]) -> GeneratorMixture:
         """A mixture holding `generators` themselves (not copies)."""
-        mixture = cls.__new__(cls)
-        nn.Module.__init__(mixture)
-        mixture.cfg = replace(generators[0].cfg, members=len(generators))
-        mixture.members = nn.ModuleList(generators)
-        return mixture
+        return cls(replace(generators[0].cfg, members=len(generators)), generators)
 
     def member_of(self, pick: Tensor) -> Tensor:
         """The member (B,) int64 of each row, from its last noise column `pick` (B,)."""

@@ -386,7 +386,8 @@ def use_members(config: EmulatorTrainConfig, noise_skip: bool) -> int:
     """`config.members`, "auto" being `AUTO_MEMBERS` with the noise skip and 1 without. On
     the analytic catalogs three seeds' generators drawn as one mixture beat the Gaussian in
     every band where single runs tied in one band in three or four of nine; on GalSim's
-    catalog (skip off) a two-seed mixture was no better than its members (MODEL_CARD.md)."""
+    catalog (skip off) a two-seed mixture fell between its members on the AUC and the
+    condition-binned KS and was worse than both on `ks_i` (MODEL_CARD.md)."""
     if config.members == "auto":
         return AUTO_MEMBERS if noise_skip else 1
     return int(config.members)
@@ -444,8 +445,7 @@ def train_emulator_gan(
     members = [Member.new(one, config, device)]
     detection = DetectorPhase(Detector(net_cfg).to(device), previous)
     members += [Member.new(one, config, device) for _ in range(net_cfg.members - 1)]
-    # the EMAs as the served model sees them, and its weights: those of the best epoch
-    served = served_generator([m.best for m in members])  # the weights served: each best EMA
+    served = served_generator([m.best for m in members])  # each member's best EMA, as served
     step, metrics = 0, {}
     if previous is not None:
         state = previous.training_state
