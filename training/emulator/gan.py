@@ -241,16 +241,15 @@ class Member:
             "best_epoch": self.best_epoch,
         }
 
-    def restore(self, state: dict[str, Any], served: dict[str, Any]) -> None:
-        """Load `state` and `served`, this member's weights in the checkpoint (also its EMA
-        in a checkpoint from before the EMA was kept apart from them)."""
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load this member's part of a checkpoint's training state; its served weights
+        (`best`) are loaded first, with the checkpoint's."""
         self.generator.load_state_dict(state["generator"])
         self.critic.load_state_dict(state["critic"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_c.load_state_dict(state["opt_c"])
-        self.ema.load_state_dict(state.get("ema", served))
         # a checkpoint from before the best-epoch rule serves its last EMA
-        self.best.load_state_dict(served)
+        self.ema.load_state_dict(state.get("ema", self.best.state_dict()))
         self.best_score = state.get("best_score", math.inf)
         self.best_epoch = state.get("best_epoch", 0)
 
@@ -332,14 +331,6 @@ def member_states(state: dict[str, Any]) -> list[dict[str, Any]]:
     """Each member's part of a checkpoint's training state (a single generator's sits at its
     top level, as in checkpoints from before mixtures)."""
     return state.get("members", [state])
-
-
-def member_weights(weights: dict[str, Any], j: int, members: int) -> dict[str, Any]:
-    """Member `j`'s part of a served model's weights (a single generator's are all of them)."""
-    if members == 1:
-        return weights
-    prefix = f"members.{j}."
-    return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
 
 
 # `noise_skip="auto"` adds the noise to the offsets when at least this share of their scaled
@@ -449,8 +440,9 @@ def train_emulator_gan(
     step, metrics = 0, {}
     if previous is not None:
         state = previous.training_state
-        for j, member_state in enumerate(member_states(state)):
-            members[j].restore(member_state, member_weights(previous.ema, j, len(members)))
+        served.load_state_dict(previous.ema)  # each member's `best`
+        for member, member_state in zip(members, member_states(state), strict=True):
+            member.restore(member_state)
         metrics = dict(previous.extra.get("metrics", {}))
         step = previous.step
         restore_rng(state, device)
@@ -514,6 +506,7 @@ def train_emulator_gan(
     if len(val_det) == 0:  # no validation objects to choose by: the last epoch is served
         log.warning("no detected validation objects: the last epoch's weights are served")
     orders: list[torch.Tensor] = []
+    tensors = (target_all, cond_all, true_all)
     pace = Pace(step)
     for member in members:
         member.generator.train()
@@ -529,7 +522,6 @@ def train_emulator_gan(
             rows = steps_per_epoch * rows_per_step
             seeds = range(config.seed, config.seed + len(members))
             orders = [epoch_order(seed, e, n_det, rows, device) for seed in seeds]
-        tensors = (target_all, cond_all, true_all)
         parts = [
             m.step(config, order, k, batch, tensors)
             for m, order in zip(members, orders, strict=True)
@@ -595,7 +587,6 @@ __all__ = [
     "magnitude_distances",
     "match_spread",
     "member_states",
-    "member_weights",
     "served_generator",
     "train_emulator_gan",
     "use_detection_input",
