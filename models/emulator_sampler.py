@@ -125,8 +125,7 @@ class EmulatorSampler:
     @property
     def noise_dim(self) -> int:
         """Noise columns drawn per row (a generator mixture's pick of member included)."""
-        cfg = self.generator.cfg
-        return cfg.draw_dim if isinstance(cfg, EmulatorConfig) else cfg.noise_dim
+        return self.generator.cfg.draw_dim
 
     @property
     def emulates_errors(self) -> bool:

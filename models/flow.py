@@ -43,6 +43,11 @@ class FlowConfig:
     def noise_dim(self) -> int:
         return self.out_dim  # one standard normal per generated column
 
+    @property
+    def draw_dim(self) -> int:
+        """Noise columns drawn per row, as `EmulatorConfig.draw_dim`: the flow's own."""
+        return self.noise_dim
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
