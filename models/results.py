@@ -99,12 +99,19 @@ def results_table(
         "lower_is_better": True,
         "rows": rows,
         "counts": counts,
-        "summary": summary(counts),
+        "summary": summary(counts, _detected(metrics)),
         "loses_to_baseline": counts["worse"] > (sum(counts.values()) / 2),
         "floor_source": _text(metrics.get("floor_source")) or _shipped_floor(extra),
         "floor_missing": _text(metrics.get("floor_missing")),
         "us_per_object": cost,
     }
+
+
+def _detected(metrics: dict[str, Any]) -> int | None:
+    """The detected objects of a job's test split (`evaluated_on`), where it was recorded."""
+    evaluated = metrics.get("evaluated_on")
+    n = evaluated.get("detected") if isinstance(evaluated, dict) else None
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
 
 
 def _text(v: Any) -> str | None:
@@ -118,8 +125,9 @@ def _shipped_floor(sidecar: dict[str, Any]) -> str | None:
     return f"a second simulator draw of the test objects: {data}" if data else None
 
 
-def summary(counts: dict[str, int]) -> str | None:
-    """A plain sentence on the model against the Gaussian baseline (None if not measured)."""
+def summary(counts: dict[str, int], detected: int | None = None) -> str | None:
+    """A plain sentence on the model against the Gaussian baseline (None if not measured);
+    where it wins no majority, with the test's `detected` objects the ties are within."""
     n = sum(counts.values())
     if not n:
         return None
@@ -128,7 +136,20 @@ def summary(counts: dict[str, int]) -> str | None:
             f"Worse than the Gaussian baseline on {counts['worse']} of {n} figures: this "
             "model does not yet beat a per-band Gaussian fit; train longer or on more data."
         )
-    return (
+    text = (
         f"Better than the Gaussian baseline on {counts['better']} of {n} figures, "
         f"a tie on {counts['tie']}, worse on {counts['worse']}."
+    )
+    unresolved = tie_note(counts["tie"], detected) if counts["better"] <= n / 2 else None
+    return f"{text} {unresolved[0].upper()}{unresolved[1:]}." if unresolved else text
+
+
+def tie_note(tie: int, detected: int | None) -> str | None:
+    """Why ties may be no loss: the bootstrap noise of the test's `detected` objects (None
+    without a tie or a count)."""
+    if not tie or detected is None:
+        return None
+    return (
+        f"the ties are within the bootstrap noise of {detected:,} detected test objects, "
+        "and scoring on more objects (`cosmogan evaluate --data`) may resolve them"
     )

@@ -72,3 +72,17 @@ def test_the_table_names_the_floor_or_why_there_is_none_and_the_cost() -> None:
         figures = {r["figure"] for r in table["rows"]}
         assert not figures & {"us_per_object", "times_faster_than_galsim", "seconds_per_object"}
         assert "balrog_test_floor.parquet" in table["floor_source"]
+
+
+def test_ties_without_a_majority_name_the_detected_test_objects_they_are_within() -> None:
+    figures = {f"ks_{b}": 0.01 for b in "riz"} | {"c2st_auc": 0.55}
+    verdicts = {"ks_r": "better", "ks_i": "tie", "ks_z": "tie", "c2st_auc": "better"}
+    job = {"figures": figures, "verdicts": verdicts}
+    small = job | {"evaluated_on": {"rows": 6000, "split": "test", "detected": 1650}}
+    text = results_table(small)["summary"]
+    assert text.startswith("Better than the Gaussian baseline on 2 of 4 figures, a tie on 2")
+    assert "1,650 detected test objects" in text and "cosmogan evaluate --data" in text
+    # no count recorded (older jobs), or a majority won: the sentence is as before
+    assert "detected" not in results_table(job)["summary"]
+    clear = small | {"verdicts": verdicts | {"ks_i": "better"}}
+    assert "detected" not in results_table(clear)["summary"]
