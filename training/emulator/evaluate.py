@@ -382,10 +382,9 @@ def verdict(counts: dict[str, int], detected: int | None = None) -> str:
     rest = f" (tied on {tie}, worse on {worse})"
     if better > n / 2:
         return f"better than the Gaussian baseline on {better} of {n} figures{rest}"
+    text = f"no clear gain over the Gaussian baseline: better on {better} of {n} figures{rest}"
     unresolved = tie_note(tie, detected)
-    return f"no clear gain over the Gaussian baseline: better on {better} of {n} figures{rest}" + (
-        f"; {unresolved}" if unresolved else ""
-    )
+    return f"{text}; {unresolved}" if unresolved else text
 
 
 def job_figures(model: str | Path, data: str | Path, out_dir: str | Path) -> dict[str, Any]:
