@@ -101,6 +101,7 @@ def results_table(
         "counts": counts,
         "summary": summary(counts, _detected(metrics)),
         "loses_to_baseline": counts["worse"] > (sum(counts.values()) / 2),
+        "beats_baseline": counts["better"] > (sum(counts.values()) / 2),
         "floor_source": _text(metrics.get("floor_source")) or _shipped_floor(extra),
         "floor_missing": _text(metrics.get("floor_missing")),
         "us_per_object": cost,

@@ -82,7 +82,11 @@ def test_ties_without_a_majority_name_the_detected_test_objects_they_are_within(
     text = results_table(small)["summary"]
     assert text.startswith("Better than the Gaussian baseline on 2 of 4 figures, a tie on 2")
     assert "1,650 detected test objects" in text and "cosmogan evaluate --data" in text
+    # the page tells it from a win and from a loss (amber, not green or red)
+    assert not results_table(small)["beats_baseline"]
+    assert not results_table(small)["loses_to_baseline"]
     # no count recorded (older jobs), or a majority won: the sentence is as before
     assert "detected" not in results_table(job)["summary"]
     clear = small | {"verdicts": verdicts | {"ks_i": "better"}}
     assert "detected" not in results_table(clear)["summary"]
+    assert results_table(clear)["beats_baseline"]

@@ -467,7 +467,9 @@ function ratioText(r) {
 // one job's evaluation: a plain sentence, then figure | model | baseline | floor | ratio | verdict
 function resultsView(results) {
   const out = [];
-  if (results.summary) out.push(el("p", { class: "verdict" + (results.loses_to_baseline ? "" : " good") }, results.summary));
+  // red when it loses to the Gaussian, green when it wins most figures, amber without a majority
+  const tone = results.loses_to_baseline ? "" : results.beats_baseline === false ? " unclear" : " good";
+  if (results.summary) out.push(el("p", { class: "verdict" + tone }, results.summary));
   const head = el("tr", {}, ["figure", "model", "Gaussian baseline", "floor", "ratio", "vs baseline"].map((h) => el("th", {}, h)));
   const rows = results.rows.map((r) => el("tr", { "data-figure": r.figure },
     el("td", {}, r.figure), el("td", { class: "num" }, fmt(r.model)), el("td", { class: "num" }, fmt(r.baseline)),
